@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Builds the pinned control-plane and packaging tools from their Go modules:
+#   kube-apiserver, kube-controller-manager, kubectl  (k8s.io/kubernetes)
+#   etcd                                             (go.etcd.io/etcd/server/v3)
+#   helm                                             (helm.sh/helm/v3)
+# into a cache folder outside git. A finished tool is reused; an interrupted build
+# leaves no half-written binary behind (each binary is built to a temp name and
+# renamed), so the script is safe to interrupt and rerun.
+#
+# Usage: scripts/build-tools.sh            builds what is missing, prints the bin dir last
+#        scripts/build-tools.sh --print-dir prints the bin dir only (builds nothing)
+set -euo pipefail
+
+# Pinned versions. Kubernetes matches k8s-openapi's newest feature (v1_37); etcd is the
+# newest 3.6 release (3.6 is the series kubeadm ships for 1.34+; the 3.7 client inside
+# kube-apiserver 1.37 speaks to it).
+K8S_VERSION=v1.37.2
+ETCD_VERSION=v3.6.16
+HELM_VERSION=v3.22.0
+
+CACHE_ROOT=${LINKTOKEN_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/linktoken-operator}
+BIN_DIR="$CACHE_ROOT/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+SRC_DIR="$CACHE_ROOT/src"
+
+if [[ "${1:-}" == "--print-dir" ]]; then
+  echo "$BIN_DIR"
+  exit 0
+fi
+
+mkdir -p "$BIN_DIR" "$SRC_DIR"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+
+log() { echo "[build-tools] $*" >&2; }
+
+have_all() {
+  local b
+  for b in "$@"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+}
+
+# go_build_into MODULE_DIR LDFLAGS PKG=NAME...: builds packages and renames them into BIN_DIR.
+go_build_into() {
+  local dir=$1 ldflags=$2; shift 2
+  local tmp="$dir/.out"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local pkgs=() names=() spec
+  for spec in "$@"; do pkgs+=("${spec%%=*}"); names+=("${spec##*=}"); done
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+  local i built
+  for i in "${!pkgs[@]}"; do
+    built="$tmp/$(basename "${pkgs[$i]}")"
+    # a package path ending in a major-version suffix (/v3) is named after its parent
+    [[ -f "$built" ]] || built="$tmp/$(basename "$(dirname "${pkgs[$i]}")")"
+    mv -f "$built" "$BIN_DIR/${names[$i]}"
+  done
+  rm -rf "$tmp"
+}
+
+timed() {
+  local label=$1; shift
+  local start=$SECONDS
+  "$@"
+  log "$label took $((SECONDS - start))s"
+}
+
+build_kubernetes() {
+  local dir="$SRC_DIR/kubernetes-$K8S_VERSION"
+  mkdir -p "$dir"
+  local minor=${K8S_VERSION#v1.}   # 37.2
+  local staging_version="v0.$minor"
+  (
+    cd "$dir"
+    [[ -f go.mod ]] || printf 'module linktoken-operator/tools/kubernetes\n\ngo 1.26\n' > go.mod
+    # k8s.io/kubernetes requires every staging module at v0.0.0, which no proxy serves:
+    # pin each one with a replace to the matching v0.X.Y. The list is read from the
+    # module's own go.mod so that a version bump needs no edit here.
+    local modfile
+    modfile=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+    local staging
+    staging=$(grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$modfile" | awk '{print $1}')
+    local args=() m
+    for m in $staging; do args+=("-replace=$m=$m@$staging_version"); done
+    args+=("-replace=k8s.io/kubernetes=k8s.io/kubernetes@$K8S_VERSION")
+    go mod edit "${args[@]}"
+    go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@$K8S_VERSION"
+  )
+  local vpkg=k8s.io/component-base/version
+  local ld="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=${minor%%.*} -X $vpkg.gitTreeState=clean"
+  ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${minor%%.*}"
+  go_build_into "$dir" "$ld" \
+    k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl=kubectl
+}
+
+build_etcd() {
+  local dir="$SRC_DIR/etcd-$ETCD_VERSION"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    [[ -f go.mod ]] || printf 'module linktoken-operator/tools/etcd\n\ngo 1.26\n' > go.mod
+    # Built from our own main module so that etcd's local replace directives do not apply;
+    # its sibling modules resolve to the same release through its requirements.
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 || go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  )
+  go_build_into "$dir" "-s -w" go.etcd.io/etcd/server/v3=etcd
+}
+
+build_helm() {
+  local dir="$SRC_DIR/helm-$HELM_VERSION"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    [[ -f go.mod ]] || printf 'module linktoken-operator/tools/helm\n\ngo 1.26\n' > go.mod
+    go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1 || go get "helm.sh/helm/v3@$HELM_VERSION"
+  )
+  go_build_into "$dir" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm=helm
+}
+
+total_start=$SECONDS
+if have_all kube-apiserver kube-controller-manager kubectl; then log "kubernetes $K8S_VERSION: cached"
+else timed "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kubectl)" build_kubernetes; fi
+if have_all etcd; then log "etcd $ETCD_VERSION: cached"
+else timed "etcd $ETCD_VERSION" build_etcd; fi
+if have_all helm; then log "helm $HELM_VERSION: cached"
+else timed "helm $HELM_VERSION" build_helm; fi
+log "all tools ready in $((SECONDS - total_start))s; $(du -sh "$BIN_DIR" | cut -f1) of binaries in $BIN_DIR"
+echo "$BIN_DIR"
