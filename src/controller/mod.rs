@@ -1,1 +1,3 @@
-//! (placeholder: filled in by its issue)
+//! The LinkToken controller.
+pub mod decide;
+pub mod secret;

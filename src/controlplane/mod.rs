@@ -1,1 +1,435 @@
-//! placeholder
+//! A real, local Kubernetes control plane: etcd + kube-apiserver + kube-controller-manager on
+//! free loopback ports in a temporary folder, for tests, scripts and people.
+//!
+//! - kube-apiserver runs with RBAC on, service-account token signing on (so TokenRequest
+//!   works) and a static admin token in `system:masters`.
+//! - kube-controller-manager runs the garbage-collector, namespace, serviceaccount and
+//!   serviceaccount-token controllers: owner-reference GC and namespace deletion are real.
+//! - No kubelet or scheduler: Pods are accepted but never run.
+//!
+//! Processes are torn down on `stop`/drop, by the kernel when a test process dies
+//! (`Lifetime::TiedToProcess`), and at the latest by the sweep at the next start.
+
+pub mod process;
+pub mod sweep;
+pub mod tools;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use process::Lifetime;
+use process::Supervised;
+pub use tools::Tools;
+
+/// What can go wrong starting or driving the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{tool} not found (searched: {searched}); build the pinned tools with `bash scripts/build-tools.sh` \
+         or point KUBEBUILDER_ASSETS at a folder holding them"
+    )]
+    ToolMissing { tool: String, searched: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, String),
+    #[error("{component} did not become ready within {waited:?}; its log is {log}:\n{tail}")]
+    NotReady {
+        component: String,
+        waited: Duration,
+        log: String,
+        tail: String,
+    },
+    #[error("cannot generate the service-account signing key: {0}")]
+    Key(String),
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// One of the control plane's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Etcd,
+    ApiServer,
+    ControllerManager,
+}
+
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+        }
+    }
+}
+
+/// How to start a control plane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub lifetime: Lifetime,
+    /// Folder that holds one sub-folder per run (swept when its owner is dead).
+    pub state_root: PathBuf,
+    /// An explicit run folder (the CLI's `--dir`); a fresh one under `state_root` otherwise.
+    pub dir: Option<PathBuf>,
+    /// How long each component may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lifetime: Lifetime::TiedToProcess,
+            state_root: default_state_root(),
+            dir: None,
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// `$TMPDIR/linktoken-controlplane`: where run folders live unless told otherwise.
+pub fn default_state_root() -> PathBuf {
+    std::env::temp_dir().join("linktoken-controlplane")
+}
+
+/// The admin user's bearer token. Loopback only, and the control plane lives minutes: a fixed
+/// value keeps kubeconfigs reproducible without ever being a real credential.
+const ADMIN_TOKEN: &str = "linktoken-controlplane-admin";
+
+/// A running control plane.
+pub struct ControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    api_url: String,
+    tools: Tools,
+    lifetime: Lifetime,
+    ports: Ports,
+    etcd: Option<Supervised>,
+    apiserver: Option<Supervised>,
+    controller_manager: Option<Supervised>,
+    ready_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+    controller_manager: u16,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API serves
+    /// and the controllers work (the `default` ServiceAccount exists). Blocking.
+    pub fn start(opts: Options) -> Result<ControlPlane, Error> {
+        let tools = Tools::locate()?;
+        std::fs::create_dir_all(&opts.state_root)
+            .map_err(|e| Error::io(format!("create {}", opts.state_root.display()), e))?;
+        sweep::sweep_dead_runs(&opts.state_root);
+        let dir = match &opts.dir {
+            Some(d) => d.clone(),
+            None => opts.state_root.join(format!(
+                "run-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolve {}", dir.display()), e))?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| Error::io("write owner.pid", e))?;
+        let _ = std::fs::remove_file(dir.join("pids"));
+
+        let ports = Ports {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            apiserver: free_port()?,
+            controller_manager: free_port()?,
+        };
+        write_static_files(&dir)?;
+        let api_url = format!("https://127.0.0.1:{}", ports.apiserver);
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&api_url))
+            .map_err(|e| Error::io("write kubeconfig", e))?;
+
+        let mut cp = ControlPlane {
+            dir,
+            kubeconfig,
+            api_url,
+            tools,
+            lifetime: opts.lifetime,
+            ports,
+            etcd: None,
+            apiserver: None,
+            controller_manager: None,
+            ready_timeout: opts.ready_timeout,
+        };
+        cp.start_component(Component::Etcd)?;
+        cp.start_component(Component::ApiServer)?;
+        cp.start_component(Component::ControllerManager)?;
+        Ok(cp)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The run folder (logs, data, kubeconfig).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// Pids of the running components, for tests that check teardown.
+    pub fn pids(&self) -> Vec<(Component, u32)> {
+        [
+            (Component::Etcd, &self.etcd),
+            (Component::ApiServer, &self.apiserver),
+            (Component::ControllerManager, &self.controller_manager),
+        ]
+        .into_iter()
+        .filter_map(|(c, s)| s.as_ref().map(|s| (c, s.pid())))
+        .collect()
+    }
+
+    /// Stops one component (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop_component(&mut self, c: Component) {
+        if let Some(mut p) = self.slot(c).take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts one component (again) on the same ports and data, and waits until it is ready.
+    pub fn start_component(&mut self, c: Component) -> Result<(), Error> {
+        self.stop_component(c);
+        let log = self.dir.join(format!("{}.log", c.name()));
+        let cmd = self.command(c);
+        let child = process::spawn(c.name(), cmd, &log, &self.dir.join("pids"), self.lifetime)?;
+        *self.slot(c) = Some(child);
+        let started = Instant::now();
+        let deadline = started + self.ready_timeout;
+        loop {
+            if self.is_ready(c) {
+                return Ok(());
+            }
+            let exited = self.slot(c).as_mut().is_some_and(|p| !p.is_running());
+            if exited || Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    component: c.name().to_string(),
+                    waited: started.elapsed(),
+                    log: log.display().to_string(),
+                    tail: tail(&log, 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops everything; removes the run folder unless it was named explicitly (`keep_dir`).
+    pub fn stop(&mut self, keep_dir: bool) {
+        self.stop_component(Component::ControllerManager);
+        self.stop_component(Component::ApiServer);
+        self.stop_component(Component::Etcd);
+        if !keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn slot(&mut self, c: Component) -> &mut Option<Supervised> {
+        match c {
+            Component::Etcd => &mut self.etcd,
+            Component::ApiServer => &mut self.apiserver,
+            Component::ControllerManager => &mut self.controller_manager,
+        }
+    }
+
+    fn command(&self, c: Component) -> Command {
+        let d = &self.dir;
+        let p = self.ports;
+        match c {
+            Component::Etcd => {
+                let mut cmd = Command::new(&self.tools.etcd);
+                let client = format!("http://127.0.0.1:{}", p.etcd_client);
+                let peer = format!("http://127.0.0.1:{}", p.etcd_peer);
+                cmd.arg(format!("--name=linktoken-{}", p.etcd_client))
+                    .arg(format!("--data-dir={}", d.join("etcd").display()))
+                    .arg(format!("--listen-client-urls={client}"))
+                    .arg(format!("--advertise-client-urls={client}"))
+                    .arg(format!("--listen-peer-urls={peer}"))
+                    .arg(format!("--initial-advertise-peer-urls={peer}"))
+                    .arg(format!("--initial-cluster=linktoken-{}={peer}", p.etcd_client))
+                    // Test data is disposable: skipping fsync makes etcd several times faster.
+                    .arg("--unsafe-no-fsync=true")
+                    .arg("--log-level=warn");
+                cmd
+            }
+            Component::ApiServer => {
+                let mut cmd = Command::new(&self.tools.kube_apiserver);
+                cmd.arg(format!("--etcd-servers=http://127.0.0.1:{}", p.etcd_client))
+                    .arg(format!("--secure-port={}", p.apiserver))
+                    .arg("--bind-address=127.0.0.1")
+                    .arg("--advertise-address=127.0.0.1")
+                    // The `kubernetes` Service would point at a loopback address, which
+                    // Endpoints validation rejects; nothing here needs that Service.
+                    .arg("--endpoint-reconciler-type=none")
+                    .arg(format!("--cert-dir={}", d.join("apiserver-certs").display()))
+                    .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+                    .arg("--authorization-mode=RBAC")
+                    .arg(format!("--service-account-key-file={}", d.join("sa.key").display()))
+                    .arg(format!(
+                        "--service-account-signing-key-file={}",
+                        d.join("sa.key").display()
+                    ))
+                    .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+                    .arg("--service-cluster-ip-range=10.0.0.0/24")
+                    .arg("--allow-privileged=true")
+                    .arg("--profiling=false")
+                    .arg("--v=0");
+                cmd
+            }
+            Component::ControllerManager => {
+                let mut cmd = Command::new(&self.tools.kube_controller_manager);
+                cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                    .arg("--leader-elect=false")
+                    .arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
+                    .arg(format!(
+                        "--service-account-private-key-file={}",
+                        d.join("sa.key").display()
+                    ))
+                    .arg("--use-service-account-credentials=false")
+                    .arg("--bind-address=127.0.0.1")
+                    .arg(format!("--secure-port={}", p.controller_manager))
+                    .arg(format!("--cert-dir={}", d.join("kcm-certs").display()))
+                    .arg("--v=0");
+                cmd
+            }
+        }
+    }
+
+    fn is_ready(&self, c: Component) -> bool {
+        match c {
+            // etcd answers /health once it can serve.
+            Component::Etcd => http_ok(&format!("http://127.0.0.1:{}/health", self.ports.etcd_client)),
+            Component::ApiServer => kubectl_ok(self, &["get", "--raw", "/readyz"]),
+            // The serviceaccount controller creating `default` proves the controllers run.
+            Component::ControllerManager => {
+                kubectl_ok(self, &["get", "serviceaccount", "default", "-n", "default"])
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop(self.lifetime == Lifetime::Detached);
+    }
+}
+
+fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> bool {
+    Command::new(&cp.tools.kubectl)
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .arg("--request-timeout=5s")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A plain-HTTP GET on loopback without pulling an HTTP client into the harness.
+fn http_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+fn free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io("find a free loopback port", e))
+}
+
+fn write_static_files(dir: &Path) -> Result<(), Error> {
+    // Static token file: token,user,uid,"groups".
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{ADMIN_TOKEN},linktoken-admin,linktoken-admin,\"system:masters\"\n"),
+    )
+    .map_err(|e| Error::io("write tokens.csv", e))?;
+    let key_path = dir.join("sa.key");
+    if !key_path.exists() {
+        // ECDSA P-256 in PKCS#8 PEM: kube-apiserver signs and verifies service-account tokens
+        // with it, kube-controller-manager signs legacy token Secrets with it.
+        let key = rcgen::KeyPair::generate().map_err(|e| Error::Key(e.to_string()))?;
+        std::fs::write(&key_path, key.serialize_pem()).map_err(|e| Error::io("write sa.key", e))?;
+    }
+    Ok(())
+}
+
+fn kubeconfig_yaml(api_url: &str) -> String {
+    // The serving certificate is self-signed and regenerated per run; the API listens on
+    // loopback only, so skipping verification costs nothing here.
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: linktoken-local
+  cluster:
+    server: {api_url}
+    insecure-skip-tls-verify: true
+users:
+- name: linktoken-admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: linktoken-local
+  context:
+    cluster: linktoken-local
+    user: linktoken-admin
+    namespace: default
+current-context: linktoken-local
+"
+    )
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,407 @@
+//! The pure heart of the controller: given what was observed, what to do next.
+//!
+//! Nothing here does I/O. `observe` gathers an [`Observed`]; [`decide`] returns an [`Action`];
+//! `act` carries it out. The checks run in the order of the contract's issuing path:
+//! credentials -> org conflict -> Secret conflict -> is a (re)issue needed and why -> keep the
+//! Secret and status in shape. Each check is a small named function, so the tests read like
+//! the contract's tables.
+
+use crate::api::Reason;
+
+/// What the controller knows about the credentials Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialsState {
+    Missing,
+    /// Present but unusable; the message names the keys, never their values.
+    Invalid(String),
+    Valid,
+}
+
+/// Who manages the LinkToken's orgId in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrgOwnership {
+    /// This LinkToken is the oldest one for its orgId.
+    Owner,
+    /// An older LinkToken manages it; its name is given only when in the same namespace.
+    ConflictWith { same_namespace_name: Option<String> },
+}
+
+/// A Secret as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    Absent,
+    /// Exists and is not controlled by this LinkToken: never touched.
+    Foreign,
+    /// Controlled by this LinkToken.
+    Ours(OwnedSecret),
+}
+
+/// What matters of a token Secret this LinkToken controls.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OwnedSecret {
+    /// sha256 of each data value that could be the token, by key.
+    pub value_hashes: Vec<(String, String)>,
+    /// The `atlasmigration.io/issued-at` annotation (RFC 3339), if any.
+    pub issued_at: Option<String>,
+    /// True when labels, annotations and the data key already match the desired Secret.
+    pub metadata_current: bool,
+}
+
+impl OwnedSecret {
+    /// The key holding the value with this hash, if any.
+    fn key_with_hash(&self, sha: &str) -> Option<&str> {
+        self.value_hashes
+            .iter()
+            .find(|(_, h)| h == sha)
+            .map(|(k, _)| k.as_str())
+    }
+}
+
+/// What the current token was issued for (a copy of `status.issuedFor`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IssuedFor {
+    pub org_id: String,
+    pub access_list: Vec<String>,
+    pub rotate: Option<String>,
+    pub token_sha256: Option<String>,
+}
+
+/// The crash-safety marker (a copy of `status.inFlight`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub org_id: String,
+    pub started_at: String,
+}
+
+/// The outcome of an earlier failed attempt that only a user action can fix, remembered so a
+/// reconcile that repeats the same inputs does not call Atlas again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StalledAttempt {
+    pub reason: Reason,
+    pub generation: Option<i64>,
+    pub credentials_version: Option<String>,
+    pub rotate: Option<String>,
+    /// The slow resync for this reason is due: try again even with the same inputs.
+    pub resync_due: bool,
+}
+
+/// Everything `decide` looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub org_id: String,
+    pub access_list: Vec<String>,
+    pub rotate: Option<String>,
+    pub credentials: CredentialsState,
+    pub credentials_version: Option<String>,
+    pub org: OrgOwnership,
+    /// The Secret named by the spec (`tokenSecret.name`, defaulting to the LinkToken's name).
+    pub target_secret_name: String,
+    pub target_secret_key: String,
+    pub target_secret: SecretState,
+    /// `status.tokenSecretName` when it differs from the target (a rename), and that Secret.
+    pub previous_secret: Option<(String, SecretState)>,
+    pub issued_for: Option<IssuedFor>,
+    pub in_flight: Option<InFlight>,
+    pub last_stalled: Option<StalledAttempt>,
+}
+
+/// Why a new token is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssueWhy {
+    /// Never issued.
+    NoToken,
+    /// An issue was interrupted before its token was stored.
+    Interrupted,
+    /// The token Secret was deleted.
+    SecretDeleted,
+    /// The token in the Secret no longer matches the hash of the issued one.
+    SecretTampered,
+    AccessListChanged,
+    OrgChanged,
+    RotateRequested,
+}
+
+impl IssueWhy {
+    /// True when a token existed before and this replaces it (a rotation, for events).
+    pub fn is_rotation(self) -> bool {
+        !matches!(self, IssueWhy::NoToken)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            IssueWhy::NoToken => "no token issued yet",
+            IssueWhy::Interrupted => "an earlier issue was interrupted before its token was stored",
+            IssueWhy::SecretDeleted => "the token Secret was deleted",
+            IssueWhy::SecretTampered => "the token in the Secret no longer matches the issued one",
+            IssueWhy::AccessListChanged => "spec.accessListIps changed",
+            IssueWhy::OrgChanged => "spec.orgId changed",
+            IssueWhy::RotateRequested => "the atlasmigration.io/rotate annotation changed",
+        }
+    }
+}
+
+/// The next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing can be done until something changes; no Atlas call. Report `reason`.
+    Wait { reason: Reason, message: String },
+    /// Issue a new token: DELETE in each of `revoke_orgs` first (a token may exist there),
+    /// then POST, write the Secret, then status.
+    Issue { why: IssueWhy, revoke_orgs: Vec<String> },
+    /// The Secret holds a token written by an interrupted issue after its POST: keep it and
+    /// record it in status (no Atlas call).
+    Adopt { token_key: String },
+    /// The token is current; (re)write the Secret from `source` when its name, key or metadata
+    /// differ from the desired ones, delete the previous Secret after a rename, and report
+    /// Ready.
+    Keep {
+        source: SecretSource,
+        rewrite_secret: bool,
+        delete_previous: bool,
+    },
+}
+
+/// Where the current token value is read from when the Secret is rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The target Secret, at this key.
+    Target { key: String },
+    /// The previous Secret (after a `tokenSecret.name` change), at this key.
+    Previous { name: String, key: String },
+}
+
+/// The decision.
+pub fn decide(o: &Observed) -> Action {
+    if let Some(wait) = check_credentials(o) {
+        return wait;
+    }
+    if let Some(wait) = check_org(o) {
+        return wait;
+    }
+    if let Some(wait) = check_target_secret(o) {
+        return wait;
+    }
+    if let Some(adopt) = check_interrupted_issue(o) {
+        return adopt;
+    }
+    match issue_needed(o) {
+        Some(why) => {
+            if let Some(wait) = check_stalled_attempt(o) {
+                return wait;
+            }
+            Action::Issue {
+                why,
+                revoke_orgs: orgs_that_may_hold_a_token(o),
+            }
+        }
+        None => keep(o),
+    }
+}
+
+fn check_credentials(o: &Observed) -> Option<Action> {
+    match &o.credentials {
+        CredentialsState::Valid => None,
+        CredentialsState::Missing => Some(Action::Wait {
+            reason: Reason::CredentialsNotFound,
+            message: "the credentials Secret does not exist; waiting for it".into(),
+        }),
+        CredentialsState::Invalid(why) => Some(Action::Wait {
+            reason: Reason::CredentialsInvalid,
+            message: why.clone(),
+        }),
+    }
+}
+
+fn check_org(o: &Observed) -> Option<Action> {
+    match &o.org {
+        OrgOwnership::Owner => None,
+        OrgOwnership::ConflictWith { same_namespace_name } => {
+            let who = match same_namespace_name {
+                Some(name) => format!("LinkToken {name}"),
+                None => "an older LinkToken in another namespace".into(),
+            };
+            Some(Action::Wait {
+                reason: Reason::OrgConflict,
+                message: format!(
+                    "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one is deleted",
+                    o.org_id
+                ),
+            })
+        }
+    }
+}
+
+fn check_target_secret(o: &Observed) -> Option<Action> {
+    (o.target_secret == SecretState::Foreign).then(|| Action::Wait {
+        reason: Reason::SecretConflict,
+        message: format!(
+            "Secret {} exists and is not controlled by this LinkToken; it is never overwritten. Delete it or set spec.tokenSecret.name",
+            o.target_secret_name
+        ),
+    })
+}
+
+/// After a crash between writing the Secret and writing status, the Secret holds the token of
+/// the interrupted issue: every issue DELETEs before its POST, so that token is the one live
+/// link and re-issuing would only churn. A Secret written before the marker was set holds an
+/// older, already revoked token and is not adopted.
+fn check_interrupted_issue(o: &Observed) -> Option<Action> {
+    let flight = o.in_flight.as_ref()?;
+    if flight.org_id != o.org_id {
+        return None;
+    }
+    let SecretState::Ours(s) = &o.target_secret else {
+        return None;
+    };
+    let issued_at = s.issued_at.as_deref()?;
+    if !timestamp_not_before(issued_at, &flight.started_at) {
+        return None;
+    }
+    let (key, _) = s
+        .value_hashes
+        .iter()
+        .find(|(k, _)| k == &o.target_secret_key)?;
+    Some(Action::Adopt {
+        token_key: key.clone(),
+    })
+}
+
+/// The policy chain: the first reason that calls for a new token wins.
+fn issue_needed(o: &Observed) -> Option<IssueWhy> {
+    let Some(issued) = &o.issued_for else {
+        return Some(if o.in_flight.is_some() {
+            IssueWhy::Interrupted
+        } else {
+            IssueWhy::NoToken
+        });
+    };
+    if o.in_flight.is_some() {
+        return Some(IssueWhy::Interrupted);
+    }
+    if issued.org_id != o.org_id {
+        return Some(IssueWhy::OrgChanged);
+    }
+    if !same_set(&issued.access_list, &o.access_list) {
+        return Some(IssueWhy::AccessListChanged);
+    }
+    if issued.rotate != o.rotate {
+        return Some(IssueWhy::RotateRequested);
+    }
+    match current_token_location(o) {
+        TokenLocation::Found(_) => None,
+        TokenLocation::Gone => Some(IssueWhy::SecretDeleted),
+        TokenLocation::Mismatch => Some(IssueWhy::SecretTampered),
+    }
+}
+
+enum TokenLocation {
+    Found(SecretSource),
+    /// No Secret holds it (deleted).
+    Gone,
+    /// A Secret of ours exists but holds another value.
+    Mismatch,
+}
+
+/// Where the issued token is now: in the target Secret, or (during a rename) the previous one.
+fn current_token_location(o: &Observed) -> TokenLocation {
+    let Some(sha) = o.issued_for.as_ref().and_then(|i| i.token_sha256.as_deref()) else {
+        return TokenLocation::Mismatch;
+    };
+    let mut seen_ours = false;
+    if let SecretState::Ours(s) = &o.target_secret {
+        seen_ours = true;
+        if let Some(key) = s.key_with_hash(sha) {
+            return TokenLocation::Found(SecretSource::Target { key: key.into() });
+        }
+    }
+    if let Some((name, SecretState::Ours(s))) = &o.previous_secret {
+        seen_ours = true;
+        if let Some(key) = s.key_with_hash(sha) {
+            return TokenLocation::Found(SecretSource::Previous {
+                name: name.clone(),
+                key: key.into(),
+            });
+        }
+    }
+    if seen_ours {
+        TokenLocation::Mismatch
+    } else {
+        TokenLocation::Gone
+    }
+}
+
+/// A failure only a user can fix is not retried while its inputs are unchanged.
+fn check_stalled_attempt(o: &Observed) -> Option<Action> {
+    let last = o.last_stalled.as_ref()?;
+    let unchanged = last.generation == o.generation
+        && last.credentials_version == o.credentials_version
+        && last.rotate == o.rotate;
+    (unchanged && !last.resync_due).then(|| Action::Wait {
+        reason: last.reason,
+        message: String::new(),
+    })
+}
+
+/// Every org where a token of ours may be live: the one it was issued in, and the one of an
+/// interrupted issue. Each gets a DELETE before the next POST so no link is orphaned.
+fn orgs_that_may_hold_a_token(o: &Observed) -> Vec<String> {
+    let mut orgs: Vec<String> = Vec::new();
+    let candidates = [
+        o.issued_for.as_ref().map(|i| i.org_id.clone()),
+        o.in_flight.as_ref().map(|f| f.org_id.clone()),
+    ];
+    for org in candidates.into_iter().flatten() {
+        if !orgs.contains(&org) {
+            orgs.push(org);
+        }
+    }
+    orgs
+}
+
+fn keep(o: &Observed) -> Action {
+    let source = match current_token_location(o) {
+        TokenLocation::Found(s) => s,
+        // issue_needed returned None, so the token was found; keep the type total anyway.
+        _ => SecretSource::Target {
+            key: o.target_secret_key.clone(),
+        },
+    };
+    let rewrite_secret = match (&source, &o.target_secret) {
+        (SecretSource::Previous { .. }, _) => true,
+        (SecretSource::Target { key }, SecretState::Ours(s)) => {
+            key != &o.target_secret_key || !s.metadata_current
+        }
+        (SecretSource::Target { .. }, _) => true,
+    };
+    let delete_previous = matches!(&o.previous_secret, Some((_, SecretState::Ours(_))));
+    Action::Keep {
+        source,
+        rewrite_secret,
+        delete_previous,
+    }
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let mut a: Vec<&String> = a.iter().collect();
+    let mut b: Vec<&String> = b.iter().collect();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    a == b
+}
+
+/// `a >= b` for RFC 3339 timestamps; unparseable means "no".
+fn timestamp_not_before(a: &str, b: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => a >= b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+//! Table tests: each row is one line of the contract's issuing and conditions tables.
+
+use super::*;
+
+const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
+const ORG2: &str = "aaaaaaaaaaaaaaaaaaaaaaaa";
+const SHA: &str = "1111";
+
+fn owned(key: &str, sha: &str) -> SecretState {
+    SecretState::Ours(OwnedSecret {
+        value_hashes: vec![(key.into(), sha.into())],
+        issued_at: Some("2026-11-28T10:00:01.000Z".into()),
+        metadata_current: true,
+    })
+}
+
+/// A LinkToken whose token is issued and current.
+fn ready() -> Observed {
+    Observed {
+        generation: Some(1),
+        org_id: ORG.into(),
+        access_list: vec!["10.0.0.0/24".into()],
+        rotate: None,
+        credentials: CredentialsState::Valid,
+        credentials_version: Some("7".into()),
+        org: OrgOwnership::Owner,
+        target_secret_name: "lt".into(),
+        target_secret_key: "linkToken".into(),
+        target_secret: owned("linkToken", SHA),
+        previous_secret: None,
+        issued_for: Some(IssuedFor {
+            org_id: ORG.into(),
+            access_list: vec!["10.0.0.0/24".into()],
+            rotate: None,
+            token_sha256: Some(SHA.into()),
+        }),
+        in_flight: None,
+        last_stalled: None,
+    }
+}
+
+fn fresh() -> Observed {
+    Observed {
+        target_secret: SecretState::Absent,
+        issued_for: None,
+        ..ready()
+    }
+}
+
+fn reason(a: &Action) -> Option<Reason> {
+    match a {
+        Action::Wait { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+fn issue(why: IssueWhy, revoke: &[&str]) -> Action {
+    Action::Issue {
+        why,
+        revoke_orgs: revoke.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_issuing_table() {
+    let cases: Vec<(&str, Observed, Action)> = vec![
+        ("nothing issued yet: POST without a DELETE", fresh(), issue(IssueWhy::NoToken, &[])),
+        (
+            "interrupted before anything was stored: DELETE first",
+            Observed {
+                in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:00Z".into() }),
+                ..fresh()
+            },
+            issue(IssueWhy::Interrupted, &[ORG]),
+        ),
+        (
+            "Secret deleted: revoke and reissue",
+            Observed { target_secret: SecretState::Absent, ..ready() },
+            issue(IssueWhy::SecretDeleted, &[ORG]),
+        ),
+        (
+            "Secret tampered: revoke and reissue",
+            Observed { target_secret: owned("linkToken", "2222"), ..ready() },
+            issue(IssueWhy::SecretTampered, &[ORG]),
+        ),
+        (
+            "token value removed from the Secret: tampered",
+            Observed {
+                target_secret: SecretState::Ours(OwnedSecret { metadata_current: true, ..Default::default() }),
+                ..ready()
+            },
+            issue(IssueWhy::SecretTampered, &[ORG]),
+        ),
+        (
+            "access list changed",
+            Observed { access_list: vec!["10.0.0.0/24".into(), "192.0.2.1".into()], ..ready() },
+            issue(IssueWhy::AccessListChanged, &[ORG]),
+        ),
+        (
+            "rotate annotation set",
+            Observed { rotate: Some("1".into()), ..ready() },
+            issue(IssueWhy::RotateRequested, &[ORG]),
+        ),
+        (
+            "orgId changed: the old org's link is revoked, the new org gets a POST",
+            Observed { org_id: ORG2.into(), ..ready() },
+            issue(IssueWhy::OrgChanged, &[ORG]),
+        ),
+    ];
+    for (what, observed, want) in cases {
+        assert_eq!(decide(&observed), want, "{what}");
+    }
+}
+
+#[test]
+fn access_list_order_and_duplicates_do_not_reissue() {
+    let mut o = ready();
+    o.issued_for.as_mut().unwrap().access_list = vec!["b".into(), "a".into()];
+    o.access_list = vec!["a".into(), "b".into(), "a".into()];
+    assert!(matches!(decide(&o), Action::Keep { .. }));
+}
+
+#[test]
+fn ready_and_current_does_nothing_but_report() {
+    assert_eq!(
+        decide(&ready()),
+        Action::Keep {
+            source: SecretSource::Target { key: "linkToken".into() },
+            rewrite_secret: false,
+            delete_previous: false,
+        }
+    );
+}
+
+#[test]
+fn metadata_changes_rewrite_the_secret_without_reissuing() {
+    let mut o = ready();
+    o.target_secret = SecretState::Ours(OwnedSecret {
+        value_hashes: vec![("linkToken".into(), SHA.into())],
+        issued_at: None,
+        metadata_current: false,
+    });
+    assert_eq!(
+        decide(&o),
+        Action::Keep {
+            source: SecretSource::Target { key: "linkToken".into() },
+            rewrite_secret: true,
+            delete_previous: false,
+        }
+    );
+}
+
+#[test]
+fn a_key_change_moves_the_token_within_the_secret() {
+    let o = Observed { target_secret_key: "token".into(), ..ready() };
+    assert_eq!(
+        decide(&o),
+        Action::Keep {
+            source: SecretSource::Target { key: "linkToken".into() },
+            rewrite_secret: true,
+            delete_previous: false,
+        }
+    );
+}
+
+#[test]
+fn a_name_change_moves_the_token_and_deletes_the_old_secret() {
+    let o = Observed {
+        target_secret_name: "new".into(),
+        target_secret: SecretState::Absent,
+        previous_secret: Some(("lt".into(), owned("linkToken", SHA))),
+        ..ready()
+    };
+    assert_eq!(
+        decide(&o),
+        Action::Keep {
+            source: SecretSource::Previous { name: "lt".into(), key: "linkToken".into() },
+            rewrite_secret: true,
+            delete_previous: true,
+        }
+    );
+}
+
+#[test]
+fn a_name_change_onto_a_foreign_secret_is_a_conflict_and_keeps_the_old_one() {
+    let o = Observed {
+        target_secret_name: "taken".into(),
+        target_secret: SecretState::Foreign,
+        previous_secret: Some(("lt".into(), owned("linkToken", SHA))),
+        ..ready()
+    };
+    assert_eq!(reason(&decide(&o)), Some(Reason::SecretConflict));
+}
+
+#[test]
+fn the_waiting_table_makes_no_atlas_call() {
+    let cases: Vec<(&str, Observed, Reason)> = vec![
+        ("credentials absent", Observed { credentials: CredentialsState::Missing, ..fresh() }, Reason::CredentialsNotFound),
+        (
+            "credentials invalid",
+            Observed { credentials: CredentialsState::Invalid("missing privateApiKey".into()), ..fresh() },
+            Reason::CredentialsInvalid,
+        ),
+        (
+            "older LinkToken owns the org",
+            Observed { org: OrgOwnership::ConflictWith { same_namespace_name: Some("first".into()) }, ..fresh() },
+            Reason::OrgConflict,
+        ),
+        ("foreign Secret at the target name", Observed { target_secret: SecretState::Foreign, ..fresh() }, Reason::SecretConflict),
+        (
+            "credentials are checked before anything else",
+            Observed {
+                credentials: CredentialsState::Missing,
+                target_secret: SecretState::Foreign,
+                org: OrgOwnership::ConflictWith { same_namespace_name: None },
+                ..fresh()
+            },
+            Reason::CredentialsNotFound,
+        ),
+    ];
+    for (what, observed, want) in cases {
+        assert_eq!(reason(&decide(&observed)), Some(want), "{what}");
+    }
+}
+
+#[test]
+fn org_conflict_names_the_owner_only_in_the_same_namespace() {
+    let other_ns = Observed { org: OrgOwnership::ConflictWith { same_namespace_name: None }, ..fresh() };
+    let Action::Wait { message, .. } = decide(&other_ns) else { panic!("wait") };
+    assert!(message.contains("another namespace"), "{message}");
+    let same_ns = Observed { org: OrgOwnership::ConflictWith { same_namespace_name: Some("first".into()) }, ..fresh() };
+    let Action::Wait { message, .. } = decide(&same_ns) else { panic!("wait") };
+    assert!(message.contains("LinkToken first"), "{message}");
+}
+
+#[test]
+fn a_user_fixable_failure_is_not_retried_with_the_same_inputs() {
+    let stalled = StalledAttempt {
+        reason: Reason::AtlasForbidden,
+        generation: Some(1),
+        credentials_version: Some("7".into()),
+        rotate: None,
+        resync_due: false,
+    };
+    let o = Observed { last_stalled: Some(stalled.clone()), ..fresh() };
+    assert_eq!(reason(&decide(&o)), Some(Reason::AtlasForbidden));
+
+    let cases: Vec<(&str, Observed)> = vec![
+        ("spec changed", Observed { generation: Some(2), ..o.clone() }),
+        ("credentials changed", Observed { credentials_version: Some("8".into()), ..o.clone() }),
+        ("rotate requested", Observed { rotate: Some("x".into()), ..o.clone() }),
+        (
+            "slow resync due",
+            Observed { last_stalled: Some(StalledAttempt { resync_due: true, ..stalled.clone() }), ..o.clone() },
+        ),
+    ];
+    for (what, observed) in cases {
+        assert!(matches!(decide(&observed), Action::Issue { .. }), "{what}");
+    }
+}
+
+#[test]
+fn crash_after_the_secret_before_status_adopts_the_stored_token() {
+    let o = Observed {
+        issued_for: None,
+        in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:00.500Z".into() }),
+        target_secret: owned("linkToken", "3333"),
+        ..ready()
+    };
+    assert_eq!(decide(&o), Action::Adopt { token_key: "linkToken".into() });
+}
+
+#[test]
+fn a_secret_older_than_the_marker_holds_a_revoked_token_and_is_not_adopted() {
+    // Crash after the DELETE of a rotation, before the POST: the Secret still holds the old,
+    // now revoked, token. It must be replaced, never reported Ready.
+    let o = Observed {
+        in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:02Z".into() }),
+        ..ready()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[ORG]));
+}
+
+#[test]
+fn an_interrupted_issue_in_another_org_revokes_both_orgs() {
+    let o = Observed {
+        org_id: ORG2.into(),
+        in_flight: Some(InFlight { org_id: ORG2.into(), started_at: "2026-11-28T10:00:02Z".into() }),
+        target_secret: SecretState::Absent,
+        ..ready()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[ORG, ORG2]));
+}
+
+#[test]
+fn rotation_reasons_are_rotations() {
+    assert!(!IssueWhy::NoToken.is_rotation());
+    assert!(IssueWhy::SecretTampered.is_rotation());
+    assert!(IssueWhy::RotateRequested.is_rotation());
+}

@@ -1,0 +1,195 @@
+//! Test support: one real control plane per test process, a namespace per test.
+//!
+//! `cluster()` returns the control plane named by `LINKTOKEN_TEST_KUBECONFIG` when set (so a
+//! script can share one across test binaries), else starts one for this process on first use.
+//! When the binaries are missing: under `CI=true` the test fails; elsewhere it is skipped with
+//! a loud message. Nothing here mocks the API server.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use linktoken_operator::controlplane::{ControlPlane, Options, Tools};
+
+/// A reachable control plane and the tools that go with it.
+pub struct TestCluster {
+    pub kubeconfig: PathBuf,
+    pub tools: Tools,
+}
+
+static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
+/// The control plane this process started (None when it uses a shared one), kept here so the
+/// exit hook and restart tests can reach it.
+static OWNED: Mutex<Option<ControlPlane>> = Mutex::new(None);
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The control plane for this test, or None (skip) outside CI when none can be had.
+pub async fn cluster() -> Option<&'static TestCluster> {
+    // Starting blocks for a while; do it on a plain thread so no async runtime is stalled
+    // and the spawner thread (see controlplane::process) is not a test thread.
+    let result = CLUSTER.get_or_init(|| {
+        std::thread::spawn(init)
+            .join()
+            .unwrap_or_else(|_| Err("control-plane start panicked".into()))
+    });
+    match result {
+        Ok(c) => Some(c),
+        Err(e) if in_ci() => panic!("CI=true and the control plane is unavailable: {e}"),
+        Err(e) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: this test needs a real control plane and none is available:\n!!!!!!!! {e}\n"
+            );
+            None
+        }
+    }
+}
+
+/// `let Some(c) = require_cluster!() else { return };` in one word.
+#[macro_export]
+macro_rules! require_cluster {
+    () => {
+        match support::cluster().await {
+            Some(c) => c,
+            None => return,
+        }
+    };
+}
+
+fn init() -> Result<TestCluster, String> {
+    let tools = Tools::locate().map_err(|e| e.to_string())?;
+    if let Some(kc) = std::env::var_os("LINKTOKEN_TEST_KUBECONFIG") {
+        return Ok(TestCluster {
+            kubeconfig: PathBuf::from(kc),
+            tools,
+        });
+    }
+    let started = Instant::now();
+    let cp = ControlPlane::start(Options::default()).map_err(|e| e.to_string())?;
+    eprintln!(
+        "test support: control plane ready in {:.1}s at {} ({})",
+        started.elapsed().as_secs_f64(),
+        cp.api_url(),
+        cp.dir().display()
+    );
+    let kubeconfig = cp.kubeconfig_path().to_path_buf();
+    *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = Some(cp);
+    // SAFETY: registering a plain extern "C" function; it runs once at process exit.
+    unsafe {
+        libc::atexit(stop_owned);
+    }
+    Ok(TestCluster { kubeconfig, tools })
+}
+
+extern "C" fn stop_owned() {
+    if let Ok(mut g) = OWNED.lock()
+        && let Some(mut cp) = g.take()
+    {
+        cp.stop(false);
+    }
+}
+
+/// The control plane this process owns, for tests that restart its components. None when
+/// the tests run against a shared one.
+pub fn owned_control_plane() -> Option<MutexGuard<'static, Option<ControlPlane>>> {
+    let g = OWNED.lock().unwrap_or_else(|p| p.into_inner());
+    g.is_some().then_some(g)
+}
+
+impl TestCluster {
+    /// A fresh client (each tokio test has its own runtime, so clients are not shared).
+    pub async fn client(&self) -> kube::Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// Creates a namespace named `<prefix>-<random>` and returns its name.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let name = unique(prefix);
+        let api: Api<Namespace> = Api::all(self.client().await);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("linktoken-test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        name
+    }
+
+    /// kubectl with this cluster's kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(&self.tools.kubectl);
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// helm with this cluster's kubeconfig; panics when helm was not built.
+    pub fn helm(&self) -> Command {
+        let helm = self
+            .tools
+            .helm
+            .as_ref()
+            .expect("helm not found: run `bash scripts/build-tools.sh`");
+        let mut c = Command::new(helm);
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// Installs (server-side apply) a CRD and waits until it is Established.
+    pub async fn apply_crd(&self, crd: &CustomResourceDefinition) {
+        let client = self.client().await;
+        let api: Api<CustomResourceDefinition> = Api::all(client);
+        let name = crd.metadata.name.clone().expect("crd name");
+        api.patch(
+            &name,
+            &PatchParams::apply("linktoken-tests").force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .expect("apply crd");
+        eventually(Duration::from_secs(30), "CRD established", || async {
+            let c = api.get(&name).await.ok()?;
+            let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+}
+
+/// `<prefix>-<8 random hex>`: a name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Polls `f` until it returns Some, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
