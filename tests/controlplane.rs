@@ -55,14 +55,28 @@ async fn garbage_collector_and_namespace_controller_run() {
         .await
         .expect("create dependent");
 
-    cms.delete("owner", &DeleteParams::default()).await.expect("delete owner");
-    support::eventually(Duration::from_secs(60), "dependent Secret garbage-collected", || async {
-        secrets.get_opt("dependent").await.ok()?.is_none().then_some(())
-    })
+    cms.delete("owner", &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    support::eventually(
+        Duration::from_secs(60),
+        "dependent Secret garbage-collected",
+        || async {
+            secrets
+                .get_opt("dependent")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 
     let namespaces: Api<Namespace> = Api::all(client);
-    namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
     support::eventually(Duration::from_secs(90), "namespace deleted", || async {
         namespaces.get_opt(&ns).await.ok()?.is_none().then_some(())
     })
@@ -75,7 +89,9 @@ async fn garbage_collector_and_namespace_controller_run() {
 #[tokio::test]
 async fn sigkilled_owner_leaves_no_control_plane_behind() {
     // Only the binaries are needed here, not the shared cluster; but honour the CI rule.
-    let Some(_c) = support::cluster().await else { return };
+    let Some(_c) = support::cluster().await else {
+        return;
+    };
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("run");
     let mut runner = Command::new(env!("CARGO_BIN_EXE_controlplane"))
@@ -89,12 +105,22 @@ async fn sigkilled_owner_leaves_no_control_plane_behind() {
         .expect("spawn controlplane run");
     let start = Instant::now();
     while !dir.join("ready").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "second control plane not ready");
-        assert!(runner.try_wait().expect("wait").is_none(), "runner exited early");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "second control plane not ready"
+        );
+        assert!(
+            runner.try_wait().expect("wait").is_none(),
+            "runner exited early"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pids = process::recorded_pids(&dir.join("pids"));
-    assert_eq!(pids.len(), 3, "etcd, kube-apiserver and kube-controller-manager recorded");
+    assert_eq!(
+        pids.len(),
+        3,
+        "etcd, kube-apiserver and kube-controller-manager recorded"
+    );
     assert!(pids.iter().all(|p| process::pid_alive(*p)));
 
     runner.kill().expect("SIGKILL the runner");
@@ -105,7 +131,9 @@ async fn sigkilled_owner_leaves_no_control_plane_behind() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "control-plane processes survived their owner's SIGKILL: {:?}",
-            pids.iter().filter(|p| alive_not_zombie(**p)).collect::<Vec<_>>()
+            pids.iter()
+                .filter(|p| alive_not_zombie(**p))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -142,6 +170,10 @@ fn sweep_kills_children_of_a_dead_owner() {
 
 fn alive_not_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+        .map(|s| {
+            !s.split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+        })
         .unwrap_or(false)
 }

@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use linktoken_operator::controlplane::{ControlPlane, Lifetime, Options, process, sweep};
 
 #[derive(Parser)]
-#[command(name = "controlplane", about = "A local etcd + kube-apiserver + kube-controller-manager")]
+#[command(
+    name = "controlplane",
+    about = "A local etcd + kube-apiserver + kube-controller-manager"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,7 +39,11 @@ enum Cmd {
 #[derive(clap::Args)]
 struct DirArg {
     /// The run folder (kubeconfig, logs, data).
-    #[arg(long, env = "LINKTOKEN_CONTROLPLANE_DIR", default_value = ".local/controlplane")]
+    #[arg(
+        long,
+        env = "LINKTOKEN_CONTROLPLANE_DIR",
+        default_value = ".local/controlplane"
+    )]
     dir: PathBuf,
 }
 
@@ -91,7 +98,10 @@ fn start(dir: &Path) -> Result<(), String> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(180) {
         if dir.join("ready").exists() {
-            eprintln!("controlplane: ready in {:.1}s", started.elapsed().as_secs_f64());
+            eprintln!(
+                "controlplane: ready in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
             return kubeconfig(&dir);
         }
         if let Ok(why) = std::fs::read_to_string(dir.join("failed")) {
@@ -122,7 +132,10 @@ fn stop(dir: &Path) -> Result<(), String> {
     if let Ok(pid) = pid.trim().parse::<i32>()
         && sweep::owner_alive(dir)
     {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let started = Instant::now();
         while process::pid_alive(pid) && started.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(100));
@@ -150,7 +163,10 @@ fn run(dir: &Path) -> Result<(), String> {
         }
     };
     std::fs::write(dir.join("ready"), "").map_err(|e| e.to_string())?;
-    eprintln!("controlplane: ready; kubeconfig {}", cp.kubeconfig_path().display());
+    eprintln!(
+        "controlplane: ready; kubeconfig {}",
+        cp.kubeconfig_path().display()
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

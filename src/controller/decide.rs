@@ -148,7 +148,10 @@ pub enum Action {
     Wait { reason: Reason, message: String },
     /// Issue a new token: DELETE in each of `revoke_orgs` first (a token may exist there),
     /// then POST, write the Secret, then status.
-    Issue { why: IssueWhy, revoke_orgs: Vec<String> },
+    Issue {
+        why: IssueWhy,
+        revoke_orgs: Vec<String>,
+    },
     /// The Secret holds a token written by an interrupted issue after its POST: keep it and
     /// record it in status (no Atlas call).
     Adopt { token_key: String },
@@ -216,7 +219,9 @@ fn check_credentials(o: &Observed) -> Option<Action> {
 fn check_org(o: &Observed) -> Option<Action> {
     match &o.org {
         OrgOwnership::Owner => None,
-        OrgOwnership::ConflictWith { same_namespace_name } => {
+        OrgOwnership::ConflictWith {
+            same_namespace_name,
+        } => {
             let who = match same_namespace_name {
                 Some(name) => format!("LinkToken {name}"),
                 None => "an older LinkToken in another namespace".into(),
@@ -305,7 +310,11 @@ enum TokenLocation {
 
 /// Where the issued token is now: in the target Secret, or (during a rename) the previous one.
 fn current_token_location(o: &Observed) -> TokenLocation {
-    let Some(sha) = o.issued_for.as_ref().and_then(|i| i.token_sha256.as_deref()) else {
+    let Some(sha) = o
+        .issued_for
+        .as_ref()
+        .and_then(|i| i.token_sha256.as_deref())
+    else {
         return TokenLocation::Mismatch;
     };
     let mut seen_ours = false;

@@ -123,7 +123,11 @@ impl DesiredSecret<'_> {
 /// Classifies an observed Secret for `decide`: absent, foreign, or ours (with its value hashes).
 /// `owner_uid` is the LinkToken's uid; only a Secret with a *controller* ownerReference to it
 /// is ours.
-pub fn observe(secret: Option<&Secret>, owner_uid: &str, desired_metadata_current: bool) -> SecretState {
+pub fn observe(
+    secret: Option<&Secret>,
+    owner_uid: &str,
+    desired_metadata_current: bool,
+) -> SecretState {
     let Some(secret) = secret else {
         return SecretState::Absent;
     };
@@ -156,7 +160,10 @@ pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
         .metadata
         .owner_references
         .as_ref()
-        .is_some_and(|refs| refs.iter().any(|r| r.controller == Some(true) && r.uid == owner_uid))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.controller == Some(true) && r.uid == owner_uid)
+        })
 }
 
 #[cfg(test)]
@@ -192,13 +199,26 @@ mod tests {
     #[test]
     fn label_values_are_valid_for_every_valid_name() {
         let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
-        for name in ["lt", &"x".repeat(63), &"y".repeat(64), &long, &format!("{}-", "z".repeat(53))] {
+        for name in [
+            "lt",
+            &"x".repeat(63),
+            &"y".repeat(64),
+            &long,
+            &format!("{}-{}", "z".repeat(53), "w".repeat(20)),
+        ] {
             let v = linktoken_label_value(name);
             assert!(v.len() <= 63, "{v}");
             let first = v.chars().next().unwrap();
             let last = v.chars().last().unwrap();
-            assert!(first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric(), "{v}");
-            assert!(v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{v}");
+            assert!(
+                first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric(),
+                "{v}"
+            );
+            assert!(
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                "{v}"
+            );
         }
         assert_ne!(
             linktoken_label_value(&format!("{}a", "q".repeat(70))),
@@ -225,14 +245,20 @@ mod tests {
         assert_eq!(ann[TOKEN_SHA256_ANNOTATION], token_sha256(b"tok"));
         assert!(ann.values().all(|v| v != "tok"));
         assert_eq!(s.data.unwrap()["linkToken"].0, b"tok");
-        assert_eq!(s.metadata.owner_references.unwrap()[0].controller, Some(true));
+        assert_eq!(
+            s.metadata.owner_references.unwrap()[0].controller,
+            Some(true)
+        );
     }
 
     #[test]
     fn only_a_controller_reference_to_this_linktoken_makes_a_secret_ours() {
         let d = desired(None);
         let mut s = d.build();
-        assert!(matches!(observe(Some(&s), "uid-1", true), SecretState::Ours(_)));
+        assert!(matches!(
+            observe(Some(&s), "uid-1", true),
+            SecretState::Ours(_)
+        ));
         assert_eq!(observe(Some(&s), "uid-2", true), SecretState::Foreign);
         s.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
         assert_eq!(observe(Some(&s), "uid-1", true), SecretState::Foreign);
@@ -244,12 +270,26 @@ mod tests {
         let d = desired(None);
         let mut s = d.build();
         assert!(d.is_current(&s));
-        s.metadata.labels.as_mut().unwrap().insert("extra".into(), "ok".into());
-        assert!(d.is_current(&s), "someone else's extra labels are not drift");
-        s.metadata.annotations.as_mut().unwrap().remove(ORG_ID_ANNOTATION);
+        s.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), "ok".into());
+        assert!(
+            d.is_current(&s),
+            "someone else's extra labels are not drift"
+        );
+        s.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ORG_ID_ANNOTATION);
         assert!(!d.is_current(&s));
         let mut s2 = d.build();
-        s2.data.as_mut().unwrap().insert("linkToken".into(), ByteString(b"x".to_vec()));
+        s2.data
+            .as_mut()
+            .unwrap()
+            .insert("linkToken".into(), ByteString(b"x".to_vec()));
         assert!(!d.is_current(&s2));
     }
 }

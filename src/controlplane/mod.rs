@@ -147,7 +147,8 @@ impl ControlPlane {
                 rand::random::<u32>()
             )),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| Error::io(format!("resolve {}", dir.display()), e))?;
@@ -280,7 +281,10 @@ impl ControlPlane {
                     .arg(format!("--advertise-client-urls={client}"))
                     .arg(format!("--listen-peer-urls={peer}"))
                     .arg(format!("--initial-advertise-peer-urls={peer}"))
-                    .arg(format!("--initial-cluster=linktoken-{}={peer}", p.etcd_client))
+                    .arg(format!(
+                        "--initial-cluster=linktoken-{}={peer}",
+                        p.etcd_client
+                    ))
                     // Test data is disposable: skipping fsync makes etcd several times faster.
                     .arg("--unsafe-no-fsync=true")
                     .arg("--log-level=warn");
@@ -295,10 +299,19 @@ impl ControlPlane {
                     // The `kubernetes` Service would point at a loopback address, which
                     // Endpoints validation rejects; nothing here needs that Service.
                     .arg("--endpoint-reconciler-type=none")
-                    .arg(format!("--cert-dir={}", d.join("apiserver-certs").display()))
-                    .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+                    .arg(format!(
+                        "--cert-dir={}",
+                        d.join("apiserver-certs").display()
+                    ))
+                    .arg(format!(
+                        "--token-auth-file={}",
+                        d.join("tokens.csv").display()
+                    ))
                     .arg("--authorization-mode=RBAC")
-                    .arg(format!("--service-account-key-file={}", d.join("sa.key").display()))
+                    .arg(format!(
+                        "--service-account-key-file={}",
+                        d.join("sa.key").display()
+                    ))
                     .arg(format!(
                         "--service-account-signing-key-file={}",
                         d.join("sa.key").display()
@@ -332,7 +345,10 @@ impl ControlPlane {
     fn is_ready(&self, c: Component) -> bool {
         match c {
             // etcd answers /health once it can serve.
-            Component::Etcd => http_ok(&format!("http://127.0.0.1:{}/health", self.ports.etcd_client)),
+            Component::Etcd => http_ok(&format!(
+                "http://127.0.0.1:{}/health",
+                self.ports.etcd_client
+            )),
             Component::ApiServer => kubectl_ok(self, &["get", "--raw", "/readyz"]),
             // The serviceaccount controller creating `default` proves the controllers run.
             Component::ControllerManager => {

@@ -98,7 +98,9 @@ pub fn spawn(
     lifetime: Lifetime,
 ) -> Result<Supervised, Error> {
     let out = File::create(log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| Error::io("dup log handle", e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io("dup log handle", e))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let tied = lifetime == Lifetime::TiedToProcess;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls

@@ -62,7 +62,10 @@ pub fn owner_alive(dir: &Path) -> bool {
 /// another process whose start time is later than the folder's creation.
 fn owner_matches(pid: i32, dir: &Path) -> bool {
     let started = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (started(Path::new(&format!("/proc/{pid}"))), started(&dir.join("owner.pid"))) {
+    match (
+        started(Path::new(&format!("/proc/{pid}"))),
+        started(&dir.join("owner.pid")),
+    ) {
         (Some(proc_start), Some(folder_written)) => proc_start <= folder_written,
         _ => true,
     }

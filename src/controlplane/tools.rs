@@ -38,13 +38,20 @@ impl Tools {
         let need = |name: &str, env_var: Option<&str>| {
             find(name, env_var).ok_or_else(|| Error::ToolMissing {
                 tool: name.to_string(),
-                searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                searched: dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
         };
         Ok(Tools {
             etcd: need("etcd", Some("TEST_ASSET_ETCD"))?,
             kube_apiserver: need("kube-apiserver", Some("TEST_ASSET_KUBE_APISERVER"))?,
-            kube_controller_manager: need("kube-controller-manager", Some("TEST_ASSET_KUBE_CONTROLLER_MANAGER"))?,
+            kube_controller_manager: need(
+                "kube-controller-manager",
+                Some("TEST_ASSET_KUBE_CONTROLLER_MANAGER"),
+            )?,
             kubectl: need("kubectl", Some("TEST_ASSET_KUBECTL"))?,
             helm: find("helm", Some("TEST_ASSET_HELM")),
         })
@@ -68,7 +75,11 @@ fn candidate_dirs() -> Vec<PathBuf> {
 /// live in exactly one place.
 fn build_script_dir() -> Option<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-tools.sh");
-    let out = Command::new("bash").arg(&script).arg("--print-dir").output().ok()?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-dir")
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

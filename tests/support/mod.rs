@@ -127,7 +127,9 @@ impl TestCluster {
             },
             ..Default::default()
         };
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         name
     }
 
@@ -164,7 +166,11 @@ impl TestCluster {
         .expect("apply crd");
         eventually(Duration::from_secs(30), "CRD established", || async {
             let c = api.get(&name).await.ok()?;
-            let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            let established = c
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
             established.then_some(())
         })
         .await;

@@ -64,46 +64,71 @@ fn issue(why: IssueWhy, revoke: &[&str]) -> Action {
 #[test]
 fn the_issuing_table() {
     let cases: Vec<(&str, Observed, Action)> = vec![
-        ("nothing issued yet: POST without a DELETE", fresh(), issue(IssueWhy::NoToken, &[])),
+        (
+            "nothing issued yet: POST without a DELETE",
+            fresh(),
+            issue(IssueWhy::NoToken, &[]),
+        ),
         (
             "interrupted before anything was stored: DELETE first",
             Observed {
-                in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:00Z".into() }),
+                in_flight: Some(InFlight {
+                    org_id: ORG.into(),
+                    started_at: "2026-11-28T10:00:00Z".into(),
+                }),
                 ..fresh()
             },
             issue(IssueWhy::Interrupted, &[ORG]),
         ),
         (
             "Secret deleted: revoke and reissue",
-            Observed { target_secret: SecretState::Absent, ..ready() },
+            Observed {
+                target_secret: SecretState::Absent,
+                ..ready()
+            },
             issue(IssueWhy::SecretDeleted, &[ORG]),
         ),
         (
             "Secret tampered: revoke and reissue",
-            Observed { target_secret: owned("linkToken", "2222"), ..ready() },
+            Observed {
+                target_secret: owned("linkToken", "2222"),
+                ..ready()
+            },
             issue(IssueWhy::SecretTampered, &[ORG]),
         ),
         (
             "token value removed from the Secret: tampered",
             Observed {
-                target_secret: SecretState::Ours(OwnedSecret { metadata_current: true, ..Default::default() }),
+                target_secret: SecretState::Ours(OwnedSecret {
+                    metadata_current: true,
+                    ..Default::default()
+                }),
                 ..ready()
             },
             issue(IssueWhy::SecretTampered, &[ORG]),
         ),
         (
             "access list changed",
-            Observed { access_list: vec!["10.0.0.0/24".into(), "192.0.2.1".into()], ..ready() },
+            Observed {
+                access_list: vec!["10.0.0.0/24".into(), "192.0.2.1".into()],
+                ..ready()
+            },
             issue(IssueWhy::AccessListChanged, &[ORG]),
         ),
         (
             "rotate annotation set",
-            Observed { rotate: Some("1".into()), ..ready() },
+            Observed {
+                rotate: Some("1".into()),
+                ..ready()
+            },
             issue(IssueWhy::RotateRequested, &[ORG]),
         ),
         (
             "orgId changed: the old org's link is revoked, the new org gets a POST",
-            Observed { org_id: ORG2.into(), ..ready() },
+            Observed {
+                org_id: ORG2.into(),
+                ..ready()
+            },
             issue(IssueWhy::OrgChanged, &[ORG]),
         ),
     ];
@@ -125,7 +150,9 @@ fn ready_and_current_does_nothing_but_report() {
     assert_eq!(
         decide(&ready()),
         Action::Keep {
-            source: SecretSource::Target { key: "linkToken".into() },
+            source: SecretSource::Target {
+                key: "linkToken".into()
+            },
             rewrite_secret: false,
             delete_previous: false,
         }
@@ -143,7 +170,9 @@ fn metadata_changes_rewrite_the_secret_without_reissuing() {
     assert_eq!(
         decide(&o),
         Action::Keep {
-            source: SecretSource::Target { key: "linkToken".into() },
+            source: SecretSource::Target {
+                key: "linkToken".into()
+            },
             rewrite_secret: true,
             delete_previous: false,
         }
@@ -152,11 +181,16 @@ fn metadata_changes_rewrite_the_secret_without_reissuing() {
 
 #[test]
 fn a_key_change_moves_the_token_within_the_secret() {
-    let o = Observed { target_secret_key: "token".into(), ..ready() };
+    let o = Observed {
+        target_secret_key: "token".into(),
+        ..ready()
+    };
     assert_eq!(
         decide(&o),
         Action::Keep {
-            source: SecretSource::Target { key: "linkToken".into() },
+            source: SecretSource::Target {
+                key: "linkToken".into()
+            },
             rewrite_secret: true,
             delete_previous: false,
         }
@@ -174,7 +208,10 @@ fn a_name_change_moves_the_token_and_deletes_the_old_secret() {
     assert_eq!(
         decide(&o),
         Action::Keep {
-            source: SecretSource::Previous { name: "lt".into(), key: "linkToken".into() },
+            source: SecretSource::Previous {
+                name: "lt".into(),
+                key: "linkToken".into()
+            },
             rewrite_secret: true,
             delete_previous: true,
         }
@@ -195,24 +232,48 @@ fn a_name_change_onto_a_foreign_secret_is_a_conflict_and_keeps_the_old_one() {
 #[test]
 fn the_waiting_table_makes_no_atlas_call() {
     let cases: Vec<(&str, Observed, Reason)> = vec![
-        ("credentials absent", Observed { credentials: CredentialsState::Missing, ..fresh() }, Reason::CredentialsNotFound),
+        (
+            "credentials absent",
+            Observed {
+                credentials: CredentialsState::Missing,
+                ..fresh()
+            },
+            Reason::CredentialsNotFound,
+        ),
         (
             "credentials invalid",
-            Observed { credentials: CredentialsState::Invalid("missing privateApiKey".into()), ..fresh() },
+            Observed {
+                credentials: CredentialsState::Invalid("missing privateApiKey".into()),
+                ..fresh()
+            },
             Reason::CredentialsInvalid,
         ),
         (
             "older LinkToken owns the org",
-            Observed { org: OrgOwnership::ConflictWith { same_namespace_name: Some("first".into()) }, ..fresh() },
+            Observed {
+                org: OrgOwnership::ConflictWith {
+                    same_namespace_name: Some("first".into()),
+                },
+                ..fresh()
+            },
             Reason::OrgConflict,
         ),
-        ("foreign Secret at the target name", Observed { target_secret: SecretState::Foreign, ..fresh() }, Reason::SecretConflict),
+        (
+            "foreign Secret at the target name",
+            Observed {
+                target_secret: SecretState::Foreign,
+                ..fresh()
+            },
+            Reason::SecretConflict,
+        ),
         (
             "credentials are checked before anything else",
             Observed {
                 credentials: CredentialsState::Missing,
                 target_secret: SecretState::Foreign,
-                org: OrgOwnership::ConflictWith { same_namespace_name: None },
+                org: OrgOwnership::ConflictWith {
+                    same_namespace_name: None,
+                },
                 ..fresh()
             },
             Reason::CredentialsNotFound,
@@ -225,11 +286,25 @@ fn the_waiting_table_makes_no_atlas_call() {
 
 #[test]
 fn org_conflict_names_the_owner_only_in_the_same_namespace() {
-    let other_ns = Observed { org: OrgOwnership::ConflictWith { same_namespace_name: None }, ..fresh() };
-    let Action::Wait { message, .. } = decide(&other_ns) else { panic!("wait") };
+    let other_ns = Observed {
+        org: OrgOwnership::ConflictWith {
+            same_namespace_name: None,
+        },
+        ..fresh()
+    };
+    let Action::Wait { message, .. } = decide(&other_ns) else {
+        panic!("wait")
+    };
     assert!(message.contains("another namespace"), "{message}");
-    let same_ns = Observed { org: OrgOwnership::ConflictWith { same_namespace_name: Some("first".into()) }, ..fresh() };
-    let Action::Wait { message, .. } = decide(&same_ns) else { panic!("wait") };
+    let same_ns = Observed {
+        org: OrgOwnership::ConflictWith {
+            same_namespace_name: Some("first".into()),
+        },
+        ..fresh()
+    };
+    let Action::Wait { message, .. } = decide(&same_ns) else {
+        panic!("wait")
+    };
     assert!(message.contains("LinkToken first"), "{message}");
 }
 
@@ -242,16 +317,43 @@ fn a_user_fixable_failure_is_not_retried_with_the_same_inputs() {
         rotate: None,
         resync_due: false,
     };
-    let o = Observed { last_stalled: Some(stalled.clone()), ..fresh() };
+    let o = Observed {
+        last_stalled: Some(stalled.clone()),
+        ..fresh()
+    };
     assert_eq!(reason(&decide(&o)), Some(Reason::AtlasForbidden));
 
     let cases: Vec<(&str, Observed)> = vec![
-        ("spec changed", Observed { generation: Some(2), ..o.clone() }),
-        ("credentials changed", Observed { credentials_version: Some("8".into()), ..o.clone() }),
-        ("rotate requested", Observed { rotate: Some("x".into()), ..o.clone() }),
+        (
+            "spec changed",
+            Observed {
+                generation: Some(2),
+                ..o.clone()
+            },
+        ),
+        (
+            "credentials changed",
+            Observed {
+                credentials_version: Some("8".into()),
+                ..o.clone()
+            },
+        ),
+        (
+            "rotate requested",
+            Observed {
+                rotate: Some("x".into()),
+                ..o.clone()
+            },
+        ),
         (
             "slow resync due",
-            Observed { last_stalled: Some(StalledAttempt { resync_due: true, ..stalled.clone() }), ..o.clone() },
+            Observed {
+                last_stalled: Some(StalledAttempt {
+                    resync_due: true,
+                    ..stalled.clone()
+                }),
+                ..o.clone()
+            },
         ),
     ];
     for (what, observed) in cases {
@@ -263,11 +365,19 @@ fn a_user_fixable_failure_is_not_retried_with_the_same_inputs() {
 fn crash_after_the_secret_before_status_adopts_the_stored_token() {
     let o = Observed {
         issued_for: None,
-        in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:00.500Z".into() }),
+        in_flight: Some(InFlight {
+            org_id: ORG.into(),
+            started_at: "2026-11-28T10:00:00.500Z".into(),
+        }),
         target_secret: owned("linkToken", "3333"),
         ..ready()
     };
-    assert_eq!(decide(&o), Action::Adopt { token_key: "linkToken".into() });
+    assert_eq!(
+        decide(&o),
+        Action::Adopt {
+            token_key: "linkToken".into()
+        }
+    );
 }
 
 #[test]
@@ -275,7 +385,10 @@ fn a_secret_older_than_the_marker_holds_a_revoked_token_and_is_not_adopted() {
     // Crash after the DELETE of a rotation, before the POST: the Secret still holds the old,
     // now revoked, token. It must be replaced, never reported Ready.
     let o = Observed {
-        in_flight: Some(InFlight { org_id: ORG.into(), started_at: "2026-11-28T10:00:02Z".into() }),
+        in_flight: Some(InFlight {
+            org_id: ORG.into(),
+            started_at: "2026-11-28T10:00:02Z".into(),
+        }),
         ..ready()
     };
     assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[ORG]));
@@ -285,7 +398,10 @@ fn a_secret_older_than_the_marker_holds_a_revoked_token_and_is_not_adopted() {
 fn an_interrupted_issue_in_another_org_revokes_both_orgs() {
     let o = Observed {
         org_id: ORG2.into(),
-        in_flight: Some(InFlight { org_id: ORG2.into(), started_at: "2026-11-28T10:00:02Z".into() }),
+        in_flight: Some(InFlight {
+            org_id: ORG2.into(),
+            started_at: "2026-11-28T10:00:02Z".into(),
+        }),
         target_secret: SecretState::Absent,
         ..ready()
     };
