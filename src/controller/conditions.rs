@@ -1,0 +1,132 @@
+//! kstatus-compatible conditions: Ready, Reconciling, Stalled, each with observedGeneration,
+//! computed by one function that keeps lastTransitionTime when a status does not change.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::Reason;
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Conditions for an outcome. `in_flight` is true while the controller keeps working on its
+/// own (issuing, retrying a transient failure): kstatus reads that as "in progress".
+pub fn compute(
+    previous: &[Condition],
+    generation: Option<i64>,
+    reason: Reason,
+    message: &str,
+    now: &Time,
+) -> Vec<Condition> {
+    let ready = reason == Reason::TokenIssued;
+    let stalled = reason.is_stalled();
+    let reconciling = !ready && !stalled;
+    let make = |type_: &str, status: bool, reason_str: &str, msg: &str| {
+        let status = if status { "True" } else { "False" }.to_string();
+        let last = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason_str.into(),
+            message: msg.into(),
+            observed_generation: generation,
+            last_transition_time: last.unwrap_or_else(|| now.clone()),
+        }
+    };
+    vec![
+        make(READY, ready, reason.as_str(), message),
+        make(
+            RECONCILING,
+            reconciling,
+            if reconciling { reason.as_str() } else { "Idle" },
+            if reconciling { message } else { "" },
+        ),
+        make(
+            STALLED,
+            stalled,
+            if stalled {
+                reason.as_str()
+            } else {
+                "NotStalled"
+            },
+            if stalled { message } else { "" },
+        ),
+    ]
+}
+
+/// The Ready condition's reason and message, if any.
+pub fn ready_of(conditions: &[Condition]) -> Option<(&str, &str)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn get<'a>(cs: &'a [Condition], t: &str) -> &'a Condition {
+        cs.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn kstatus_reads_each_reason_the_right_way() {
+        let now = t("2026-11-28T10:00:00Z");
+        let ready = compute(&[], Some(3), Reason::TokenIssued, "ok", &now);
+        assert_eq!(get(&ready, READY).status, "True");
+        assert_eq!(get(&ready, RECONCILING).status, "False");
+        assert_eq!(get(&ready, STALLED).status, "False");
+        assert!(ready.iter().all(|c| c.observed_generation == Some(3)));
+
+        let retrying = compute(&[], Some(3), Reason::AtlasUnavailable, "503", &now);
+        assert_eq!(get(&retrying, READY).status, "False");
+        assert_eq!(get(&retrying, RECONCILING).status, "True");
+        assert_eq!(get(&retrying, STALLED).status, "False");
+
+        let stuck = compute(&[], Some(3), Reason::AtlasForbidden, "403", &now);
+        assert_eq!(get(&stuck, STALLED).status, "True");
+        assert_eq!(get(&stuck, STALLED).reason, "AtlasForbidden");
+        assert_eq!(get(&stuck, RECONCILING).status, "False");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let first = compute(
+            &[],
+            Some(1),
+            Reason::AtlasUnavailable,
+            "a",
+            &t("2026-11-28T10:00:00Z"),
+        );
+        let again = compute(
+            &first,
+            Some(1),
+            Reason::AtlasRateLimited,
+            "b",
+            &t("2026-11-28T10:05:00Z"),
+        );
+        assert_eq!(
+            get(&again, READY).last_transition_time,
+            t("2026-11-28T10:00:00Z")
+        );
+        let ready = compute(
+            &again,
+            Some(1),
+            Reason::TokenIssued,
+            "c",
+            &t("2026-11-28T10:06:00Z"),
+        );
+        assert_eq!(
+            get(&ready, READY).last_transition_time,
+            t("2026-11-28T10:06:00Z")
+        );
+    }
+}
