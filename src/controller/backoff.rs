@@ -64,7 +64,7 @@ pub fn requeue_after(
 }
 
 /// base * 2^(attempts-1), capped, then scaled into [0.8, 1.2) by the jitter.
-fn exponential(attempts: u32, cfg: &BackoffConfig, jitter: f64) -> Duration {
+pub fn exponential(attempts: u32, cfg: &BackoffConfig, jitter: f64) -> Duration {
     let exp = attempts.saturating_sub(1).min(20);
     let raw = cfg.base.saturating_mul(1u32 << exp).min(cfg.max);
     raw.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))

@@ -1,5 +1,263 @@
 //! The LinkToken controller.
+//!
+//! - [`decide`]: pure, observed state -> next action (the policy chain), table-tested.
+//! - [`observe`]: reads the credentials and token Secrets, the org index, the failure memory.
+//! - [`act`] / [`cleanup`]: carry actions out (Atlas calls, the token Secret, status, events).
+//! - [`secret`]: the token Secret contract; [`conditions`], [`backoff`], [`index`]: pure helpers.
+//!
+//! Watches, per watched scope (all namespaces, or each of `--watch-namespaces`):
+//! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
+//! writes do not trigger reconciles), and the *metadata* of Secrets (never their data, so memory
+//! does not grow with the cluster's Secrets), mapped back to the LinkTokens that use them as
+//! credentials or token Secret. A deleted LinkToken wakes the others for its orgId (takeover).
+pub mod act;
 pub mod backoff;
+pub mod cleanup;
 pub mod conditions;
+pub mod context;
 pub mod decide;
+pub mod error;
+pub mod index;
+pub mod observe;
+pub mod report;
 pub mod secret;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher, Predicate};
+use kube::{Client, ResourceExt};
+
+pub use context::Context;
+pub use error::Error;
+
+use crate::api::{FINALIZER, LinkToken};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    pub concurrency: u16,
+    pub backoff: backoff::BackoffConfig,
+}
+
+/// The stores of every watched scope, created before the controllers so the shared context can
+/// see all LinkTokens (the org index spans namespaces).
+pub struct Scopes {
+    scopes: Vec<(Option<String>, reflector::store::Writer<LinkToken>)>,
+    pub readers: Vec<Store<LinkToken>>,
+}
+
+impl Scopes {
+    pub fn names(&self) -> Vec<Option<String>> {
+        self.scopes.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn new(namespaces: &[String]) -> Scopes {
+        let names: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut scopes = Vec::new();
+        let mut readers = Vec::new();
+        for ns in names {
+            let (reader, writer) = reflector::store();
+            readers.push(reader);
+            scopes.push((ns, writer));
+        }
+        Scopes { scopes, readers }
+    }
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs one controller per scope until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    ctx: Arc<Context>,
+    scopes: Scopes,
+    cfg: RunConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let mut wake_senders = Vec::new();
+    let mut wake_receivers = Vec::new();
+    for _ in &scopes.scopes {
+        let (tx, rx) = mpsc::unbounded::<ObjectRef<LinkToken>>();
+        wake_senders.push(tx);
+        wake_receivers.push(rx);
+    }
+    let mut runs = Vec::new();
+    for ((ns, writer), wake_rx) in scopes.scopes.into_iter().zip(wake_receivers) {
+        let client = ctx.client.clone();
+        let lt_api: Api<LinkToken> = scoped(&client, &ns);
+        let secret_api: Api<PartialObjectMeta<Secret>> = match &ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let senders = wake_senders.clone();
+        let ctx_for_wake = ctx.clone();
+        let linktokens = reflector::reflector(writer, watcher(lt_api, watcher::Config::default()))
+            .default_backoff()
+            .inspect(move |ev| {
+                // The owner of an org went away: wake the others so one takes over now.
+                if let Ok(watcher::Event::Delete(gone)) = ev {
+                    for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
+                        for tx in &senders {
+                            let _ = tx.unbounded_send(r.clone());
+                        }
+                    }
+                }
+            })
+            .applied_objects()
+            .predicate_filter(
+                predicates::generation
+                    .combine(predicates::annotations)
+                    .combine(predicates::finalizers),
+                Default::default(),
+            );
+        let reader = ctx.readers_for(&ns);
+        let ctx_for_map = ctx.clone();
+        let secrets = watcher(secret_api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects();
+        let controller = Controller::for_stream(linktokens, reader)
+            .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+                let ns = s.namespace().unwrap_or_default();
+                index::linktokens_for_secret(&ctx_for_map.all_linktokens(), &ns, &s.name_any())
+            })
+            .reconcile_on(wake_rx)
+            .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            });
+        runs.push(controller.boxed());
+    }
+    futures::future::join_all(runs).await;
+}
+
+impl Context {
+    /// Every LinkToken of every watched scope.
+    pub fn all_linktokens(&self) -> Vec<Arc<LinkToken>> {
+        self.stores.iter().flat_map(|s| s.state()).collect()
+    }
+
+    fn readers_for(&self, ns: &Option<String>) -> Store<LinkToken> {
+        let i = self.scope_names.iter().position(|n| n == ns).unwrap_or(0);
+        self.stores[i].clone()
+    }
+
+    /// Resolves once every scope's cache has its first full list.
+    pub async fn wait_until_synced(&self) {
+        for s in &self.stores {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}
+
+/// One reconcile: finalizer bookkeeping, then apply or cleanup; one log line per outcome.
+async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = report::key_of(&lt);
+    let result = reconcile_inner(&lt, &ctx).await;
+    let elapsed = started.elapsed();
+    match &result {
+        Ok(out) => {
+            let label = if out.reason == crate::api::Reason::TokenIssued {
+                "ready"
+            } else if out.reason.is_stalled() {
+                "stalled"
+            } else {
+                "retry"
+            };
+            ctx.metrics.observe_reconcile(label, elapsed);
+            tracing::info!(linktoken = %key, reason = %out.reason, result = label,
+                duration_ms = elapsed.as_millis() as u64, "reconciled");
+        }
+        Err(e) => {
+            ctx.metrics.observe_reconcile(e.metric_label(), elapsed);
+            tracing::warn!(linktoken = %key, error = %e, duration_ms = elapsed.as_millis() as u64, "reconcile failed");
+        }
+    }
+    result.map(|o| o.action)
+}
+
+async fn reconcile_inner(lt: &LinkToken, ctx: &Context) -> Result<act::Outcome, Error> {
+    let finalizers = lt.finalizers();
+    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+    if lt.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(act::Outcome {
+                action: Action::await_change(),
+                reason: crate::api::Reason::TokenIssued,
+            });
+        }
+        let out = cleanup::cleanup(lt, ctx).await?;
+        remove_finalizer(lt, ctx).await?;
+        return Ok(out);
+    }
+    if !has_finalizer {
+        add_finalizer(lt, ctx).await?;
+    }
+    let obs = observe::observe(lt, ctx).await?;
+    act::apply(lt, ctx, obs).await
+}
+
+/// Merge patches carrying the resourceVersion: the API server refuses them if the object
+/// changed meanwhile (the next event retries), so another writer's finalizer is never lost.
+async fn add_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
+    let mut list = lt.finalizers().to_vec();
+    list.push(FINALIZER.to_string());
+    patch_finalizers(lt, ctx, list).await
+}
+
+async fn remove_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
+    let list: Vec<String> = lt.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    match patch_finalizers(lt, ctx, list).await {
+        // Already gone: nothing left to do.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+async fn patch_finalizers(lt: &LinkToken, ctx: &Context, list: Vec<String>) -> Result<(), Error> {
+    let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": list, "resourceVersion": lt.resource_version() }
+    });
+    api.patch(&lt.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
+    match err {
+        Error::RevocationBlocked { retry_after, .. } => Action::requeue(*retry_after),
+        // A conflict means the object changed under us; its watch event reconciles it anyway.
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_secs(1)),
+        _ => {
+            let n = ctx.bump_attempts(&report::object_ref(&lt));
+            Action::requeue(backoff::exponential(n, &ctx.backoff, rand::random()))
+        }
+    }
+}

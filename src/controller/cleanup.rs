@@ -1,0 +1,143 @@
+//! Deletion: the finalizer's job. `Retain` lets go without calling Atlas (and keeps the Secret);
+//! `Delete` revokes. Deletion is never blocked forever by something only a user can fix:
+//! missing credentials, 401, 403 or another 4xx end in a `RevocationSkipped` warning and the
+//! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
+//! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::act::Outcome;
+use super::backoff;
+use super::context::Context;
+use super::error::Error;
+use super::observe::read_credentials;
+use super::report::{self, key_of, object_ref};
+use super::secret;
+use crate::api::{DeletionPolicy, LinkToken, Reason};
+use crate::atlas::{DeleteOutcome, Operation, RetryHint, classify};
+
+pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
+    let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let status = lt.status.clone().unwrap_or_default();
+    // Orgs where a token of this LinkToken may be live. None: nothing to revoke (never issued,
+    // or it only ever waited on an OrgConflict, whose owner's token must not be touched).
+    let mut orgs: Vec<String> = Vec::new();
+    for o in [
+        status.issued_for.as_ref().map(|i| i.org_id.clone()),
+        status.in_flight.as_ref().map(|f| f.org_id.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !orgs.contains(&o) {
+            orgs.push(o);
+        }
+    }
+
+    if lt.spec.deletion_policy == DeletionPolicy::Retain {
+        orphan_token_secret(lt, ctx, &ns).await?;
+        if !orgs.is_empty() {
+            report::publish(
+                ctx,
+                lt,
+                EventType::Normal,
+                "TokenRetained",
+                "deletionPolicy is Retain: the link token stays valid in Atlas and its Secret is kept",
+            )
+            .await;
+        }
+        return Ok(released(ctx, lt));
+    }
+    if orgs.is_empty() {
+        return Ok(released(ctx, lt));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let creds_secret = secrets.get_opt(&lt.spec.credentials_secret_ref.name).await?;
+    let (_, creds, _) = read_credentials(creds_secret.as_ref());
+    let Some(creds) = creds else {
+        skipped(ctx, lt, "the credentials Secret is missing or invalid, so the link token could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters").await;
+        return Ok(released(ctx, lt));
+    };
+
+    for org in &orgs {
+        match ctx.atlas.delete_link_token(&creds, org).await {
+            Ok(DeleteOutcome::Deleted) | Ok(DeleteOutcome::AlreadyAbsent) => {}
+            Err(e) => {
+                let class = classify(&e, Operation::Finalize);
+                let message = e.user_message();
+                if class.reason != Reason::RevocationBlocked && class.reason != Reason::AtlasRateLimited {
+                    skipped(ctx, lt, &format!("Atlas refused the revocation ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
+                    return Ok(released(ctx, lt));
+                }
+                let mut status = status.clone();
+                status.atlas_error = Some(report::atlas_error_status(&e));
+                let message = format!(
+                    "{message}; retrying. Set spec.deletionPolicy: Retain to delete without revoking"
+                );
+                let status = report::with_outcome(lt, status, Reason::RevocationBlocked, &message);
+                report::outcome_event(ctx, lt, Reason::RevocationBlocked, &message).await;
+                report::write_status(ctx, lt, &status).await?;
+                let n = ctx.bump_attempts(&object_ref(lt));
+                let retry_after = match class.retry {
+                    RetryHint::After(d) => d,
+                    _ => backoff::exponential(n, &ctx.backoff, rand::random()),
+                };
+                return Err(Error::RevocationBlocked { message, retry_after });
+            }
+        }
+    }
+    ctx.metrics.token_revoked();
+    report::publish(ctx, lt, EventType::Normal, "TokenRevoked", "revoked the link token in Atlas").await;
+    Ok(released(ctx, lt))
+}
+
+fn released(ctx: &Context, lt: &LinkToken) -> Outcome {
+    ctx.forget(&object_ref(lt));
+    ctx.metrics.track(&key_of(lt), None);
+    Outcome {
+        action: Action::await_change(),
+        reason: Reason::TokenIssued,
+    }
+}
+
+async fn skipped(ctx: &Context, lt: &LinkToken, note: &str) {
+    tracing::warn!(linktoken = %key_of(lt), "revocation skipped: {note}");
+    report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", note).await;
+}
+
+/// With Retain the token stays valid, so its Secret must survive the LinkToken: drop our
+/// ownerReference (garbage collection would delete it otherwise). Only a Secret we control.
+async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let Some(uid) = lt.uid() else { return Ok(()) };
+    let name = lt
+        .status
+        .as_ref()
+        .and_then(|s| s.token_secret_name.clone())
+        .unwrap_or_else(|| lt.spec.token_secret_name(&lt.name_any()));
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(s) = api.get_opt(&name).await? else { return Ok(()) };
+    if !secret::is_controlled_by(&s, &uid) {
+        return Ok(());
+    }
+    let remaining: Vec<_> = s
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != uid)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "ownerReferences": remaining,
+            "resourceVersion": s.metadata.resource_version,
+        }
+    });
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! What every reconcile shares: clients, the LinkToken cache, metrics, events, and a small
+//! per-object memory of failures (for backoff and for not repeating user-fixable failures).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::backoff::BackoffConfig;
+use crate::api::{LinkToken, Reason};
+use crate::atlas::AtlasClient;
+use crate::runtime::metrics::Metrics;
+
+pub struct Context {
+    pub client: Client,
+    pub atlas: AtlasClient,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// The LinkToken caches of every watched scope (the org index spans them all).
+    pub stores: Vec<Store<LinkToken>>,
+    /// The scope of each store (None: all namespaces).
+    pub scope_names: Vec<Option<String>>,
+    pub backoff: BackoffConfig,
+    memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
+}
+
+/// What the controller remembers of an object between reconciles (in memory only: after a
+/// restart the worst case is one extra Atlas call per object).
+#[derive(Clone, Debug, Default)]
+pub struct Memo {
+    /// Consecutive transient failures, for exponential backoff.
+    pub attempts: u32,
+    /// The last failure that only a user can fix, with the inputs it happened with.
+    pub stalled: Option<StalledMemo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StalledMemo {
+    pub reason: Reason,
+    pub generation: Option<i64>,
+    pub credentials_version: Option<String>,
+    pub rotate: Option<String>,
+    pub at: Instant,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        atlas: AtlasClient,
+        metrics: Metrics,
+        recorder: Recorder,
+        scopes: &super::Scopes,
+        backoff: BackoffConfig,
+    ) -> Self {
+        Context {
+            client,
+            atlas,
+            metrics,
+            recorder,
+            stores: scopes.readers.clone(),
+            scope_names: scopes.names(),
+            backoff,
+            memo: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn memo(&self, key: &ObjectRef<LinkToken>) -> Memo {
+        self.lock().get(key).cloned().unwrap_or_default()
+    }
+
+    /// Counts one more transient failure and returns the new count.
+    pub fn bump_attempts(&self, key: &ObjectRef<LinkToken>) -> u32 {
+        let mut m = self.lock();
+        let e = m.entry(key.clone()).or_default();
+        e.attempts = e.attempts.saturating_add(1);
+        e.attempts
+    }
+
+    pub fn remember_stalled(&self, key: &ObjectRef<LinkToken>, stalled: StalledMemo) {
+        let mut m = self.lock();
+        let e = m.entry(key.clone()).or_default();
+        e.stalled = Some(stalled);
+        e.attempts = 0;
+    }
+
+    /// Success (or the object is gone): forget failures.
+    pub fn forget(&self, key: &ObjectRef<LinkToken>) {
+        self.lock().remove(key);
+    }
+
+    /// True when the stalled memo is older than the slow resync.
+    pub fn resync_due(&self, since: Instant) -> bool {
+        since.elapsed() >= self.backoff.resync.saturating_sub(Duration::from_secs(1))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<LinkToken>, Memo>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

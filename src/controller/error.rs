@@ -1,0 +1,33 @@
+//! Errors of a reconcile. Their Display goes to logs and events, so none carries a token or a
+//! credential: Atlas errors are already redacted by the client, and Kubernetes errors name
+//! objects and fields, never Secret values.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Deleting, and Atlas would not revoke yet: keep the finalizer, look again later.
+    #[error("revocation blocked: {message}")]
+    RevocationBlocked { message: String, retry_after: Duration },
+    #[error("{0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("LinkToken has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short label for the reconcile metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_error",
+            Error::RevocationBlocked { .. } => "revocation_blocked",
+            Error::Finalizer(_) => "finalizer_error",
+            Error::MissingMetadata(_) => "invalid_object",
+            Error::Encode(_) => "encode_error",
+        }
+    }
+}
