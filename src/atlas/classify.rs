@@ -137,168 +137,193 @@ mod tests {
         let s3 = Duration::from_secs(3);
         let table: Vec<(AtlasError, Operation, Reason, RetryHint)> = vec![
             (
-                AtlasError::Api(api(401)),
+                AtlasError::Api(Box::new(api(401))),
                 Create,
                 AtlasUnauthorized,
                 SlowResync,
             ),
             (
-                AtlasError::Api(api(401)),
+                AtlasError::Api(Box::new(api(401))),
                 Finalize,
                 AtlasUnauthorized,
                 SlowResync,
             ),
             (
-                AtlasError::Api(api(403)),
+                AtlasError::Api(Box::new(api(403))),
                 Create,
                 AtlasForbidden,
                 SlowResync,
             ),
             (
-                AtlasError::Api(api(403)),
+                AtlasError::Api(Box::new(api(403))),
                 Delete,
                 AtlasForbidden,
                 SlowResync,
             ),
-            (AtlasError::Api(api(404)), Create, OrgNotFound, SlowResync),
             (
-                AtlasError::Api(api(400)),
+                AtlasError::Api(Box::new(api(404))),
+                Create,
+                OrgNotFound,
+                SlowResync,
+            ),
+            (
+                AtlasError::Api(Box::new(api(400))),
                 Create,
                 AtlasRejected,
                 WaitForChange,
             ),
             (
-                AtlasError::Api(api(406)),
+                AtlasError::Api(Box::new(api(406))),
                 Create,
                 AtlasRejected,
                 WaitForChange,
             ),
             (
-                AtlasError::Api(api(409)),
+                AtlasError::Api(Box::new(api(409))),
                 Create,
                 AtlasRejected,
                 WaitForChange,
             ),
             (
-                AtlasError::Api(api(410)),
+                AtlasError::Api(Box::new(api(410))),
                 Delete,
                 AtlasRejected,
                 WaitForChange,
             ),
             (
-                AtlasError::Api(api(409)),
+                AtlasError::Api(Box::new(api(409))),
                 Delete,
                 RevocationBlocked,
                 Backoff,
             ),
             (
-                AtlasError::Api(api(409)),
+                AtlasError::Api(Box::new(api(409))),
                 Finalize,
                 RevocationBlocked,
                 Backoff,
             ),
             (
-                AtlasError::ActiveMigration(api(409)),
+                AtlasError::ActiveMigration(Box::new(api(409))),
                 Delete,
                 RevocationBlocked,
                 Backoff,
             ),
             (
-                AtlasError::ActiveMigration(api(409)),
+                AtlasError::ActiveMigration(Box::new(api(409))),
                 Finalize,
                 RevocationBlocked,
                 Backoff,
             ),
-            (AtlasError::Api(api(429)), Create, AtlasRateLimited, Backoff),
             (
-                AtlasError::Api(with_retry(429, 3)),
-                Create,
-                AtlasRateLimited,
-                After(s3),
-            ),
-            (
-                AtlasError::Api(with_retry(429, 3)),
-                Finalize,
-                AtlasRateLimited,
-                After(s3),
-            ),
-            (AtlasError::Api(api(500)), Create, AtlasUnavailable, Backoff),
-            (AtlasError::Api(api(502)), Delete, AtlasUnavailable, Backoff),
-            (
-                AtlasError::Api(with_retry(503, 3)),
-                Create,
-                AtlasUnavailable,
-                After(s3),
-            ),
-            (
-                AtlasError::Api(api(503)),
-                Finalize,
-                RevocationBlocked,
-                Backoff,
-            ),
-            (AtlasError::Api(api(302)), Create, AtlasUnavailable, Backoff),
-            (
-                AtlasError::TokenEndpoint(oauth(401, "invalid_client")),
-                Create,
-                AtlasUnauthorized,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(oauth(400, "invalid_client")),
-                Create,
-                AtlasUnauthorized,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(oauth(400, "invalid_grant")),
-                Delete,
-                AtlasUnauthorized,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(oauth(403, "access_denied")),
-                Create,
-                AtlasForbidden,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(api(401)),
-                Create,
-                AtlasUnauthorized,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(api(403)),
-                Create,
-                AtlasForbidden,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(api(429)),
+                AtlasError::Api(Box::new(api(429))),
                 Create,
                 AtlasRateLimited,
                 Backoff,
             ),
             (
-                AtlasError::TokenEndpoint(with_retry(429, 3)),
+                AtlasError::Api(Box::new(with_retry(429, 3))),
+                Create,
+                AtlasRateLimited,
+                After(s3),
+            ),
+            (
+                AtlasError::Api(Box::new(with_retry(429, 3))),
                 Finalize,
                 AtlasRateLimited,
                 After(s3),
             ),
             (
-                AtlasError::TokenEndpoint(oauth(400, "unsupported_grant_type")),
-                Create,
-                AtlasRejected,
-                SlowResync,
-            ),
-            (
-                AtlasError::TokenEndpoint(api(500)),
+                AtlasError::Api(Box::new(api(500))),
                 Create,
                 AtlasUnavailable,
                 Backoff,
             ),
             (
-                AtlasError::TokenEndpoint(api(503)),
+                AtlasError::Api(Box::new(api(502))),
+                Delete,
+                AtlasUnavailable,
+                Backoff,
+            ),
+            (
+                AtlasError::Api(Box::new(with_retry(503, 3))),
+                Create,
+                AtlasUnavailable,
+                After(s3),
+            ),
+            (
+                AtlasError::Api(Box::new(api(503))),
+                Finalize,
+                RevocationBlocked,
+                Backoff,
+            ),
+            (
+                AtlasError::Api(Box::new(api(302))),
+                Create,
+                AtlasUnavailable,
+                Backoff,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(oauth(401, "invalid_client"))),
+                Create,
+                AtlasUnauthorized,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(oauth(400, "invalid_client"))),
+                Create,
+                AtlasUnauthorized,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(oauth(400, "invalid_grant"))),
+                Delete,
+                AtlasUnauthorized,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(oauth(403, "access_denied"))),
+                Create,
+                AtlasForbidden,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(api(401))),
+                Create,
+                AtlasUnauthorized,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(api(403))),
+                Create,
+                AtlasForbidden,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(api(429))),
+                Create,
+                AtlasRateLimited,
+                Backoff,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(with_retry(429, 3))),
+                Finalize,
+                AtlasRateLimited,
+                After(s3),
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(oauth(400, "unsupported_grant_type"))),
+                Create,
+                AtlasRejected,
+                SlowResync,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(api(500))),
+                Create,
+                AtlasUnavailable,
+                Backoff,
+            ),
+            (
+                AtlasError::TokenEndpoint(Box::new(api(503))),
                 Finalize,
                 RevocationBlocked,
                 Backoff,
@@ -401,7 +426,7 @@ mod tests {
     fn every_4xx_and_5xx_lands_on_an_atlas_reason() {
         for status in 100..600u16 {
             for op in [Operation::Create, Operation::Delete, Operation::Finalize] {
-                let r = classify(&AtlasError::Api(api(status)), op).reason;
+                let r = classify(&AtlasError::Api(Box::new(api(status))), op).reason;
                 assert!(
                     matches!(
                         r,
@@ -426,7 +451,7 @@ mod tests {
             br#"{"error":409,"errorCode":"CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK","detail":"Cannot delete organization link while there is active migration in following project ids: abc"}"#,
             None,
         );
-        let m = AtlasError::ActiveMigration(f).user_message();
+        let m = AtlasError::ActiveMigration(Box::new(f)).user_message();
         assert!(m.contains("409"), "{m}");
         assert!(
             m.contains("CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK"),
@@ -436,7 +461,7 @@ mod tests {
             m.contains("active migration in following project ids: abc"),
             "{m}"
         );
-        let m = AtlasError::Api(with_retry(429, 55)).user_message();
+        let m = AtlasError::Api(Box::new(with_retry(429, 55))).user_message();
         assert!(m.contains("429") && m.contains("retry after 55s"), "{m}");
         let m = transport(TransportKind::ConnectTimeout).user_message();
         assert!(m.contains("connect timeout"), "{m}");

@@ -118,7 +118,7 @@ impl AtlasClient {
             .map_err(|e| AtlasError::Config(format!("request body: {e}")))?;
         let resp = self.send(creds, Method::POST, &url, Some(&body)).await?;
         if let Some(failure) = resp.failure {
-            return Err(AtlasError::Api(failure));
+            return Err(AtlasError::Api(Box::new(failure)));
         }
         let invalid = |what| AtlasError::InvalidResponse {
             endpoint: Endpoint::LinkTokens,
@@ -146,8 +146,8 @@ impl AtlasClient {
         match (resp.status, resp.failure) {
             (_, None) => Ok(DeleteOutcome::Deleted),
             (404, Some(_)) => Ok(DeleteOutcome::AlreadyAbsent),
-            (409, Some(f)) => Err(AtlasError::ActiveMigration(f)),
-            (_, Some(f)) => Err(AtlasError::Api(f)),
+            (409, Some(f)) => Err(AtlasError::ActiveMigration(Box::new(f))),
+            (_, Some(f)) => Err(AtlasError::Api(Box::new(f))),
         }
     }
 

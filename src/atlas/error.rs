@@ -224,19 +224,19 @@ impl fmt::Display for TransportKind {
     }
 }
 
-/// Every way a call to Atlas can fail. `Display` is safe for conditions, events and logs.
+/// Every way a call to Atlas can fail (failure bodies boxed to keep `Result`s small). `Display` is safe for conditions, events and logs.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AtlasError {
     /// The link-token endpoint answered with a non-success status.
     #[error("Atlas answered {0}")]
-    Api(ApiFailure),
+    Api(Box<ApiFailure>),
     /// DELETE answered 409: a live migration is using the link (usually
     /// CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK).
     #[error("Atlas refused to revoke the link token while a migration is active: {0}")]
-    ActiveMigration(ApiFailure),
+    ActiveMigration(Box<ApiFailure>),
     /// The OAuth token endpoint refused to mint a token for the service account.
     #[error("Atlas token endpoint refused the service account: {0}")]
-    TokenEndpoint(ApiFailure),
+    TokenEndpoint(Box<ApiFailure>),
     /// No (complete) HTTP response.
     #[error("Atlas {endpoint} request failed: {kind}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
     Transport {
@@ -279,7 +279,7 @@ impl AtlasError {
     pub fn failure(&self) -> Option<&ApiFailure> {
         match self {
             AtlasError::Api(f) | AtlasError::ActiveMigration(f) | AtlasError::TokenEndpoint(f) => {
-                Some(f)
+                Some(f.as_ref())
             }
             _ => None,
         }

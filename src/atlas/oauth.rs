@@ -184,7 +184,7 @@ pub(crate) async fn mint(
     )
     .await?;
     if let Some(failure) = resp.failure {
-        return Err(AtlasError::TokenEndpoint(failure));
+        return Err(AtlasError::TokenEndpoint(Box::new(failure)));
     }
     let invalid = |what| AtlasError::InvalidResponse {
         endpoint: Endpoint::OAuthToken,
@@ -266,8 +266,8 @@ mod tests {
         let mints = AtomicUsize::new(0);
         let fail = || async {
             mints.fetch_add(1, Ordering::SeqCst);
-            Err::<Minted, _>(AtlasError::TokenEndpoint(ApiFailure::from_oauth_body(
-                429, b"", None,
+            Err::<Minted, _>(AtlasError::TokenEndpoint(Box::new(
+                ApiFailure::from_oauth_body(429, b"", None),
             )))
         };
         assert!(cache.get(&fp(), fail).await.is_err());

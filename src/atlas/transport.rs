@@ -134,14 +134,16 @@ fn method_name(m: &Method) -> &'static str {
 }
 
 /// Maps a reqwest error onto a kind. reqwest exposes timeout/connect/body flags but not TLS, so
-/// TLS is recognised from the cause chain's text (rustls and webpki name themselves there); it
-/// only changes the wording, every kind classifies the same way.
+/// TLS is recognised in the cause chain: tokio-rustls reports rustls errors as
+/// `io::ErrorKind::InvalidData`, and certificate errors name themselves. It only changes the
+/// wording; every kind classifies the same way.
 fn transport_error(endpoint: Endpoint, e: &reqwest::Error, reading_body: bool) -> AtlasError {
     let chain = cause_chain(e);
     let lower = chain.to_ascii_lowercase();
-    let tls = ["tls", "certificate", "handshake", "rustls", "webpki"]
-        .iter()
-        .any(|w| lower.contains(w));
+    let tls = has_invalid_data_io_error(e)
+        || ["tls", "certificate", "handshake", "rustls", "webpki"]
+            .iter()
+            .any(|w| lower.contains(w));
     let kind = if e.is_timeout() {
         if e.is_connect() {
             TransportKind::ConnectTimeout
@@ -162,6 +164,25 @@ fn transport_error(endpoint: Endpoint, e: &reqwest::Error, reading_body: bool) -
         kind,
         detail: chain,
     }
+}
+
+/// reqwest's connector wraps the TLS layer's `io::Error` in another `io::Error` (kind Other),
+/// and `io::Error::source` skips the wrapped error, so nested io errors are opened by hand.
+fn has_invalid_data_io_error(e: &reqwest::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        let mut io = s.downcast_ref::<std::io::Error>();
+        while let Some(err) = io {
+            if err.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            io = err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The causes below reqwest's own message (which carries the URL), joined, with any URL
