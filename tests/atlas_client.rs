@@ -984,7 +984,7 @@ async fn fifty_concurrent_creates_share_one_mint() {
 async fn short_lived_tokens_are_renewed() {
     bounded(async {
         let s = start(Fake::new(true)).await;
-        *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 1 };
+        *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 3 };
         let c = client(&s.url);
         c.create_link_token(&service_account(), ORG, &[])
             .await
@@ -993,7 +993,8 @@ async fn short_lived_tokens_are_renewed() {
             .await
             .unwrap();
         assert_eq!(s.fake.tokens(), 1, "reused while fresh");
-        tokio::time::sleep(Duration::from_millis(800)).await; // past renew-at (2/3 of 1 s)
+        // Renewal is due at 2/3 of the lifetime (2 s), well before expiry (3 s).
+        tokio::time::sleep(Duration::from_millis(2200)).await;
         c.create_link_token(&service_account(), ORG, &[])
             .await
             .unwrap();
