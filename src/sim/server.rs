@@ -182,12 +182,17 @@ async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Re
         .get::<ErrorCode>()
         .map_or("-", |c| c.0.as_str());
     let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let status_text = if dropped {
+        "dropped".to_owned()
+    } else {
+        status.to_string()
+    };
     tracing::info!(
         method = %method,
         path = %path,
-        status = if dropped { "dropped".to_owned() } else { status.to_string() },
-        error_code,
-        duration_ms = format!("{duration_ms:.1}"),
+        status = %status_text,
+        error_code = %error_code,
+        duration_ms = %format!("{duration_ms:.1}"),
         fault = faulted || response.extensions().get::<FaultApplied>().is_some(),
         "atlas call"
     );
