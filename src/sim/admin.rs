@@ -47,8 +47,12 @@ fn admin_error(e: AdminError) -> Response {
 }
 
 /// Parses a JSON body ourselves so that errors come back as JSON with the serde message.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+fn bad(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 async fn get_state(State(state): State<SimState>) -> Response {
@@ -84,14 +88,14 @@ async fn check_token(State(state): State<SimState>, body: Bytes) -> Response {
             let status = state.token_status_by_hash(&sha);
             token_answer(sha, status)
         }
-        Err(r) => r,
+        Err(e) => bad(e),
     }
 }
 
 async fn add_org(State(state): State<SimState>, body: Bytes) -> Response {
     let org = match parse::<OrgConfig>(&body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let id = org.id.clone();
     match state.add_org(org) {
@@ -103,7 +107,7 @@ async fn add_org(State(state): State<SimState>, body: Bytes) -> Response {
 async fn add_api_key(State(state): State<SimState>, body: Bytes) -> Response {
     let key = match parse::<ApiKeyConfig>(&body) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let public_key = key.public_key.clone();
     match state.add_api_key(key) {
@@ -119,7 +123,7 @@ async fn add_api_key(State(state): State<SimState>, body: Bytes) -> Response {
 async fn add_service_account(State(state): State<SimState>, body: Bytes) -> Response {
     let sa = match parse::<ServiceAccountConfig>(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let client_id = sa.client_id.clone();
     match state.add_service_account(sa) {
@@ -141,7 +145,7 @@ async fn set_migrating(
 ) -> Response {
     let req = match parse::<Migrating>(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     match state.set_migrating(&org_id, req.migrating) {
         Ok(()) => Json(json!({ "orgId": org_id, "migrating": req.migrating })).into_response(),
@@ -152,7 +156,7 @@ async fn set_migrating(
 async fn add_fault(State(state): State<SimState>, body: Bytes) -> Response {
     let spec = match parse::<FaultSpec>(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     match state.add_fault(spec) {
         Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),

@@ -37,7 +37,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: Option<Value>,
     pub error_code: Option<String>,
-    pub headers: HeaderMap,
+    /// Boxed: keeps `Result<_, Reply>` small on the happy path.
+    pub headers: Box<HeaderMap>,
 }
 
 impl Reply {
@@ -46,7 +47,7 @@ impl Reply {
             status,
             body,
             error_code: None,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -65,7 +66,7 @@ impl Reply {
             status,
             body: Some(Value::Object(m)),
             error_code: Some(code.to_owned()),
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -138,7 +139,7 @@ impl Reply {
             }
             response.extensions_mut().insert(ErrorCode(code.clone()));
         }
-        response.headers_mut().extend(self.headers);
+        response.headers_mut().extend(*self.headers);
         response
     }
 }
