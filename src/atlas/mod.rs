@@ -1,1 +1,30 @@
-//! (placeholder: filled in by its issue)
+//! The Atlas Admin API client for live-migration link tokens. No Kubernetes types in here.
+//!
+//! - [`credentials`]: the credentials Secret shapes (API key -> Digest, service account ->
+//!   OAuth client credentials) and their fingerprint.
+//! - [`client`]: [`AtlasClient`], `create_link_token` / `delete_link_token`.
+//! - `digest` / `nonces`: Digest challenge parsing, response hashing, nonce reuse.
+//! - `oauth`: bearer-token minting and the single-flight token cache.
+//! - `transport`: one HTTP round trip with a capped body, observed.
+//! - [`error`]: [`AtlasError`] and ApiError parsing; [`classify`](mod@classify): errors -> Ready
+//!   reasons.
+//! - `redact`: secret wrappers whose Debug/Display never show the value.
+pub mod classify;
+pub mod client;
+pub mod config;
+pub mod credentials;
+mod digest;
+pub mod error;
+mod nonces;
+mod oauth;
+pub mod observer;
+mod redact;
+mod transport;
+
+pub use classify::{Classification, Operation, RetryHint, classify};
+pub use client::{AtlasClient, DeleteOutcome, MEDIA_TYPE};
+pub use config::{AtlasConfig, DEFAULT_BASE_URL, default_user_agent};
+pub use credentials::{Credentials, CredentialsError, CredentialsKind, Fingerprint};
+pub use error::{ApiFailure, AtlasError, BodyKind, FieldViolation, TransportKind};
+pub use observer::{Endpoint, RequestObserver, RequestRecord};
+pub use redact::LinkTokenValue;

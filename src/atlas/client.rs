@@ -1,0 +1,421 @@
+//! The link-token client: URLs, media types, authentication flows and response mapping.
+//!
+//! Shared by all reconciles (cheap to clone: one `Arc`). Proxy support is reqwest's default:
+//! `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` from the environment are honoured.
+//! Redirects are not followed, so an Authorization header never travels to another host.
+
+use std::fmt;
+use std::sync::Arc;
+
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Url};
+use serde::Deserialize;
+
+use super::config::AtlasConfig;
+use super::credentials::{AuthParts, Credentials, Fingerprint};
+use super::digest;
+use super::error::AtlasError;
+use super::nonces::NonceCache;
+use super::oauth::{self, TokenCache};
+use super::observer::{Endpoint, RequestObserver};
+use super::redact::{BearerToken, LinkTokenValue};
+use super::transport::{Incoming, Outgoing, round_trip};
+
+/// The only resource version of the link-token operations. Sent as Accept, and as the
+/// Content-Type of the POST body; Atlas answers 406 to a missing or unknown version.
+pub const MEDIA_TYPE: &str = "application/vnd.atlas.2023-01-01+json";
+
+/// What a DELETE found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// 2xx (204 in practice): the org's link and its API key are gone.
+    Deleted,
+    /// 404: there was no link.
+    AlreadyAbsent,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    token_url: Url,
+    max_body_bytes: usize,
+    nonces: NonceCache,
+    tokens: TokenCache,
+}
+
+/// Typed async client for the Atlas link-token endpoints.
+#[derive(Clone)]
+pub struct AtlasClient {
+    inner: Arc<Inner>,
+    observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl fmt::Debug for AtlasClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AtlasClient")
+            .field("base_url", &self.inner.base.as_str())
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetOrg {
+    link_token: Option<String>,
+}
+
+impl AtlasClient {
+    pub fn new(config: AtlasConfig) -> Result<Self, AtlasError> {
+        let base = parse_base_url(&config.base_url)?;
+        let token_url = join(&base, &["api", "oauth", "token"])?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(config.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AtlasError::Config(format!("HTTP client: {e}")))?;
+        Ok(AtlasClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token_url,
+                max_body_bytes: config.max_body_bytes,
+                nonces: NonceCache::default(),
+                tokens: TokenCache::new(config.token_renew_before, config.token_failure_cooldown),
+            }),
+            observer: None,
+        })
+    }
+
+    /// Reports every HTTP round trip (for metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// `POST /api/atlas/v2/orgs/{orgId}/liveMigrations/linkTokens` with
+    /// `{"accessListIps": [...]}`. Any 2xx is success (Atlas documents 200 and sends 201).
+    ///
+    /// Never retried blindly: each accepted POST mints an Atlas API key. The body is sent again
+    /// only inside the Digest handshake, after a 401 (which Atlas answers before acting).
+    pub async fn create_link_token(
+        &self,
+        creds: &Credentials,
+        org_id: &str,
+        access_list: &[String],
+    ) -> Result<LinkTokenValue, AtlasError> {
+        let url = self.link_tokens_url(org_id)?;
+        let body = serde_json::to_vec(&serde_json::json!({ "accessListIps": access_list }))
+            .map_err(|e| AtlasError::Config(format!("request body: {e}")))?;
+        let resp = self.send(creds, Method::POST, &url, Some(&body)).await?;
+        if let Some(failure) = resp.failure {
+            return Err(AtlasError::Api(Box::new(failure)));
+        }
+        let invalid = |what| AtlasError::InvalidResponse {
+            endpoint: Endpoint::LinkTokens,
+            status: resp.status,
+            what,
+        };
+        let parsed: TargetOrg = serde_json::from_slice(&resp.body)
+            .map_err(|_| invalid("not a TargetOrg JSON object"))?;
+        parsed
+            .link_token
+            .filter(|t| !t.is_empty())
+            .map(LinkTokenValue::new)
+            .ok_or_else(|| invalid("no linkToken"))
+    }
+
+    /// `DELETE /api/atlas/v2/orgs/{orgId}/liveMigrations/linkTokens`: 2xx -> `Deleted`,
+    /// 404 -> `AlreadyAbsent`, 409 -> `AtlasError::ActiveMigration`.
+    pub async fn delete_link_token(
+        &self,
+        creds: &Credentials,
+        org_id: &str,
+    ) -> Result<DeleteOutcome, AtlasError> {
+        let url = self.link_tokens_url(org_id)?;
+        let resp = self.send(creds, Method::DELETE, &url, None).await?;
+        match (resp.status, resp.failure) {
+            (_, None) => Ok(DeleteOutcome::Deleted),
+            (404, Some(_)) => Ok(DeleteOutcome::AlreadyAbsent),
+            (409, Some(f)) => Err(AtlasError::ActiveMigration(Box::new(f))),
+            (_, Some(f)) => Err(AtlasError::Api(Box::new(f))),
+        }
+    }
+
+    fn link_tokens_url(&self, org_id: &str) -> Result<Url, AtlasError> {
+        // The orgId becomes a path segment: check it here too, not only in the CRD schema.
+        if org_id.len() != 24 || !org_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AtlasError::InvalidOrgId);
+        }
+        join(
+            &self.inner.base,
+            &[
+                "api",
+                "atlas",
+                "v2",
+                "orgs",
+                org_id,
+                "liveMigrations",
+                "linkTokens",
+            ],
+        )
+    }
+
+    async fn send(
+        &self,
+        creds: &Credentials,
+        method: Method,
+        url: &Url,
+        body: Option<&[u8]>,
+    ) -> Result<Incoming, AtlasError> {
+        let fp = creds.fingerprint();
+        match creds.auth_parts() {
+            AuthParts::Digest { username, password } => {
+                self.send_digest(fp, username, password, method, url, body)
+                    .await
+            }
+            AuthParts::ClientCredentials {
+                client_id,
+                client_secret,
+            } => {
+                self.send_bearer(fp, client_id, client_secret, method, url, body)
+                    .await
+            }
+        }
+    }
+
+    /// Digest with nonce reuse. Steady state: one round trip, signed with the cached nonce and
+    /// the next nc. On a 401 carrying a challenge (a stale or refused nonce, or the answer to an
+    /// unsigned first request) the fresh challenge is answered once; a second 401 stands.
+    async fn send_digest(
+        &self,
+        fp: Fingerprint,
+        username: &str,
+        password: &str,
+        method: Method,
+        url: &Url,
+        body: Option<&[u8]>,
+    ) -> Result<Incoming, AtlasError> {
+        let uri = request_uri(url);
+        let sign = |ch: &digest::Challenge, nc: u32| {
+            let value = digest::authorization(
+                ch,
+                username,
+                password,
+                method.as_str(),
+                &uri,
+                nc,
+                &digest::new_cnonce(),
+            );
+            HeaderValue::from_str(&value).ok()
+        };
+        let cached = self.inner.nonces.next(&fp);
+        let used_nonce = cached.as_ref().map(|(ch, _)| ch.nonce.clone());
+        let auth = cached.and_then(|(ch, nc)| sign(&ch, nc));
+        let first = self.api_request(method.clone(), url, body, auth).await?;
+        if first.status != 401 {
+            return Ok(first);
+        }
+        if let Some(nonce) = &used_nonce {
+            self.inner.nonces.forget(&fp, nonce);
+        }
+        let challenge = digest::parse_challenge(
+            first
+                .headers
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let Some(ch) = challenge else {
+            // A 401 without a challenge we can answer: the 401 is the answer.
+            return Ok(first);
+        };
+        let nc = self.inner.nonces.store(fp, ch.clone());
+        let Some(auth) = sign(&ch, nc) else {
+            return Ok(first);
+        };
+        let second = self.api_request(method, url, body, Some(auth)).await?;
+        if second.status == 401 {
+            self.inner.nonces.forget(&fp, &ch.nonce);
+        }
+        Ok(second)
+    }
+
+    /// Bearer with a cached token. A 401 with a token that came from the cache (revoked or
+    /// expired early at Atlas) drops it and tries once with a new one; Atlas refuses a 401
+    /// request before acting on it, so the resend cannot duplicate a POST.
+    async fn send_bearer(
+        &self,
+        fp: Fingerprint,
+        client_id: &str,
+        client_secret: &str,
+        method: Method,
+        url: &Url,
+        body: Option<&[u8]>,
+    ) -> Result<Incoming, AtlasError> {
+        let mint = || {
+            oauth::mint(
+                &self.inner.http,
+                self.inner.max_body_bytes,
+                self.observer.as_deref(),
+                &self.inner.token_url,
+                client_id,
+                client_secret,
+            )
+        };
+        let (token, fresh) = self.inner.tokens.get(&fp, mint).await?;
+        let resp = self
+            .api_request(method.clone(), url, body, bearer(&token))
+            .await?;
+        if resp.status != 401 || fresh {
+            return Ok(resp);
+        }
+        self.inner.tokens.invalidate(&fp, &token).await;
+        let (token, _) = self.inner.tokens.get(&fp, mint).await?;
+        self.api_request(method, url, body, bearer(&token)).await
+    }
+
+    async fn api_request(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&[u8]>,
+        auth: Option<HeaderValue>,
+    ) -> Result<Incoming, AtlasError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MEDIA_TYPE));
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
+        }
+        if let Some(mut auth) = auth {
+            auth.set_sensitive(true);
+            headers.insert(AUTHORIZATION, auth);
+        }
+        round_trip(
+            &self.inner.http,
+            self.inner.max_body_bytes,
+            self.observer.as_deref(),
+            Outgoing {
+                method,
+                url,
+                headers,
+                body,
+                endpoint: Endpoint::LinkTokens,
+            },
+        )
+        .await
+    }
+}
+
+fn bearer(token: &BearerToken) -> Option<HeaderValue> {
+    // Checked when minted; a failure here would only mean an unauthenticated request (-> 401).
+    HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()
+}
+
+/// The Digest `uri`: path and query exactly as sent.
+fn request_uri(url: &Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
+    let url =
+        Url::parse(raw.trim()).map_err(|e| AtlasError::Config(format!("base URL {raw:?}: {e}")))?;
+    let bad = |why: &str| Err(AtlasError::Config(format!("base URL {raw:?}: {why}")));
+    if !matches!(url.scheme(), "https" | "http") {
+        return bad("scheme must be https (or http for a local simulator)");
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
+        return bad("no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("must not contain credentials");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("must not have a query or fragment");
+    }
+    Ok(url)
+}
+
+/// Appends path segments (percent-encoded) to the base, keeping any path prefix it has.
+fn join(base: &Url, segments: &[&str]) -> Result<Url, AtlasError> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| AtlasError::Config("base URL cannot take a path".into()))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_prefixes_and_validate_org_ids() {
+        let c = AtlasClient::new(AtlasConfig::default()).unwrap();
+        assert_eq!(
+            c.link_tokens_url("0123456789abcdef01234567")
+                .unwrap()
+                .as_str(),
+            "https://cloud.mongodb.com/api/atlas/v2/orgs/0123456789abcdef01234567/liveMigrations/linkTokens"
+        );
+        assert_eq!(
+            c.inner.token_url.as_str(),
+            "https://cloud.mongodb.com/api/oauth/token"
+        );
+        for bad in [
+            "",
+            "0123",
+            "../../../../api/oauth/tok",
+            "0123456789abcdef0123456g",
+            "0123456789abcdef01234567/",
+        ] {
+            assert_eq!(
+                c.link_tokens_url(bad),
+                Err(AtlasError::InvalidOrgId),
+                "{bad}"
+            );
+        }
+        let c =
+            AtlasClient::new(AtlasConfig::with_base_url("http://127.0.0.1:8080/prefix/")).unwrap();
+        assert_eq!(
+            c.link_tokens_url("0123456789abcdef01234567")
+                .unwrap()
+                .path(),
+            "/prefix/api/atlas/v2/orgs/0123456789abcdef01234567/liveMigrations/linkTokens"
+        );
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "https://u:p@host",
+            "https://host/?a=b",
+            "mailto:x@y",
+        ] {
+            assert!(
+                matches!(
+                    AtlasClient::new(AtlasConfig::with_base_url(bad)),
+                    Err(AtlasError::Config(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_uri_is_path_and_query() {
+        let u = Url::parse("http://h/a/b?x=1").unwrap();
+        assert_eq!(request_uri(&u), "/a/b?x=1");
+    }
+}

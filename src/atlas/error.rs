@@ -1,0 +1,432 @@
+//! Typed errors of the Atlas client and the parsing of Atlas error bodies.
+//!
+//! Nothing in here holds a credential or token: error bodies come from Atlas error responses
+//! (which never echo secrets), and transport errors are summarised without URLs or headers.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::observer::Endpoint;
+
+/// Longest `detail` kept for messages; Atlas details are a sentence, anything longer is noise.
+const MAX_DETAIL_CHARS: usize = 512;
+
+/// One entry of `badRequestDetail.fields`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct FieldViolation {
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What the body of an error response was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    Empty,
+    /// Parsed as JSON in the expected shape (possibly with every field absent or null).
+    Json,
+    /// Anything else (an HTML page from a proxy, truncated JSON, ...). Never echoed.
+    NotJson,
+}
+
+/// A non-success HTTP answer from Atlas (API or token endpoint), with whatever the body said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: u16,
+    /// ApiError `errorCode`; for the token endpoint the OAuth `error` (e.g. `invalid_client`).
+    pub error_code: Option<String>,
+    /// ApiError `detail`; for the token endpoint `error_description`.
+    pub detail: Option<String>,
+    /// ApiError `reason` (the HTTP reason phrase, as Atlas writes it).
+    pub reason: Option<String>,
+    pub parameters: Vec<serde_json::Value>,
+    pub fields: Vec<FieldViolation>,
+    /// `Retry-After`, when sent (seconds or an HTTP date).
+    pub retry_after: Option<Duration>,
+    pub body: BodyKind,
+}
+
+/// ApiError, every field optional: in practice `errorCode`, `parameters` and others come back
+/// null or absent.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiErrorBody {
+    #[serde(default)]
+    error_code: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    parameters: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    bad_request_detail: Option<BadRequestDetail>,
+}
+
+#[derive(Deserialize)]
+struct BadRequestDetail {
+    #[serde(default)]
+    fields: Option<Vec<FieldViolation>>,
+}
+
+/// OAuth error body (RFC 6749 5.2). Atlas may also answer the token endpoint with an ApiError
+/// (e.g. from its gateway), so both shapes are accepted.
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+fn clip(s: String) -> String {
+    if s.chars().count() <= MAX_DETAIL_CHARS {
+        s
+    } else {
+        let mut t: String = s.chars().take(MAX_DETAIL_CHARS).collect();
+        t.push('…');
+        t
+    }
+}
+
+impl ApiFailure {
+    /// Parses an Atlas API error body. Never fails: a body that is not an ApiError is recorded
+    /// as `NotJson` (or `Empty`) and only the status is kept.
+    pub fn from_api_body(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
+        let mut f = ApiFailure::bare(status, retry_after, body);
+        if f.body == BodyKind::Empty {
+            return f;
+        }
+        match serde_json::from_slice::<ApiErrorBody>(body) {
+            Ok(b) => {
+                f.body = BodyKind::Json;
+                f.error_code = b.error_code.filter(|s| !s.is_empty());
+                f.detail = b.detail.filter(|s| !s.is_empty()).map(clip);
+                f.reason = b.reason.filter(|s| !s.is_empty());
+                f.parameters = b.parameters.unwrap_or_default();
+                f.fields = b
+                    .bad_request_detail
+                    .and_then(|d| d.fields)
+                    .unwrap_or_default();
+            }
+            Err(_) => f.body = BodyKind::NotJson,
+        }
+        f
+    }
+
+    /// Parses a token-endpoint error body: OAuth `{error, error_description}` or an ApiError.
+    pub fn from_oauth_body(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
+        let api = ApiFailure::from_api_body(status, body, retry_after);
+        if api.body != BodyKind::Json {
+            return api;
+        }
+        match serde_json::from_slice::<OAuthErrorBody>(body) {
+            Ok(OAuthErrorBody {
+                error: Some(serde_json::Value::String(code)),
+                error_description,
+            }) => ApiFailure {
+                error_code: Some(code).filter(|s| !s.is_empty()).or(api.error_code),
+                detail: error_description
+                    .filter(|s| !s.is_empty())
+                    .map(clip)
+                    .or(api.detail),
+                ..api
+            },
+            _ => api,
+        }
+    }
+
+    fn bare(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Self {
+        ApiFailure {
+            status,
+            error_code: None,
+            detail: None,
+            reason: None,
+            parameters: Vec::new(),
+            fields: Vec::new(),
+            retry_after,
+            body: if body.iter().all(u8::is_ascii_whitespace) {
+                BodyKind::Empty
+            } else {
+                BodyKind::NotJson
+            },
+        }
+    }
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.error_code {
+            write!(f, " {code}")?;
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        } else if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}: {}",
+                    v.field.as_deref().unwrap_or("?"),
+                    v.description.as_deref().unwrap_or("invalid")
+                )
+            })
+            .collect();
+        if !fields.is_empty() {
+            write!(f, " ({})", fields.join("; "))?;
+        }
+        match self.body {
+            BodyKind::NotJson => write!(f, " (response body was not an Atlas error)")?,
+            BodyKind::Empty if self.detail.is_none() => write!(f, " (empty response body)")?,
+            _ => {}
+        }
+        if let Some(d) = self.retry_after {
+            write!(f, " (retry after {}s)", d.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong below HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    /// The whole request (including reading the body) exceeded the request timeout.
+    Timeout,
+    /// Connection refused, reset, DNS failure, proxy failure.
+    Connect,
+    /// TLS handshake or certificate failure.
+    Tls,
+    /// The response started but its body could not be read.
+    BodyRead,
+    /// Anything else reqwest reports (request building, protocol errors).
+    Other,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::ConnectTimeout => "connect timeout",
+            TransportKind::Timeout => "request timeout",
+            TransportKind::Connect => "connection failed",
+            TransportKind::Tls => "TLS failure",
+            TransportKind::BodyRead => "response body could not be read",
+            TransportKind::Other => "HTTP failure",
+        })
+    }
+}
+
+/// Every way a call to Atlas can fail (failure bodies boxed to keep `Result`s small). `Display` is safe for conditions, events and logs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AtlasError {
+    /// The link-token endpoint answered with a non-success status.
+    #[error("Atlas answered {0}")]
+    Api(Box<ApiFailure>),
+    /// DELETE answered 409: a live migration is using the link (usually
+    /// CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK).
+    #[error("Atlas refused to revoke the link token while a migration is active: {0}")]
+    ActiveMigration(Box<ApiFailure>),
+    /// The OAuth token endpoint refused to mint a token for the service account.
+    #[error("Atlas token endpoint refused the service account: {0}")]
+    TokenEndpoint(Box<ApiFailure>),
+    /// No (complete) HTTP response.
+    #[error("Atlas {endpoint} request failed: {kind}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
+    Transport {
+        endpoint: Endpoint,
+        kind: TransportKind,
+        /// A short cause chain, without URL.
+        detail: String,
+    },
+    /// The response body exceeded the configured cap; it was not read further.
+    #[error("Atlas {endpoint} response body exceeds {limit} bytes")]
+    BodyTooLarge { endpoint: Endpoint, limit: usize },
+    /// A success status with a body we cannot use (e.g. no `linkToken`, not JSON).
+    #[error("Atlas {endpoint} answered HTTP {status} with an unusable body: {what}")]
+    InvalidResponse {
+        endpoint: Endpoint,
+        status: u16,
+        what: &'static str,
+    },
+    /// The orgId is not 24 hex digits; refused before any request (it becomes part of a URL).
+    #[error("orgId must be 24 hexadecimal digits")]
+    InvalidOrgId,
+    /// The client could not be built (operator configuration).
+    #[error("Atlas client configuration: {0}")]
+    Config(String),
+}
+
+impl AtlasError {
+    /// HTTP status, when Atlas answered.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            AtlasError::Api(f) | AtlasError::ActiveMigration(f) | AtlasError::TokenEndpoint(f) => {
+                Some(f.status)
+            }
+            AtlasError::InvalidResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The failure body Atlas sent, when there was one.
+    pub fn failure(&self) -> Option<&ApiFailure> {
+        match self {
+            AtlasError::Api(f) | AtlasError::ActiveMigration(f) | AtlasError::TokenEndpoint(f) => {
+                Some(f.as_ref())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn error_code(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.error_code.as_deref())
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.detail.as_deref())
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.failure().and_then(|f| f.retry_after)
+    }
+
+    /// A message for a Ready condition or an event: status, errorCode and detail when there are
+    /// any; never a credential or token (none is ever stored in an error).
+    pub fn user_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds, or an HTTP date (converted to a delay from now).
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_api_error() {
+        let body = br#"{"error":400,"errorCode":"VALIDATION_ERROR","detail":"bad ip","reason":"Bad Request","parameters":["x",1],"badRequestDetail":{"fields":[{"field":"accessListIps[0]","description":"not an IP"}]}}"#;
+        let f = ApiFailure::from_api_body(400, body, None);
+        assert_eq!(f.body, BodyKind::Json);
+        assert_eq!(f.error_code.as_deref(), Some("VALIDATION_ERROR"));
+        assert_eq!(f.detail.as_deref(), Some("bad ip"));
+        assert_eq!(f.reason.as_deref(), Some("Bad Request"));
+        assert_eq!(f.parameters.len(), 2);
+        assert_eq!(f.fields[0].field.as_deref(), Some("accessListIps[0]"));
+        let shown = f.to_string();
+        assert!(shown.contains("VALIDATION_ERROR") && shown.contains("bad ip"));
+        assert!(shown.contains("accessListIps[0]: not an IP"), "{shown}");
+    }
+
+    #[test]
+    fn all_null_and_recorded_bodies() {
+        let f = ApiFailure::from_api_body(
+            404,
+            br#"{"error":null,"errorCode":null,"detail":null,"reason":null,"parameters":null,"badRequestDetail":null}"#,
+            None,
+        );
+        assert_eq!(f.body, BodyKind::Json);
+        assert_eq!((f.error_code, f.detail, f.reason), (None, None, None));
+        assert!(f.parameters.is_empty() && f.fields.is_empty());
+        // As recorded from the live service (research 1.3).
+        let f = ApiFailure::from_api_body(404, br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"UNEXPECTED_ERROR","parameters":null,"reason":"Not Found"}"#, None);
+        assert_eq!(f.error_code.as_deref(), Some("UNEXPECTED_ERROR"));
+        // badRequestDetail with null fields, fields with nulls.
+        let f = ApiFailure::from_api_body(
+            400,
+            br#"{"badRequestDetail":{"fields":[{"field":null}]}}"#,
+            None,
+        );
+        assert_eq!(f.fields.len(), 1);
+        assert_eq!(
+            ApiFailure::from_api_body(400, br#"{}"#, None).body,
+            BodyKind::Json
+        );
+    }
+
+    #[test]
+    fn non_json_and_empty_bodies() {
+        let f = ApiFailure::from_api_body(
+            502,
+            b"<html><body>Bad gateway secret-ish</body></html>",
+            None,
+        );
+        assert_eq!(f.body, BodyKind::NotJson);
+        assert_eq!(f.error_code, None);
+        assert!(!f.to_string().contains("html"), "body must not be echoed");
+        for b in [
+            &b""[..],
+            b"  \n",
+            b"null",
+            b"[1,2]",
+            b"\"str\"",
+            b"{\"errorCode\": 5}",
+        ] {
+            let f = ApiFailure::from_api_body(500, b, None);
+            assert_ne!(f.body, BodyKind::Json, "{:?}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(
+            ApiFailure::from_api_body(500, b"", None).body,
+            BodyKind::Empty
+        );
+    }
+
+    #[test]
+    fn long_details_are_clipped() {
+        let body = format!(r#"{{"detail":"{}"}}"#, "x".repeat(5000));
+        let f = ApiFailure::from_api_body(400, body.as_bytes(), None);
+        assert!(f.detail.unwrap().chars().count() <= MAX_DETAIL_CHARS + 1);
+    }
+
+    #[test]
+    fn oauth_error_bodies() {
+        let f = ApiFailure::from_oauth_body(
+            401,
+            br#"{"error":"invalid_client","error_description":"Invalid credentials provided."}"#,
+            None,
+        );
+        assert_eq!(f.error_code.as_deref(), Some("invalid_client"));
+        assert_eq!(f.detail.as_deref(), Some("Invalid credentials provided."));
+        // ApiError shape on the token endpoint.
+        let f = ApiFailure::from_oauth_body(
+            500,
+            br#"{"error":500,"errorCode":"UNEXPECTED_ERROR"}"#,
+            None,
+        );
+        assert_eq!(f.error_code.as_deref(), Some("UNEXPECTED_ERROR"));
+        let f = ApiFailure::from_oauth_body(429, b"slow down", Some(Duration::from_secs(3)));
+        assert_eq!(f.body, BodyKind::NotJson);
+        assert_eq!(f.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("55"), Some(Duration::from_secs(55)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-3"), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let future = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = parse_retry_after(&future).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+    }
+}

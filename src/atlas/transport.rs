@@ -1,0 +1,243 @@
+//! One HTTP round trip: send, read a capped body, report to the observer, map transport errors.
+//! Knows nothing about authentication; callers add the Authorization header.
+
+use std::error::Error as _;
+use std::time::Instant;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, Url};
+
+use super::error::{ApiFailure, AtlasError, TransportKind, parse_retry_after};
+use super::observer::{Endpoint, RequestObserver, RequestRecord};
+
+/// A request ready to send. The body is kept so the Digest handshake can send it again.
+pub(crate) struct Outgoing<'a> {
+    pub method: Method,
+    pub url: &'a Url,
+    pub headers: HeaderMap,
+    pub body: Option<&'a [u8]>,
+    pub endpoint: Endpoint,
+}
+
+/// A complete response. For non-success statuses the error body is already parsed.
+pub(crate) struct Incoming {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub failure: Option<ApiFailure>,
+}
+
+pub(crate) async fn round_trip(
+    http: &reqwest::Client,
+    max_body_bytes: usize,
+    observer: Option<&dyn RequestObserver>,
+    req: Outgoing<'_>,
+) -> Result<Incoming, AtlasError> {
+    let started = Instant::now();
+    let method_name = method_name(&req.method);
+    let endpoint = req.endpoint;
+    let result = send(http, max_body_bytes, req).await;
+    let duration = started.elapsed();
+    let (status, error_code) = match &result {
+        Ok(r) => (
+            Some(r.status),
+            r.failure.as_ref().and_then(|f| f.error_code.as_deref()),
+        ),
+        Err(e) => (e.http_status(), None),
+    };
+    tracing::debug!(
+        method = method_name,
+        endpoint = endpoint.as_str(),
+        status,
+        error_code,
+        duration_ms = duration.as_millis() as u64,
+        "atlas round trip"
+    );
+    if let Some(obs) = observer {
+        obs.observe(&RequestRecord {
+            method: method_name,
+            endpoint,
+            status,
+            error_code,
+            duration,
+        });
+    }
+    result
+}
+
+async fn send(
+    http: &reqwest::Client,
+    max_body_bytes: usize,
+    req: Outgoing<'_>,
+) -> Result<Incoming, AtlasError> {
+    let endpoint = req.endpoint;
+    let mut builder = http
+        .request(req.method, req.url.clone())
+        .headers(req.headers);
+    if let Some(body) = req.body {
+        builder = builder.body(body.to_vec());
+    }
+    let mut resp = builder
+        .send()
+        .await
+        .map_err(|e| transport_error(endpoint, &e, false))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let too_large = AtlasError::BodyTooLarge {
+        endpoint,
+        limit: max_body_bytes,
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > max_body_bytes as u64)
+    {
+        return Err(too_large);
+    }
+    // Read chunk by chunk so an endless or lying body stops at the cap, not at memory's end.
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(endpoint, &e, true))?
+    {
+        if body.len() + chunk.len() > max_body_bytes {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let failure = (!(200..300).contains(&status)).then(|| {
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        match endpoint {
+            Endpoint::LinkTokens => ApiFailure::from_api_body(status, &body, retry_after),
+            Endpoint::OAuthToken => ApiFailure::from_oauth_body(status, &body, retry_after),
+        }
+    });
+    Ok(Incoming {
+        status,
+        headers,
+        body,
+        failure,
+    })
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        _ => "OTHER",
+    }
+}
+
+/// Maps a reqwest error onto a kind. reqwest exposes timeout/connect/body flags but not TLS, so
+/// TLS is recognised in the cause chain: tokio-rustls reports rustls errors as
+/// `io::ErrorKind::InvalidData`, and certificate errors name themselves. It only changes the
+/// wording; every kind classifies the same way.
+fn transport_error(endpoint: Endpoint, e: &reqwest::Error, reading_body: bool) -> AtlasError {
+    let chain = cause_chain(e);
+    let lower = chain.to_ascii_lowercase();
+    let tls = has_invalid_data_io_error(e)
+        || ["tls", "certificate", "handshake", "rustls", "webpki"]
+            .iter()
+            .any(|w| lower.contains(w));
+    let kind = if e.is_timeout() {
+        if e.is_connect() {
+            TransportKind::ConnectTimeout
+        } else {
+            TransportKind::Timeout
+        }
+    } else if reading_body || e.is_body() || e.is_decode() {
+        TransportKind::BodyRead
+    } else if tls {
+        TransportKind::Tls
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Other
+    };
+    AtlasError::Transport {
+        endpoint,
+        kind,
+        detail: chain,
+    }
+}
+
+/// reqwest's connector wraps the TLS layer's `io::Error` in another `io::Error` (kind Other),
+/// and `io::Error::source` skips the wrapped error, so nested io errors are opened by hand.
+fn has_invalid_data_io_error(e: &reqwest::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        let mut io = s.downcast_ref::<std::io::Error>();
+        while let Some(err) = io {
+            if err.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            io = err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The causes below reqwest's own message (which carries the URL), joined, with any URL
+/// userinfo removed (a proxy URL may hold a password), clipped.
+fn cause_chain(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    let mut joined = strip_userinfo(&parts.join(": "));
+    if joined.len() > 300 {
+        let mut cut = 300;
+        while !joined.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        joined.truncate(cut);
+        joined.push('…');
+    }
+    joined
+}
+
+fn strip_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            out.push_str("[redacted]@");
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_removed_from_urls() {
+        assert_eq!(
+            strip_userinfo("proxy http://user:pw@proxy:3128/x failed"),
+            "proxy http://[redacted]@proxy:3128/x failed"
+        );
+        assert_eq!(strip_userinfo("no url here"), "no url here");
+        assert_eq!(strip_userinfo("https://host/a@b"), "https://host/a@b");
+    }
+}

@@ -1,0 +1,111 @@
+//! atlas-sim: the Atlas link-token API simulator (see docs/atlas-sim.md).
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use linktoken_operator::sim::{SimConfig, SimServer};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atlas-sim",
+    version,
+    about = "Simulator of the MongoDB Atlas link-token API"
+)]
+struct Args {
+    /// Address of the Atlas API (port 0 picks a free port).
+    #[arg(long, env = "ATLAS_SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Address of the admin API.
+    #[arg(long, env = "ATLAS_SIM_ADMIN_LISTEN", default_value = "127.0.0.1:8091")]
+    admin_listen: SocketAddr,
+    /// YAML configuration (orgs, apiKeys, serviceAccounts, rateLimit, ...).
+    #[arg(long, env = "ATLAS_SIM_CONFIG", conflicts_with = "demo")]
+    config: Option<PathBuf>,
+    /// Use the built-in demo configuration.
+    #[arg(long, env = "ATLAS_SIM_DEMO")]
+    demo: bool,
+    /// Override the default per-org bucket capacity.
+    #[arg(long, env = "ATLAS_SIM_RATE_LIMIT_CAPACITY")]
+    rate_limit_capacity: Option<u32>,
+    /// Override the default per-org refill (tokens per minute).
+    #[arg(long, env = "ATLAS_SIM_RATE_LIMIT_REFILL_PER_MINUTE")]
+    rate_limit_refill_per_minute: Option<u32>,
+}
+
+fn load_config(args: &Args) -> Result<SimConfig, String> {
+    let mut config = match (&args.config, args.demo) {
+        (Some(path), _) => SimConfig::from_yaml_file(path).map_err(|e| e.to_string())?,
+        (None, true) => SimConfig::demo(),
+        (None, false) => SimConfig::default(),
+    };
+    if let Some(c) = args.rate_limit_capacity {
+        config.rate_limit.capacity = c;
+    }
+    if let Some(r) = args.rate_limit_refill_per_minute {
+        config.rate_limit.refill_per_minute = r;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Logs go to stderr; stdout carries only the "ready" line that scripts wait for.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("atlas-sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let orgs = config.orgs.len();
+    let handle = match SimServer::start(config, args.listen, args.admin_listen).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("atlas-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "atlas-sim ready atlas_url={} admin_url={} orgs={orgs}",
+        handle.atlas_url, handle.admin_url
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}

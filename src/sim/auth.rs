@@ -1,0 +1,119 @@
+//! Authentication of Atlas API calls: HTTP Digest (API keys) or Bearer (service accounts).
+
+use std::time::Instant;
+
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
+
+use super::digest::{self, NonceCheck, REALM};
+use super::reply::Reply;
+use super::state::{Principal, SimState, sha256_hex};
+
+/// Why a call was refused; only for the debug log, never sent to the client (Atlas answers
+/// every failure with the same body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    UnknownPrincipal,
+    BadResponse,
+    UriMismatch,
+    StaleNonce,
+    ReplayedNonceCount,
+    ExpiredBearer,
+}
+
+/// Authenticates a call. `request_uri` is the request target (path and query) that a Digest
+/// `uri` parameter must match.
+pub fn authenticate(
+    state: &SimState,
+    method: &str,
+    request_uri: &str,
+    headers: &HeaderMap,
+) -> Result<Principal, (AuthFailure, Reply)> {
+    let now = Instant::now();
+    let mut inner = state.lock();
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let failure = match header {
+        None => AuthFailure::Missing,
+        Some(value) => {
+            let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+            if scheme.eq_ignore_ascii_case("bearer") {
+                let hash = sha256_hex(rest.trim());
+                match inner.bearer.get(&hash) {
+                    Some(t) if t.expires_at > now => {
+                        let client = t.client_id.clone();
+                        if inner.service_accounts.contains_key(&client) {
+                            return Ok(Principal::ServiceAccount(client));
+                        }
+                        AuthFailure::UnknownPrincipal
+                    }
+                    Some(_) => {
+                        inner.bearer.remove(&hash);
+                        AuthFailure::ExpiredBearer
+                    }
+                    None => AuthFailure::UnknownPrincipal,
+                }
+            } else if scheme.eq_ignore_ascii_case("digest") {
+                match check_digest(&mut inner, method, request_uri, value, now) {
+                    Ok(p) => return Ok(p),
+                    Err(f) => f,
+                }
+            } else {
+                AuthFailure::Malformed
+            }
+        }
+    };
+    let nonce = inner.nonces.issue(now);
+    let stale = failure == AuthFailure::StaleNonce;
+    let reply = Reply::error(
+        StatusCode::UNAUTHORIZED,
+        "UNEXPECTED_ERROR",
+        "You are not authorized for this resource.",
+    )
+    .header(WWW_AUTHENTICATE, digest::challenge(&nonce, stale));
+    Err((failure, reply))
+}
+
+fn check_digest(
+    inner: &mut super::state::Inner,
+    method: &str,
+    request_uri: &str,
+    value: &str,
+    now: Instant,
+) -> Result<Principal, AuthFailure> {
+    let p = digest::parse_authorization(value).ok_or(AuthFailure::Malformed)?;
+    if p.realm != REALM
+        || p.qop.as_deref() != Some("auth")
+        || p.algorithm
+            .as_deref()
+            .is_some_and(|a| !a.eq_ignore_ascii_case("MD5"))
+        || p.cnonce.is_none()
+    {
+        return Err(AuthFailure::Malformed);
+    }
+    let nc =
+        p.nc.as_deref()
+            .and_then(|nc| u64::from_str_radix(nc, 16).ok())
+            .ok_or(AuthFailure::Malformed)?;
+    let key = inner
+        .api_keys
+        .get(&p.username)
+        .ok_or(AuthFailure::UnknownPrincipal)?;
+    let expected = digest::expected_response(&p, method, &key.private_key);
+    if !digest::constant_time_eq(
+        expected.as_bytes(),
+        p.response.to_ascii_lowercase().as_bytes(),
+    ) {
+        return Err(AuthFailure::BadResponse);
+    }
+    // Checked after the response so that only a holder of the key learns about the uri.
+    if p.uri != request_uri {
+        return Err(AuthFailure::UriMismatch);
+    }
+    match inner.nonces.check(&p.nonce, nc, now) {
+        NonceCheck::Fresh => Ok(Principal::ApiKey(p.username)),
+        NonceCheck::Stale => Err(AuthFailure::StaleNonce),
+        NonceCheck::Replayed => Err(AuthFailure::ReplayedNonceCount),
+    }
+}
