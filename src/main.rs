@@ -1,1 +1,174 @@
-fn main() {}
+//! `linktoken-operator`: the process around the controller.
+//!
+//! Order of start-up: flags -> logging -> Kubernetes client -> probe/metrics servers (live at
+//! once, ready after the caches sync) -> leader election (a standby waits here and reconciles
+//! nothing) -> controllers. On SIGTERM: stop taking work, let in-flight reconciles finish
+//! within --shutdown-timeout, release the Lease, exit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use kube::runtime::events::{Recorder, Reporter};
+use linktoken_operator::atlas::{AtlasClient, AtlasConfig, RequestObserver, RequestRecord};
+use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::BackoffConfig};
+use linktoken_operator::runtime::{
+    Flags, LeaderConfig, LeaderElector, Metrics, Readiness, Shutdown, drain, logging, serve,
+};
+
+/// Feeds every Atlas round trip into the Prometheus metrics.
+struct AtlasMetrics(Metrics);
+
+impl RequestObserver for AtlasMetrics {
+    fn observe(&self, r: &RequestRecord<'_>) {
+        self.0
+            .observe_atlas_request(r.method, r.status, r.error_code, r.duration);
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if let Err(e) = logging::init(flags.log_format) {
+        eprintln!("linktoken-operator: {e}");
+        return ExitCode::from(2);
+    }
+    match run(flags).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "linktoken-operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let version = env!("CARGO_PKG_VERSION");
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let server = client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("Kubernetes API server unreachable: {e}"))?;
+    tracing::info!(version, kubernetes = %server.git_version, atlas_url = %flags.atlas_url,
+        namespaces = ?flags.watch_namespaces.names(), "linktoken-operator starting");
+
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .map_err(|e| e.to_string())?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let servers = serve(
+        flags.metrics_bind_address,
+        flags.health_probe_bind_address,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!(metrics = ?servers.metrics_addr, probes = ?servers.probe_addr, "serving metrics and probes");
+
+    let atlas = AtlasClient::new(AtlasConfig {
+        connect_timeout: flags.atlas_connect_timeout,
+        request_timeout: flags.atlas_request_timeout,
+        ..AtlasConfig::with_base_url(flags.atlas_url.clone())
+    })
+    .map_err(|e| e.to_string())?
+    .with_observer(Arc::new(AtlasMetrics(metrics.clone())));
+
+    let elector = if flags.leader_elect {
+        let cfg = LeaderConfig::new(
+            flags.lease_namespace(),
+            flags.leader_election_id.clone(),
+            linktoken_operator::runtime::leader::default_identity(),
+        );
+        let elector = LeaderElector::start(client.clone(), cfg).map_err(|e| e.to_string())?;
+        elector.mirror_to(metrics.clone());
+        tracing::info!(identity = elector.identity(), "waiting for leadership");
+        tokio::select! {
+            r = elector.wait_until_leader() => r.map_err(|e| e.to_string())?,
+            _ = shutdown.wait() => {
+                let _ = elector.release().await;
+                return servers.wait().await.map_err(|e| e.to_string());
+            }
+        }
+        tracing::info!(identity = elector.identity(), "leading");
+        Some(elector)
+    } else {
+        None
+    };
+
+    let namespaces = flags.watch_namespaces.names().to_vec();
+    let scopes = Scopes::new(&namespaces);
+    let reporter = Reporter {
+        controller: "linktoken-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        atlas,
+        metrics.clone(),
+        Recorder::new(client.clone(), reporter),
+        &scopes,
+        BackoffConfig {
+            base: flags.retry_base_delay,
+            max: flags.retry_max_delay,
+            resync: flags.resync_interval,
+        },
+    ));
+
+    // Leadership lost: stop at once (a standby may already be taking over).
+    let stop = Shutdown::new();
+    {
+        let stop = stop.clone();
+        let sd = shutdown.clone();
+        let lost = elector.as_ref().map(|e| e.lost());
+        tokio::spawn(async move {
+            match lost {
+                Some(lost) => tokio::select! {
+                    _ = sd.wait() => {},
+                    _ = lost => tracing::error!("leadership lost; stopping"),
+                },
+                None => sd.wait().await,
+            }
+            stop.trigger();
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            ctx.wait_until_synced().await;
+            readiness.set_ready();
+            tracing::info!("caches synced; ready");
+        });
+    }
+    let cfg = RunConfig {
+        namespaces,
+        concurrency: flags.concurrency,
+        backoff: ctx.backoff,
+    };
+    let controllers = tokio::spawn(controller::run(ctx.clone(), scopes, cfg, stop.clone()));
+    stop.wait().await;
+    readiness.set_not_ready();
+    match drain(flags.shutdown_timeout, controllers).await {
+        Ok(_) => tracing::info!("in-flight reconciles finished"),
+        Err(e) => tracing::warn!(error = %e, "shutdown timeout: exiting with reconciles in flight"),
+    }
+    let lost_leadership = !shutdown.is_triggered();
+    if let Some(elector) = elector
+        && let Err(e) = elector.release().await
+    {
+        tracing::warn!(error = %e, "could not release the Lease");
+    }
+    shutdown.trigger();
+    let _ = servers.wait().await;
+    if lost_leadership {
+        return Err("leadership lost".into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

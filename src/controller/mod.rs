@@ -22,7 +22,6 @@ pub mod observe;
 pub mod report;
 pub mod secret;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,7 +93,7 @@ pub async fn run(
     ctx: Arc<Context>,
     scopes: Scopes,
     cfg: RunConfig,
-    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+    shutdown: crate::runtime::Shutdown,
 ) {
     let mut wake_senders = Vec::new();
     let mut wake_receivers = Vec::new();
@@ -144,7 +143,7 @@ pub async fn run(
             })
             .reconcile_on(wake_rx)
             .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
-            .graceful_shutdown_on(shutdown.clone())
+            .graceful_shutdown_on(shutdown.wait())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|res| async move {
                 if let Err(e) = res {

@@ -8,7 +8,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use super::decide::{self, CredentialsState, Observed, SecretState, StalledAttempt};
+use super::decide::{self, CredentialsState, Observed, StalledAttempt};
 use super::error::Error;
 use super::index;
 use super::secret::{self, DesiredSecret};

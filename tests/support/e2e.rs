@@ -1,0 +1,262 @@
+//! End-to-end fixtures: the real control plane, atlas-sim in-process, and the operator binary
+//! as its own process watching only the test's namespace (so parallel tests never share an
+//! operator).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use linktoken_operator::api::{LinkToken, Reason};
+use linktoken_operator::sim::{
+    ApiKeyConfig, OrgConfig, ServiceAccountConfig, SimConfig, SimHandle, SimServer, ORG_OWNER, roles,
+};
+
+use super::{TestCluster, eventually};
+
+/// The demo org and API key of `SimConfig::demo()`.
+pub const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
+pub const PUBLIC_KEY: &str = "demopublic";
+pub const PRIVATE_KEY: &str = "demo-private-key-0000";
+pub const CLIENT_ID: &str = "mdb_sa_id_demo";
+pub const CLIENT_SECRET: &str = "mdb_sa_sk_demo";
+
+pub struct Env {
+    pub cluster: &'static TestCluster,
+    pub ns: String,
+    pub client: Client,
+    pub sim: SimHandle,
+    pub operator: Option<Operator>,
+}
+
+/// The operator process; killed (SIGKILL) on drop. Its stdout+stderr go to `log`.
+pub struct Operator {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Env {
+    /// A namespace, the CRD, and an atlas-sim with the demo org and principals.
+    pub async fn new(cluster: &'static TestCluster, prefix: &str) -> Env {
+        Env::with_sim_config(cluster, prefix, SimConfig::demo()).await
+    }
+
+    pub async fn with_sim_config(cluster: &'static TestCluster, prefix: &str, cfg: SimConfig) -> Env {
+        cluster.apply_crd(&LinkToken::crd()).await;
+        let ns = cluster.namespace(prefix).await;
+        let client = cluster.client().await;
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let sim = SimServer::start(cfg, any, any).await.expect("start atlas-sim");
+        Env { cluster, ns, client, sim, operator: None }
+    }
+
+    /// Adds an org owned by the demo API key and service account (so a test can use an org of
+    /// its own).
+    pub fn add_owned_org(&self, org: &str) {
+        self.sim.state.add_org(OrgConfig::new(org, "test org")).expect("add org");
+        self.sim
+            .state
+            .add_api_key(ApiKeyConfig::new(&format!("pub{}", &org[..8]), "private-key-of-a-test-org", roles(org, ORG_OWNER)))
+            .expect("add key");
+    }
+
+    /// Starts the operator binary for this namespace with fast retries.
+    pub fn start_operator(&mut self, extra: &[&str]) -> &mut Operator {
+        let op = self.spawn_operator(extra);
+        self.operator = Some(op);
+        self.operator.as_mut().expect("operator")
+    }
+
+    /// Spawns an operator process without keeping it in `self` (e.g. a second replica).
+    pub fn spawn_operator(&self, extra: &[&str]) -> Operator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("operator.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let err = out.try_clone().expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linktoken-operator"));
+        cmd.env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env("RUST_LOG", "info,linktoken_operator=debug")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .arg(format!("--atlas-url={}", self.sim.atlas_url))
+            .arg(format!("--watch-namespaces={}", self.ns))
+            .arg("--metrics-bind-address=127.0.0.1:0")
+            .arg("--health-probe-bind-address=127.0.0.1:0")
+            .arg("--retry-base-delay=500ms")
+            .arg("--retry-max-delay=5s")
+            .arg("--shutdown-timeout=5s")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // The operator dies with the test thread that started it, even if the test process is
+        // killed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn operator");
+        Operator { child, log, _dir: dir }
+    }
+
+    pub fn linktokens(&self) -> Api<LinkToken> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates (or replaces) a Secret with string data.
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let s = Secret {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        };
+        let mut body = serde_json::to_value(&s).expect("json");
+        body["apiVersion"] = "v1".into();
+        body["kind"] = "Secret".into();
+        // Replace the data wholesale: delete then create keeps tests free of merge semantics.
+        let _ = self.secrets().delete(name, &DeleteParams::default()).await;
+        eventually(Duration::from_secs(10), "old secret gone", || async {
+            self.secrets().get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        self.secrets().create(&PostParams::default(), &s).await.expect("create secret");
+    }
+
+    pub async fn api_key_secret(&self, name: &str) {
+        self.put_secret(name, &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)]).await;
+    }
+
+    /// Applies a LinkToken from YAML (server-side apply, like `kubectl apply --server-side`).
+    pub async fn apply_yaml(&self, yaml: &str) -> LinkToken {
+        let lt: LinkToken = serde_yaml::from_str(yaml).expect("LinkToken yaml");
+        let name = lt.metadata.name.clone().expect("name");
+        let mut body = serde_json::to_value(&lt).expect("json");
+        body["apiVersion"] = "atlasmigration.io/v1alpha1".into();
+        body["kind"] = "LinkToken".into();
+        self.linktokens()
+            .patch(&name, &PatchParams::apply("linktoken-tests").force(), &Patch::Apply(&body))
+            .await
+            .expect("apply LinkToken")
+    }
+
+    /// A plain LinkToken for `org` with API-key credentials Secret `creds`.
+    pub async fn linktoken(&self, name: &str, org: &str, ips: &[&str]) -> LinkToken {
+        let ips = serde_json::to_string(ips).expect("ips");
+        self.apply_yaml(&format!(
+            "apiVersion: atlasmigration.io/v1alpha1\nkind: LinkToken\nmetadata:\n  name: {name}\nspec:\n  orgId: \"{org}\"\n  accessListIps: {ips}\n  credentialsSecretRef:\n    name: creds\n"
+        ))
+        .await
+    }
+
+    pub async fn get(&self, name: &str) -> Option<LinkToken> {
+        self.linktokens().get_opt(name).await.expect("get LinkToken")
+    }
+
+    /// Waits until the Ready condition has `reason` (for the current generation).
+    pub async fn wait_reason(&self, name: &str, reason: Reason, within: Duration) -> LinkToken {
+        eventually(within, &format!("{name} Ready reason {reason}"), || async {
+            let lt = self.get(name).await?;
+            let gen_ = lt.meta().generation;
+            let st = lt.status.as_ref()?;
+            let c = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (c.reason == reason.as_str() && c.observed_generation == gen_).then_some(lt.clone())
+        })
+        .await
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> LinkToken {
+        self.wait_reason(name, Reason::TokenIssued, Duration::from_secs(30)).await
+    }
+
+    /// The token stored in a Secret at `key`.
+    pub async fn token_in(&self, secret: &str, key: &str) -> Option<String> {
+        let s = self.secrets().get_opt(secret).await.expect("get secret")?;
+        let v = s.data?.get(key)?.0.clone();
+        String::from_utf8(v).ok()
+    }
+
+    /// Events of a LinkToken (reason, type, note).
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let list = api.list(&Default::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Total Atlas link-token calls the simulator answered so far.
+    pub fn atlas_calls(&self) -> u64 {
+        self.sim.state.calls_total()
+    }
+
+    /// Asserts no token or credential value appears in the operator's logs, in events or in
+    /// any LinkToken status of this namespace.
+    pub async fn assert_no_secret_leaked(&self, secrets: &[&str]) {
+        let logs = self.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
+        let events = serde_json::to_string(&self.events_all().await).expect("json");
+        let statuses: Vec<_> = self.linktokens().list(&Default::default()).await.expect("list").items.into_iter().map(|l| l.status).collect();
+        let statuses = serde_json::to_string(&statuses).expect("json");
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            assert!(!logs.contains(s), "operator log contains a secret value");
+            assert!(!events.contains(s), "an event contains a secret value");
+            assert!(!statuses.contains(s), "a status contains a secret value");
+        }
+    }
+
+    async fn events_all(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&Default::default()).await.expect("events").items
+    }
+}
