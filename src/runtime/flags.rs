@@ -1,0 +1,475 @@
+//! Command-line flags of the operator process. Every flag has an environment equivalent
+//! (`LINKTOKEN_<FLAG>`), so the Helm chart can set either.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use super::duration::{parse_duration, parse_positive_duration};
+
+pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com";
+pub const DEFAULT_LEADER_ELECTION_ID: &str = "linktoken-operator-leader";
+/// Where Kubernetes mounts the pod's namespace for in-cluster clients.
+pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Flags of `linktoken-operator`. Parse with [`Flags::parse`] (exits with usage on error) or
+/// [`Flags::try_parse_from`] (tests).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "linktoken-operator", version, about, long_about = None)]
+pub struct Flags {
+    /// Base URL of the Atlas Admin API (Atlas for Government: https://cloud.mongodbgov.com).
+    /// Operator-wide on purpose: a LinkToken author must not be able to send credentials elsewhere.
+    #[arg(long, env = "LINKTOKEN_ATLAS_URL", default_value = DEFAULT_ATLAS_URL, value_parser = parse_atlas_url)]
+    pub atlas_url: url::Url,
+
+    /// Comma-separated namespaces to watch; empty watches all namespaces.
+    #[arg(long, env = "LINKTOKEN_WATCH_NAMESPACES", default_value = "", value_parser = parse_namespaces)]
+    pub watch_namespaces: WatchNamespaces,
+
+    /// Elect a leader with a Lease so only one replica reconciles at a time.
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease [default: the pod's namespace, from POD_NAMESPACE
+    /// or the service-account mount, else "default"]. Use `Flags::lease_namespace()`.
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_NAMESPACE", value_parser = parse_dns_label)]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_ID", default_value = DEFAULT_LEADER_ELECTION_ID, value_parser = parse_dns_subdomain)]
+    pub leader_election_id: String,
+
+    /// Address of the /metrics endpoint: `:8080`, `127.0.0.1:8080`, `[::]:8080`, or `0` to disable.
+    #[arg(long, env = "LINKTOKEN_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind_address)]
+    pub metrics_bind_address: BindAddress,
+
+    /// Address of /healthz and /readyz: `:8081`, `127.0.0.1:8081`, or `0` to disable.
+    #[arg(long, env = "LINKTOKEN_HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081", value_parser = parse_bind_address)]
+    pub health_probe_bind_address: BindAddress,
+
+    /// Maximum number of LinkTokens reconciled at the same time (>= 1).
+    #[arg(long, env = "LINKTOKEN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Periodic resync of every LinkToken (e.g. 30s, 10m, 1h).
+    #[arg(long, env = "LINKTOKEN_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub resync_interval: Duration,
+
+    /// Log format: one JSON object or one human-readable line per event.
+    #[arg(long, env = "LINKTOKEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Timeout for establishing a connection to Atlas (TCP + TLS).
+    #[arg(long, env = "LINKTOKEN_ATLAS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub atlas_connect_timeout: Duration,
+
+    /// Timeout for a whole Atlas request, connection and response body included.
+    #[arg(long, env = "LINKTOKEN_ATLAS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub atlas_request_timeout: Duration,
+
+    /// How long in-flight reconciles may run after SIGTERM before the process exits anyway.
+    /// Keep it below the pod's terminationGracePeriodSeconds (30s by default).
+    #[arg(long, env = "LINKTOKEN_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Flags {
+    /// Namespace of the leader-election Lease: the flag, else the pod's own namespace.
+    pub fn lease_namespace(&self) -> String {
+        resolve_lease_namespace(
+            self.leader_election_namespace.as_deref(),
+            std::env::var("POD_NAMESPACE").ok().as_deref(),
+            Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE),
+        )
+    }
+}
+
+/// Precedence: explicit flag, `POD_NAMESPACE` (downward API), the service-account mount, `default`.
+pub(crate) fn resolve_lease_namespace(
+    flag: Option<&str>,
+    pod_namespace_env: Option<&str>,
+    sa_file: &Path,
+) -> String {
+    let non_empty = |s: &str| {
+        let t = s.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    };
+    flag.and_then(non_empty)
+        .or_else(|| pod_namespace_env.and_then(non_empty))
+        .or_else(|| {
+            std::fs::read_to_string(sa_file)
+                .ok()
+                .and_then(|s| non_empty(&s))
+        })
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Namespaces to watch; empty means all namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchNamespaces(pub Vec<String>);
+
+impl WatchNamespaces {
+    pub fn is_all(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A listen address, or disabled (`0`), in controller-runtime's notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindAddress {
+    Disabled,
+    Addr(SocketAddr),
+}
+
+impl BindAddress {
+    pub fn socket_addr(self) -> Option<SocketAddr> {
+        match self {
+            BindAddress::Disabled => None,
+            BindAddress::Addr(a) => Some(a),
+        }
+    }
+}
+
+impl fmt::Display for BindAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddress::Disabled => f.write_str("0"),
+            BindAddress::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// `:8080` binds every IPv4 interface (as in controller-runtime); `host:port` takes an IP
+/// literal (`[::]:8080` for IPv6); `0` disables the endpoint.
+pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(BindAddress::Disabled);
+    }
+    if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in bind address {s:?}"))?;
+        return Ok(BindAddress::Addr(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port,
+        )));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in bind address {s:?}"))?;
+        return Ok(BindAddress::Addr(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        )));
+    }
+    s.parse::<SocketAddr>().map(BindAddress::Addr).map_err(|_| {
+        format!("invalid bind address {s:?}: use :PORT, IP:PORT, [IPv6]:PORT or 0 to disable")
+    })
+}
+
+/// The Atlas base URL: absolute http(s), no query or fragment (paths are appended to it).
+pub fn parse_atlas_url(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s.trim()).map_err(|e| format!("invalid Atlas URL {s:?}: {e}"))?;
+    if u.scheme() != "https" && u.scheme() != "http" {
+        return Err(format!(
+            "invalid Atlas URL {s:?}: scheme must be https (or http for a local simulator)"
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(format!("invalid Atlas URL {s:?}: missing host"));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(format!(
+            "invalid Atlas URL {s:?}: must not have a query or fragment"
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        // Credentials come from each LinkToken's Secret, never from the URL (it is logged).
+        return Err(format!(
+            "invalid Atlas URL {s:?}: must not contain credentials"
+        ));
+    }
+    Ok(u)
+}
+
+/// Comma list of namespaces; blanks are dropped so `""` and `a,,b` behave as users expect.
+pub fn parse_namespaces(s: &str) -> Result<WatchNamespaces, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ns = parse_dns_label(part)?;
+        if !out.contains(&ns) {
+            out.push(ns);
+        }
+    }
+    Ok(WatchNamespaces(out))
+}
+
+/// A namespace name (RFC 1123 label): catches typos at startup instead of as RBAC errors later.
+pub fn parse_dns_label(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid namespace {s:?}: must be a lowercase RFC 1123 label (a-z, 0-9, '-', at most 63 characters)"
+        ))
+    }
+}
+
+/// A Lease name (RFC 1123 subdomain).
+pub fn parse_dns_subdomain(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| parse_dns_label(l).is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid name {s:?}: must be a lowercase RFC 1123 subdomain"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap reads LINKTOKEN_* from the process environment, which is global: tests that parse
+    /// hold this lock so `env_equivalents` never leaks its variables into another test.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn parse_raw(args: &[&str]) -> Result<Flags, clap::Error> {
+        let mut v = vec!["linktoken-operator"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v)
+    }
+
+    fn parse(args: &[&str]) -> Result<Flags, clap::Error> {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        parse_raw(args)
+    }
+
+    #[test]
+    fn defaults() {
+        let f = parse(&[]).unwrap();
+        assert_eq!(f.atlas_url.as_str(), "https://cloud.mongodb.com/");
+        assert!(f.watch_namespaces.is_all());
+        assert!(!f.leader_elect);
+        assert_eq!(f.leader_election_namespace, None);
+        assert_eq!(f.leader_election_id, "linktoken-operator-leader");
+        assert_eq!(
+            f.metrics_bind_address,
+            BindAddress::Addr("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(
+            f.health_probe_bind_address,
+            BindAddress::Addr("0.0.0.0:8081".parse().unwrap())
+        );
+        assert_eq!(f.concurrency, 8);
+        assert_eq!(f.resync_interval, Duration::from_secs(600));
+        assert_eq!(f.log_format, LogFormat::Text);
+        assert_eq!(f.atlas_connect_timeout, Duration::from_secs(10));
+        assert_eq!(f.atlas_request_timeout, Duration::from_secs(30));
+        assert_eq!(f.shutdown_timeout, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let f = parse(&[
+            "--atlas-url=https://cloud.mongodbgov.com",
+            "--watch-namespaces=team-a, team-b,,team-a",
+            "--leader-elect",
+            "--leader-election-namespace=ops",
+            "--leader-election-id=my-lease",
+            "--metrics-bind-address=127.0.0.1:9090",
+            "--health-probe-bind-address=0",
+            "--concurrency=2",
+            "--resync-interval=1h30m",
+            "--log-format=json",
+            "--atlas-connect-timeout=3s",
+            "--atlas-request-timeout=1m",
+            "--shutdown-timeout=0s",
+        ])
+        .unwrap();
+        assert_eq!(f.atlas_url.host_str(), Some("cloud.mongodbgov.com"));
+        assert_eq!(f.watch_namespaces.names(), ["team-a", "team-b"]);
+        assert!(f.leader_elect);
+        assert_eq!(f.lease_namespace(), "ops");
+        assert_eq!(f.leader_election_id, "my-lease");
+        assert_eq!(
+            f.metrics_bind_address.socket_addr(),
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(f.health_probe_bind_address, BindAddress::Disabled);
+        assert_eq!(f.concurrency, 2);
+        assert_eq!(f.resync_interval, Duration::from_secs(5400));
+        assert_eq!(f.log_format, LogFormat::Json);
+        assert_eq!(f.atlas_connect_timeout, Duration::from_secs(3));
+        assert_eq!(f.atlas_request_timeout, Duration::from_secs(60));
+        assert_eq!(f.shutdown_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn env_equivalents() {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let vars = [
+            ("LINKTOKEN_ATLAS_URL", "http://127.0.0.1:9000/base"),
+            ("LINKTOKEN_WATCH_NAMESPACES", "a,b"),
+            ("LINKTOKEN_LEADER_ELECT", "true"),
+            ("LINKTOKEN_LEADER_ELECTION_NAMESPACE", "lease-ns"),
+            ("LINKTOKEN_LEADER_ELECTION_ID", "env-lease"),
+            ("LINKTOKEN_METRICS_BIND_ADDRESS", ":9100"),
+            ("LINKTOKEN_HEALTH_PROBE_BIND_ADDRESS", "[::1]:9101"),
+            ("LINKTOKEN_CONCURRENCY", "3"),
+            ("LINKTOKEN_RESYNC_INTERVAL", "30s"),
+            ("LINKTOKEN_LOG_FORMAT", "json"),
+            ("LINKTOKEN_ATLAS_CONNECT_TIMEOUT", "2s"),
+            ("LINKTOKEN_ATLAS_REQUEST_TIMEOUT", "4s"),
+            ("LINKTOKEN_SHUTDOWN_TIMEOUT", "5s"),
+        ];
+        // SAFETY: every test that reads these variables holds ENV_LOCK, as this one does.
+        unsafe {
+            for (k, v) in vars {
+                std::env::set_var(k, v);
+            }
+        }
+        let from_env = parse_raw(&[]);
+        // A flag on the command line wins over its environment variable.
+        let overridden = parse_raw(&["--concurrency=5", "--log-format=text"]);
+        // SAFETY: as above.
+        unsafe {
+            std::env::set_var("LINKTOKEN_LEADER_ELECT", "false");
+        }
+        let elect_false = parse_raw(&[]);
+        // SAFETY: as above.
+        unsafe {
+            for (k, _) in vars {
+                std::env::remove_var(k);
+            }
+        }
+
+        let f = from_env.unwrap();
+        assert_eq!(f.atlas_url.as_str(), "http://127.0.0.1:9000/base");
+        assert_eq!(f.watch_namespaces.names(), ["a", "b"]);
+        assert!(f.leader_elect);
+        assert_eq!(f.lease_namespace(), "lease-ns");
+        assert_eq!(f.leader_election_id, "env-lease");
+        assert_eq!(
+            f.metrics_bind_address.socket_addr(),
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        assert_eq!(
+            f.health_probe_bind_address.socket_addr(),
+            Some("[::1]:9101".parse().unwrap())
+        );
+        assert_eq!(f.concurrency, 3);
+        assert_eq!(f.resync_interval, Duration::from_secs(30));
+        assert_eq!(f.log_format, LogFormat::Json);
+        assert_eq!(f.atlas_connect_timeout, Duration::from_secs(2));
+        assert_eq!(f.atlas_request_timeout, Duration::from_secs(4));
+        assert_eq!(f.shutdown_timeout, Duration::from_secs(5));
+
+        let o = overridden.unwrap();
+        assert_eq!(o.concurrency, 5);
+        assert_eq!(o.log_format, LogFormat::Text);
+        assert!(!elect_false.unwrap().leader_elect);
+    }
+
+    fn err_of(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_fail_with_clear_errors() {
+        let e = err_of(&["--atlas-url=ftp://cloud.mongodb.com"]);
+        assert!(
+            e.contains("--atlas-url") && e.contains("scheme must be https"),
+            "{e}"
+        );
+        let e = err_of(&["--atlas-url=not a url"]);
+        assert!(e.contains("invalid Atlas URL"), "{e}");
+        let e = err_of(&["--atlas-url=https://user:pw@cloud.mongodb.com"]);
+        assert!(e.contains("credentials"), "{e}");
+        let e = err_of(&["--concurrency=0"]);
+        assert!(e.contains("--concurrency"), "{e}");
+        let e = err_of(&["--resync-interval=10"]);
+        assert!(e.contains("missing unit"), "{e}");
+        let e = err_of(&["--resync-interval=0s"]);
+        assert!(e.contains("greater than zero"), "{e}");
+        let e = err_of(&["--log-format=yaml"]);
+        assert!(e.contains("--log-format") && e.contains("json"), "{e}");
+        let e = err_of(&["--metrics-bind-address=8080"]);
+        assert!(e.contains("invalid bind address"), "{e}");
+        let e = err_of(&["--metrics-bind-address=:99999"]);
+        assert!(e.contains("invalid port"), "{e}");
+        let e = err_of(&["--watch-namespaces=Team_A"]);
+        assert!(e.contains("RFC 1123"), "{e}");
+        let e = err_of(&["--leader-election-id=Bad Name"]);
+        assert!(e.contains("subdomain"), "{e}");
+    }
+
+    #[test]
+    fn bind_address_forms() {
+        assert_eq!(parse_bind_address("0"), Ok(BindAddress::Disabled));
+        assert_eq!(
+            parse_bind_address(":0"),
+            Ok(BindAddress::Addr("0.0.0.0:0".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_bind_address("localhost:8080"),
+            Ok(BindAddress::Addr("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_bind_address("[::]:8080"),
+            Ok(BindAddress::Addr("[::]:8080".parse().unwrap()))
+        );
+        assert!(parse_bind_address("").is_err());
+        assert!(parse_bind_address("example.com:80").is_err());
+        assert_eq!(BindAddress::Disabled.to_string(), "0");
+    }
+
+    #[test]
+    fn empty_watch_namespaces_means_all() {
+        assert!(parse_namespaces("").unwrap().is_all());
+        assert!(parse_namespaces(" , ").unwrap().is_all());
+        let f = parse(&["--watch-namespaces="]).unwrap();
+        assert!(f.watch_namespaces.is_all());
+    }
+
+    #[test]
+    fn lease_namespace_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let sa = dir.path().join("namespace");
+        let missing = dir.path().join("missing");
+        std::fs::write(&sa, "from-file\n").unwrap();
+        assert_eq!(
+            resolve_lease_namespace(Some("flag"), Some("env"), &sa),
+            "flag"
+        );
+        assert_eq!(resolve_lease_namespace(None, Some("env"), &sa), "env");
+        assert_eq!(resolve_lease_namespace(None, Some(""), &sa), "from-file");
+        assert_eq!(resolve_lease_namespace(None, None, &sa), "from-file");
+        assert_eq!(resolve_lease_namespace(None, None, &missing), "default");
+    }
+}

@@ -1,0 +1,476 @@
+//! Prometheus metrics of the operator (prefix `linktoken_`), encoded in the OpenMetrics text format.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::api::Reason;
+
+/// Content type of [`Metrics::encode`]'s output. prometheus-client writes OpenMetrics (counters
+/// as `_total` samples of a `counter` family, `# EOF` trailer); Prometheus parses it by this type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AtlasRequestLabels {
+    method: String,
+    status: String,
+    error_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// The reconcile results the controller reports; other values work but start absent.
+pub const RECONCILE_RESULTS: [&str; 4] = ["ready", "requeue", "error", "stalled"];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Reconciles include Atlas calls bounded by the request timeout (30s default): 5ms .. ~41s.
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// One Atlas HTTP call: 10ms .. ~41s.
+fn atlas_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+struct Inner {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_duration: HistogramFamily<ResultLabels>,
+    atlas_requests: Family<AtlasRequestLabels, Counter>,
+    atlas_request_duration: HistogramFamily<MethodLabels>,
+    tokens_issued: Counter,
+    tokens_revoked: Counter,
+    linktokens: Family<ReasonLabels, Gauge>,
+    leader: Gauge,
+    /// Object key -> its last reported Ready reason, so a reason change or a deletion moves
+    /// exactly one object between gauge series (a bare inc/dec API drifts on missed events).
+    tracked: Mutex<HashMap<String, Reason>>,
+}
+
+/// The operator's metrics. Cheap to clone; every clone updates the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("linktoken");
+
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of LinkTokens by result (ready, requeue, error, stalled)",
+            reconciles.clone(),
+        );
+        let reconcile_duration: HistogramFamily<ResultLabels> =
+            Family::new_with_constructor(reconcile_histogram);
+        // prometheus-client omits families without series; creating the documented results at 0
+        // lets `rate(linktoken_reconciles_total{result="error"}[5m])` work before the first error.
+        for result in RECONCILE_RESULTS {
+            let labels = ResultLabels {
+                result: result.to_string(),
+            };
+            let _ = reconciles.get_or_create(&labels);
+            let _ = reconcile_duration.get_or_create(&labels);
+        }
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Duration of one reconcile of a LinkToken, by result",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let atlas_requests = Family::<AtlasRequestLabels, Counter>::default();
+        registry.register(
+            "atlas_requests",
+            "Atlas Admin API requests by HTTP method, status (none: no response) and Atlas errorCode",
+            atlas_requests.clone(),
+        );
+        let atlas_request_duration: HistogramFamily<MethodLabels> =
+            Family::new_with_constructor(atlas_histogram);
+        registry.register_with_unit(
+            "atlas_request_duration",
+            "Duration of Atlas Admin API requests by HTTP method",
+            Unit::Seconds,
+            atlas_request_duration.clone(),
+        );
+        let tokens_issued = Counter::default();
+        registry.register(
+            "tokens_issued",
+            "Link tokens issued (POST accepted by Atlas)",
+            tokens_issued.clone(),
+        );
+        let tokens_revoked = Counter::default();
+        registry.register(
+            "tokens_revoked",
+            "Link tokens revoked (DELETE accepted by Atlas)",
+            tokens_revoked.clone(),
+        );
+        let linktokens = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "linktokens",
+            "LinkTokens by Ready condition reason",
+            linktokens.clone(),
+        );
+        // Every reason exists from the start at 0, so alerts like `linktokens{reason="X"} > 0`
+        // see a series instead of an absent one.
+        for reason in Reason::ALL {
+            linktokens.get_or_create(&reason_labels(reason)).set(0);
+        }
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this replica holds the leader Lease (or runs without leader election)",
+            leader.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Version of the running operator (always 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                reconciles,
+                reconcile_duration,
+                atlas_requests,
+                atlas_request_duration,
+                tokens_issued,
+                tokens_revoked,
+                linktokens,
+                leader,
+                tracked: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Records one finished reconcile. `result` should be one of a small fixed set
+    /// (`ready`, `requeue`, `error`, `stalled`): it becomes a label value.
+    pub fn observe_reconcile(&self, result: &str, duration: Duration) {
+        let labels = ResultLabels {
+            result: result.to_string(),
+        };
+        self.inner.reconciles.get_or_create(&labels).inc();
+        self.inner
+            .reconcile_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records one Atlas HTTP request. `status` is `None` when no response arrived (timeout,
+    /// connection or TLS failure). `error_code` is the ApiError `errorCode`, if any.
+    pub fn observe_atlas_request(
+        &self,
+        method: &str,
+        status: Option<u16>,
+        error_code: Option<&str>,
+        duration: Duration,
+    ) {
+        let method = method.to_ascii_uppercase();
+        let labels = AtlasRequestLabels {
+            method: method.clone(),
+            status: status.map_or_else(|| "none".to_string(), |s| s.to_string()),
+            error_code: sanitize_error_code(error_code),
+        };
+        self.inner.atlas_requests.get_or_create(&labels).inc();
+        self.inner
+            .atlas_request_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn token_issued(&self) {
+        self.inner.tokens_issued.inc();
+    }
+
+    pub fn token_revoked(&self) {
+        self.inner.tokens_revoked.inc();
+    }
+
+    /// Reports the current Ready reason of one LinkToken (`key`, e.g. `namespace/name`);
+    /// `None` when the object is gone. Idempotent: reporting the same reason twice counts once.
+    pub fn track(&self, key: &str, reason: Option<Reason>) {
+        let mut tracked = self.tracked();
+        let previous = match reason {
+            Some(r) => tracked.insert(key.to_string(), r),
+            None => tracked.remove(key),
+        };
+        if previous == reason {
+            return;
+        }
+        if let Some(old) = previous {
+            self.inner
+                .linktokens
+                .get_or_create(&reason_labels(old))
+                .dec();
+        }
+        if let Some(new) = reason {
+            self.inner
+                .linktokens
+                .get_or_create(&reason_labels(new))
+                .inc();
+        }
+    }
+
+    /// Replaces all tracked state with a full snapshot (key -> reason), e.g. after a relist.
+    /// Keys absent from the snapshot are forgotten.
+    pub fn track_all(&self, snapshot: &BTreeMap<String, Reason>) {
+        let mut tracked = self.tracked();
+        tracked.clear();
+        tracked.extend(snapshot.iter().map(|(k, r)| (k.clone(), *r)));
+        let mut counts: BTreeMap<Reason, i64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+        for r in tracked.values() {
+            *counts.entry(*r).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            self.inner
+                .linktokens
+                .get_or_create(&reason_labels(reason))
+                .set(n);
+        }
+    }
+
+    /// The number of tracked LinkTokens per reason (what the gauge shows).
+    pub fn linktokens_by_reason(&self) -> BTreeMap<Reason, i64> {
+        let tracked = self.tracked();
+        let mut counts = BTreeMap::new();
+        for r in tracked.values() {
+            *counts.entry(*r).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.inner.leader.set(i64::from(leading));
+    }
+
+    /// The exposition in OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would be an encoder bug, and a
+        // partial scrape is better than a crashed process.
+        if let Err(e) = encode(&mut out, &self.inner.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, HashMap<String, Reason>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters more than losing all metrics, so keep going with the inner value.
+        self.inner
+            .tracked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn reason_labels(reason: Reason) -> ReasonLabels {
+    ReasonLabels {
+        reason: reason.as_str().to_string(),
+    }
+}
+
+/// errorCode comes from the network (Atlas, or a proxy in between): only values shaped like
+/// Atlas codes become label values, so a misbehaving server cannot explode cardinality.
+fn sanitize_error_code(code: Option<&str>) -> String {
+    match code.map(str::trim) {
+        None | Some("") => String::new(),
+        Some(c)
+            if c.len() <= 64
+                && c.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            c.to_string()
+        }
+        Some(_) => "OTHER".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has_line(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn exposes_every_family_with_prefix() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for family in [
+            "# TYPE linktoken_reconciles counter",
+            "# TYPE linktoken_reconcile_duration_seconds histogram",
+            "# TYPE linktoken_tokens_issued counter",
+            "# TYPE linktoken_tokens_revoked counter",
+            "# TYPE linktoken_linktokens gauge",
+            "# TYPE linktoken_leader gauge",
+            "# TYPE linktoken_build_info gauge",
+        ] {
+            assert!(has_line(&text, family), "missing {family:?} in\n{text}");
+        }
+        assert!(has_line(&text, "linktoken_tokens_issued_total 0"), "{text}");
+        assert!(
+            has_line(&text, r#"linktoken_reconciles_total{result="stalled"} 0"#),
+            "{text}"
+        );
+        // Atlas families appear with their first request (label values are not known before).
+        assert!(!text.contains("linktoken_atlas_requests"), "{text}");
+        assert!(has_line(&text, "linktoken_leader 0"), "{text}");
+        assert!(
+            has_line(&text, r#"linktoken_linktokens{reason="AtlasForbidden"} 0"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn records_reconciles_requests_and_tokens() {
+        let m = Metrics::new();
+        m.observe_reconcile("ready", Duration::from_millis(20));
+        m.observe_reconcile("ready", Duration::from_millis(30));
+        m.observe_reconcile("error", Duration::from_secs(2));
+        m.observe_atlas_request("post", Some(201), None, Duration::from_millis(150));
+        m.observe_atlas_request(
+            "DELETE",
+            Some(409),
+            Some("CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK"),
+            Duration::from_millis(80),
+        );
+        m.observe_atlas_request("POST", None, None, Duration::from_secs(10));
+        m.observe_atlas_request("POST", Some(502), Some("<html>bad gateway"), Duration::ZERO);
+        m.token_issued();
+        m.token_revoked();
+        m.token_revoked();
+        m.set_leader(true);
+
+        let text = m.encode();
+        for line in [
+            r#"linktoken_reconciles_total{result="ready"} 2"#,
+            r#"linktoken_reconciles_total{result="error"} 1"#,
+            r#"linktoken_reconcile_duration_seconds_count{result="ready"} 2"#,
+            r#"linktoken_reconcile_duration_seconds_bucket{le="0.04",result="ready"} 2"#,
+            "# TYPE linktoken_atlas_requests counter",
+            "# TYPE linktoken_atlas_request_duration_seconds histogram",
+            r#"linktoken_atlas_requests_total{method="POST",status="201",error_code=""} 1"#,
+            r#"linktoken_atlas_requests_total{method="DELETE",status="409",error_code="CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK"} 1"#,
+            r#"linktoken_atlas_requests_total{method="POST",status="none",error_code=""} 1"#,
+            r#"linktoken_atlas_requests_total{method="POST",status="502",error_code="OTHER"} 1"#,
+            r#"linktoken_atlas_request_duration_seconds_count{method="POST"} 3"#,
+            r#"linktoken_atlas_request_duration_seconds_count{method="DELETE"} 1"#,
+            "linktoken_tokens_issued_total 1",
+            "linktoken_tokens_revoked_total 2",
+            "linktoken_leader 1",
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn linktokens_gauge_follows_reason_changes_and_deletions() {
+        let m = Metrics::new();
+        m.track("ns/a", Some(Reason::Issuing));
+        m.track("ns/b", Some(Reason::Issuing));
+        m.track("ns/a", Some(Reason::TokenIssued));
+        m.track("ns/a", Some(Reason::TokenIssued)); // repeated report: no double count
+        m.track("ns/b", Some(Reason::AtlasUnavailable));
+        m.track("ns/b", None); // deleted
+        m.track("ns/never-seen", None); // deleting an unknown key is harmless
+
+        let text = m.encode();
+        for line in [
+            r#"linktoken_linktokens{reason="TokenIssued"} 1"#,
+            r#"linktoken_linktokens{reason="Issuing"} 0"#,
+            r#"linktoken_linktokens{reason="AtlasUnavailable"} 0"#,
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            m.linktokens_by_reason(),
+            BTreeMap::from([(Reason::TokenIssued, 1)])
+        );
+
+        m.track_all(&BTreeMap::from([
+            ("x/1".to_string(), Reason::OrgConflict),
+            ("x/2".to_string(), Reason::OrgConflict),
+        ]));
+        let text = m.encode();
+        assert!(
+            has_line(&text, r#"linktoken_linktokens{reason="OrgConflict"} 2"#),
+            "{text}"
+        );
+        assert!(
+            has_line(&text, r#"linktoken_linktokens{reason="TokenIssued"} 0"#),
+            "{text}"
+        );
+        // Incremental tracking continues correctly from the snapshot.
+        m.track("x/1", None);
+        assert!(has_line(
+            &m.encode(),
+            r#"linktoken_linktokens{reason="OrgConflict"} 1"#
+        ));
+    }
+
+    #[test]
+    fn clones_share_one_registry() {
+        let m = Metrics::new();
+        m.clone().token_issued();
+        assert!(has_line(&m.encode(), "linktoken_tokens_issued_total 1"));
+    }
+
+    #[test]
+    fn error_codes_are_bounded() {
+        assert_eq!(sanitize_error_code(None), "");
+        assert_eq!(sanitize_error_code(Some("RATE_LIMITED")), "RATE_LIMITED");
+        assert_eq!(sanitize_error_code(Some("rate limited")), "OTHER");
+        assert_eq!(sanitize_error_code(Some(&"A".repeat(65))), "OTHER");
+    }
+}
