@@ -55,9 +55,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         namespaces = ?flags.watch_namespaces.names(), "linktoken-operator starting");
 
     let shutdown = Shutdown::new();
-    shutdown
-        .listen_for_signals()
-        .map_err(|e| e.to_string())?;
+    shutdown.listen_for_signals().map_err(|e| e.to_string())?;
     let metrics = Metrics::new();
     let readiness = Readiness::new();
     let servers = serve(

@@ -44,7 +44,12 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
 
 /// Nothing to do until something changes. An empty message means "the same stalled failure
 /// as before": status already says so, and Atlas is not called again.
-async fn wait(lt: &LinkToken, ctx: &Context, reason: Reason, message: &str) -> Result<Outcome, Error> {
+async fn wait(
+    lt: &LinkToken,
+    ctx: &Context,
+    reason: Reason,
+    message: &str,
+) -> Result<Outcome, Error> {
     if !message.is_empty() {
         let status = lt.status.clone().unwrap_or_default();
         let status = report::with_outcome(lt, status, reason, message);
@@ -55,8 +60,8 @@ async fn wait(lt: &LinkToken, ctx: &Context, reason: Reason, message: &str) -> R
     }
     // While an org's owner is being deleted, look again soon: the takeover should not wait
     // for the slow resync if the deletion event was missed.
-    let owner_leaving = reason == Reason::OrgConflict
-        && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
+    let owner_leaving =
+        reason == Reason::OrgConflict && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
     let after = if owner_leaving {
         Some(Duration::from_secs(2))
     } else {
@@ -77,14 +82,25 @@ async fn issue(
 ) -> Result<Outcome, Error> {
     let Some(creds) = obs.credentials.as_ref() else {
         // decide only issues with valid credentials; stay total anyway.
-        return wait(lt, ctx, Reason::CredentialsNotFound, "the credentials Secret is not readable").await;
+        return wait(
+            lt,
+            ctx,
+            Reason::CredentialsNotFound,
+            "the credentials Secret is not readable",
+        )
+        .await;
     };
     let org = lt.spec.org_id.clone();
     let mut status = lt.status.clone().unwrap_or_default();
 
     // A marker left by an interrupted issue for another org is the only record of that org:
     // revoke there before the marker is replaced.
-    if let Some(stale) = status.in_flight.as_ref().filter(|f| f.org_id != org).map(|f| f.org_id.clone()) {
+    if let Some(stale) = status
+        .in_flight
+        .as_ref()
+        .filter(|f| f.org_id != org)
+        .map(|f| f.org_id.clone())
+    {
         if let Err(e) = ctx.atlas.delete_link_token(creds, &stale).await {
             return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await;
         }
@@ -106,7 +122,11 @@ async fn issue(
     }
 
     // 3. POST. Never retried in place: a retry goes through the marker and a DELETE.
-    let token = match ctx.atlas.create_link_token(creds, &org, &lt.spec.access_list_ips).await {
+    let token = match ctx
+        .atlas
+        .create_link_token(creds, &org, &lt.spec.access_list_ips)
+        .await
+    {
         Ok(t) => t,
         Err(e) => return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Create).await,
     };
@@ -136,7 +156,10 @@ async fn issue(
     ctx.metrics.token_issued();
     ctx.forget(&object_ref(lt));
     let (ev, note) = if why.is_rotation() {
-        ("TokenRotated", format!("issued a new link token: {}", why.describe()))
+        (
+            "TokenRotated",
+            format!("issued a new link token: {}", why.describe()),
+        )
     } else {
         ("TokenIssued", "issued a link token".to_string())
     };
@@ -146,7 +169,12 @@ async fn issue(
 }
 
 /// The Secret holds the token of an interrupted issue (written after its POST): record it.
-async fn adopt(lt: &LinkToken, ctx: &Context, obs: &Observation, key: &str) -> Result<Outcome, Error> {
+async fn adopt(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+    key: &str,
+) -> Result<Outcome, Error> {
     let value = obs
         .target
         .as_ref()
@@ -179,7 +207,14 @@ async fn adopt(lt: &LinkToken, ctx: &Context, obs: &Observation, key: &str) -> R
     report::write_status(ctx, lt, &status).await?;
     ctx.metrics.token_issued();
     ctx.forget(&object_ref(lt));
-    report::publish(ctx, lt, EventType::Normal, "TokenIssued", "recovered the link token of an interrupted issue").await;
+    report::publish(
+        ctx,
+        lt,
+        EventType::Normal,
+        "TokenIssued",
+        "recovered the link token of an interrupted issue",
+    )
+    .await;
     ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
     Ok(ready_outcome(ctx))
 }
@@ -205,7 +240,14 @@ async fn keep(
             .and_then(|d| d.get(key))
             .map(|v| v.0.clone())
             .unwrap_or_default();
-        apply_secret(lt, ctx, &obs.observed.target_secret_name, &value, &issued_at).await?;
+        apply_secret(
+            lt,
+            ctx,
+            &obs.observed.target_secret_name,
+            &value,
+            &issued_at,
+        )
+        .await?;
     }
     if delete_previous {
         delete_previous_secret(lt, ctx, obs).await?;
@@ -283,9 +325,17 @@ async fn atlas_failure(
 }
 
 /// Server-side apply of the whole token Secret (labels, annotations, ownerReference, data).
-async fn apply_secret(lt: &LinkToken, ctx: &Context, name: &str, token: &[u8], issued_at: &str) -> Result<(), Error> {
+async fn apply_secret(
+    lt: &LinkToken,
+    ctx: &Context,
+    name: &str,
+    token: &[u8],
+    issued_at: &str,
+) -> Result<(), Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let owner = lt.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    let owner = lt
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
     let lt_name = lt.name_any();
     let ts = lt.spec.token_secret.as_ref();
     let desired = DesiredSecret {
@@ -308,13 +358,22 @@ async fn apply_secret(lt: &LinkToken, ctx: &Context, name: &str, token: &[u8], i
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     // Not forced: if another manager owns a field we write, fail loudly instead of taking it.
     // The SecretConflict check already keeps us off Secrets we do not control.
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body)).await?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
 /// After a `tokenSecret.name` change: delete the old Secret, only if we control it (the uid
 /// precondition makes sure it is the very object we looked at).
-async fn delete_previous_secret(lt: &LinkToken, ctx: &Context, obs: &Observation) -> Result<(), Error> {
+async fn delete_previous_secret(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+) -> Result<(), Error> {
     let (Some(prev), Some(uid)) = (obs.previous.as_ref(), lt.uid()) else {
         return Ok(());
     };
@@ -336,4 +395,3 @@ async fn delete_previous_secret(lt: &LinkToken, ctx: &Context, obs: &Observation
         Err(e) => Err(e.into()),
     }
 }
-

@@ -5,10 +5,10 @@
 //! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 
 use super::act::Outcome;
 use super::backoff;
@@ -57,7 +57,9 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     }
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let creds_secret = secrets.get_opt(&lt.spec.credentials_secret_ref.name).await?;
+    let creds_secret = secrets
+        .get_opt(&lt.spec.credentials_secret_ref.name)
+        .await?;
     let (_, creds, _) = read_credentials(creds_secret.as_ref());
     let Some(creds) = creds else {
         skipped(ctx, lt, "the credentials Secret is missing or invalid, so the link token could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters").await;
@@ -70,7 +72,9 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
             Err(e) => {
                 let class = classify(&e, Operation::Finalize);
                 let message = e.user_message();
-                if class.reason != Reason::RevocationBlocked && class.reason != Reason::AtlasRateLimited {
+                if class.reason != Reason::RevocationBlocked
+                    && class.reason != Reason::AtlasRateLimited
+                {
                     skipped(ctx, lt, &format!("Atlas refused the revocation ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
                     return Ok(released(ctx, lt));
                 }
@@ -87,12 +91,22 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
                     RetryHint::After(d) => d,
                     _ => backoff::exponential(n, &ctx.backoff, rand::random()),
                 };
-                return Err(Error::RevocationBlocked { message, retry_after });
+                return Err(Error::RevocationBlocked {
+                    message,
+                    retry_after,
+                });
             }
         }
     }
     ctx.metrics.token_revoked();
-    report::publish(ctx, lt, EventType::Normal, "TokenRevoked", "revoked the link token in Atlas").await;
+    report::publish(
+        ctx,
+        lt,
+        EventType::Normal,
+        "TokenRevoked",
+        "revoked the link token in Atlas",
+    )
+    .await;
     Ok(released(ctx, lt))
 }
 
@@ -120,7 +134,9 @@ async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<
         .and_then(|s| s.token_secret_name.clone())
         .unwrap_or_else(|| lt.spec.token_secret_name(&lt.name_any()));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(s) = api.get_opt(&name).await? else { return Ok(()) };
+    let Some(s) = api.get_opt(&name).await? else {
+        return Ok(());
+    };
     if !secret::is_controlled_by(&s, &uid) {
         return Ok(());
     }
@@ -138,6 +154,7 @@ async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<
             "resourceVersion": s.metadata.resource_version,
         }
     });
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }

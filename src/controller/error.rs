@@ -10,7 +10,10 @@ pub enum Error {
     Kube(#[from] kube::Error),
     /// Deleting, and Atlas would not revoke yet: keep the finalizer, look again later.
     #[error("revocation blocked: {message}")]
-    RevocationBlocked { message: String, retry_after: Duration },
+    RevocationBlocked {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("LinkToken has no {0}")]

@@ -85,7 +85,9 @@ mod tests {
             LinkTokenSpec {
                 org_id: org.into(),
                 access_list_ips: vec![],
-                credentials_secret_ref: CredentialsSecretRef { name: "creds".into() },
+                credentials_secret_ref: CredentialsSecretRef {
+                    name: "creds".into(),
+                },
                 token_secret: None,
                 deletion_policy: Default::default(),
             },
@@ -110,28 +112,51 @@ mod tests {
         assert_eq!(ownership(&all, &all[2]), OrgOwnership::Owner);
         assert_eq!(
             ownership(&all, &all[0]),
-            OrgOwnership::ConflictWith { same_namespace_name: Some("first".into()) }
+            OrgOwnership::ConflictWith {
+                same_namespace_name: Some("first".into())
+            }
         );
     }
 
     #[test]
     fn an_owner_in_another_namespace_is_not_named() {
-        let all = vec![lt("team-a", "first", A, "2026-11-28T10:00:00Z"), lt("team-b", "late", A, "2026-11-28T11:00:00Z")];
-        assert_eq!(ownership(&all, &all[1]), OrgOwnership::ConflictWith { same_namespace_name: None });
+        let all = vec![
+            lt("team-a", "first", A, "2026-11-28T10:00:00Z"),
+            lt("team-b", "late", A, "2026-11-28T11:00:00Z"),
+        ];
+        assert_eq!(
+            ownership(&all, &all[1]),
+            OrgOwnership::ConflictWith {
+                same_namespace_name: None
+            }
+        );
     }
 
     #[test]
     fn ties_in_creation_time_are_broken_by_name_the_same_way_everywhere() {
-        let all = vec![lt("ns", "b", A, "2026-11-28T10:00:00Z"), lt("ns", "a", A, "2026-11-28T10:00:00Z")];
+        let all = vec![
+            lt("ns", "b", A, "2026-11-28T10:00:00Z"),
+            lt("ns", "a", A, "2026-11-28T10:00:00Z"),
+        ];
         assert_eq!(ownership(&all, &all[1]), OrgOwnership::Owner);
-        assert!(matches!(ownership(&all, &all[0]), OrgOwnership::ConflictWith { .. }));
+        assert!(matches!(
+            ownership(&all, &all[0]),
+            OrgOwnership::ConflictWith { .. }
+        ));
     }
 
     #[test]
     fn a_secret_maps_to_the_linktokens_that_use_it() {
-        let all = vec![lt("ns", "x", A, "2026-11-28T10:00:00Z"), lt("other", "y", B, "2026-11-28T10:00:00Z")];
+        let all = vec![
+            lt("ns", "x", A, "2026-11-28T10:00:00Z"),
+            lt("other", "y", B, "2026-11-28T10:00:00Z"),
+        ];
         assert_eq!(linktokens_for_secret(&all, "ns", "creds").len(), 1);
-        assert_eq!(linktokens_for_secret(&all, "ns", "x").len(), 1, "token Secret defaults to the name");
+        assert_eq!(
+            linktokens_for_secret(&all, "ns", "x").len(),
+            1,
+            "token Secret defaults to the name"
+        );
         assert!(linktokens_for_secret(&all, "ns", "unrelated").is_empty());
         assert_eq!(linktokens_for_secret(&all, "other", "creds").len(), 1);
     }

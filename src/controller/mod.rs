@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, predicates, watcher, Predicate};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 
 pub use context::Context;
@@ -231,7 +231,12 @@ async fn add_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
 }
 
 async fn remove_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
-    let list: Vec<String> = lt.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let list: Vec<String> = lt
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     match patch_finalizers(lt, ctx, list).await {
         // Already gone: nothing left to do.
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
@@ -245,7 +250,12 @@ async fn patch_finalizers(lt: &LinkToken, ctx: &Context, list: Vec<String>) -> R
     let patch = serde_json::json!({
         "metadata": { "finalizers": list, "resourceVersion": lt.resource_version() }
     });
-    api.patch(&lt.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(
+        &lt.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -253,7 +263,9 @@ fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
     match err {
         Error::RevocationBlocked { retry_after, .. } => Action::requeue(*retry_after),
         // A conflict means the object changed under us; its watch event reconciles it anyway.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_secs(1)),
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Duration::from_secs(1))
+        }
         _ => {
             let n = ctx.bump_attempts(&report::object_ref(&lt));
             Action::requeue(backoff::exponential(n, &ctx.backoff, rand::random()))

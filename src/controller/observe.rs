@@ -1,11 +1,11 @@
 //! Reads what `decide` needs: the credentials Secret, the token Secret(s), the org index and
 //! the failure memory. Only GETs against the API server (the LinkToken comes from the cache).
 
-use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
 
 use super::context::Context;
 use super::decide::{self, CredentialsState, Observed, StalledAttempt};
@@ -29,8 +29,11 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let name = lt.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let creds_secret = secrets.get_opt(&lt.spec.credentials_secret_ref.name).await?;
-    let (credentials_state, credentials, credentials_version) = read_credentials(creds_secret.as_ref());
+    let creds_secret = secrets
+        .get_opt(&lt.spec.credentials_secret_ref.name)
+        .await?;
+    let (credentials_state, credentials, credentials_version) =
+        read_credentials(creds_secret.as_ref());
 
     let target_name = lt.spec.token_secret_name(&name);
     let target_key = lt.spec.token_secret_key().to_string();
@@ -49,7 +52,8 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         .as_ref()
         .is_some_and(|s| secret_metadata_current(lt, s, &target_key, status.issued_at.as_deref()));
     let target_state = secret::observe(target.as_ref(), &uid, metadata_current);
-    let previous_state = previous_name.map(|n| (n, secret::observe(previous.as_ref(), &uid, false)));
+    let previous_state =
+        previous_name.map(|n| (n, secret::observe(previous.as_ref(), &uid, false)));
 
     let all = ctx.all_linktokens();
     let org = index::ownership(&all, lt);
@@ -161,4 +165,3 @@ fn secret_metadata_current(lt: &LinkToken, s: &Secret, key: &str, issued_at: Opt
     };
     desired.is_current(s)
 }
-

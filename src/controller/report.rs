@@ -21,17 +21,36 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The status of `lt` with conditions and observedGeneration set for `reason`.
-pub fn with_outcome(lt: &LinkToken, mut status: LinkTokenStatus, reason: Reason, message: &str) -> LinkTokenStatus {
-    let previous = lt.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+pub fn with_outcome(
+    lt: &LinkToken,
+    mut status: LinkTokenStatus,
+    reason: Reason,
+    message: &str,
+) -> LinkTokenStatus {
+    let previous = lt
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     let generation = lt.meta().generation;
-    status.conditions = conditions::compute(&previous, generation, reason, message, &Time(jiff::Timestamp::now()));
+    status.conditions = conditions::compute(
+        &previous,
+        generation,
+        reason,
+        message,
+        &Time(jiff::Timestamp::now()),
+    );
     status.observed_generation = generation;
     status
 }
 
 /// Writes `status` unless it equals the current one (conditions compare without their
 /// timestamps, which `with_outcome` keeps when nothing changed).
-pub async fn write_status(ctx: &Context, lt: &LinkToken, status: &LinkTokenStatus) -> Result<(), Error> {
+pub async fn write_status(
+    ctx: &Context,
+    lt: &LinkToken,
+    status: &LinkTokenStatus,
+) -> Result<(), Error> {
     if lt.status.as_ref() == Some(status) {
         return Ok(());
     }
@@ -42,8 +61,12 @@ pub async fn write_status(ctx: &Context, lt: &LinkToken, status: &LinkTokenStatu
         "kind": LinkToken::kind(&()),
         "status": status,
     });
-    api.patch_status(&lt.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    api.patch_status(
+        &lt.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -58,7 +81,10 @@ pub fn current_reason(lt: &LinkToken) -> Option<Reason> {
 /// Records the reason in metrics and, when it changed, emits an event: Warning for failures.
 pub async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, message: &str) {
     ctx.metrics.track(&key_of(lt), Some(reason));
-    if current_reason(lt) == Some(reason) || reason == Reason::Issuing || reason == Reason::TokenIssued {
+    if current_reason(lt) == Some(reason)
+        || reason == Reason::Issuing
+        || reason == Reason::TokenIssued
+    {
         return;
     }
     publish(ctx, lt, EventType::Warning, reason.as_str(), message).await;

@@ -71,6 +71,15 @@ pub struct Flags {
     #[arg(long, env = "LINKTOKEN_ATLAS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub atlas_request_timeout: Duration,
 
+    /// First retry delay after a transient Atlas failure (5xx, timeout, 429 without
+    /// Retry-After); doubles per consecutive failure, with jitter.
+    #[arg(long, env = "LINKTOKEN_RETRY_BASE_DELAY", default_value = "2s", value_parser = parse_positive_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Cap of the retry delay after transient Atlas failures.
+    #[arg(long, env = "LINKTOKEN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_positive_duration)]
+    pub retry_max_delay: Duration,
+
     /// How long in-flight reconciles may run after SIGTERM before the process exits anyway.
     /// Keep it below the pod's terminationGracePeriodSeconds (30s by default).
     #[arg(long, env = "LINKTOKEN_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]

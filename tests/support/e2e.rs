@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use linktoken_operator::api::{LinkToken, Reason};
 use linktoken_operator::sim::{
-    ApiKeyConfig, OrgConfig, ServiceAccountConfig, SimConfig, SimHandle, SimServer, ORG_OWNER, roles,
+    ApiKeyConfig, ORG_OWNER, OrgConfig, SimConfig, SimHandle, SimServer, roles,
 };
 
 use super::{TestCluster, eventually};
@@ -80,22 +80,43 @@ impl Env {
         Env::with_sim_config(cluster, prefix, SimConfig::demo()).await
     }
 
-    pub async fn with_sim_config(cluster: &'static TestCluster, prefix: &str, cfg: SimConfig) -> Env {
-        cluster.apply_crd(&LinkToken::crd()).await;
+    pub async fn with_sim_config(
+        cluster: &'static TestCluster,
+        prefix: &str,
+        cfg: SimConfig,
+    ) -> Env {
+        cluster
+            .apply_crd(&linktoken_operator::api::crd::crd())
+            .await;
         let ns = cluster.namespace(prefix).await;
         let client = cluster.client().await;
         let any = "127.0.0.1:0".parse().expect("addr");
-        let sim = SimServer::start(cfg, any, any).await.expect("start atlas-sim");
-        Env { cluster, ns, client, sim, operator: None }
+        let sim = SimServer::start(cfg, any, any)
+            .await
+            .expect("start atlas-sim");
+        Env {
+            cluster,
+            ns,
+            client,
+            sim,
+            operator: None,
+        }
     }
 
     /// Adds an org owned by the demo API key and service account (so a test can use an org of
     /// its own).
     pub fn add_owned_org(&self, org: &str) {
-        self.sim.state.add_org(OrgConfig::new(org, "test org")).expect("add org");
         self.sim
             .state
-            .add_api_key(ApiKeyConfig::new(&format!("pub{}", &org[..8]), "private-key-of-a-test-org", roles(org, ORG_OWNER)))
+            .add_org(OrgConfig::new(org, "test org"))
+            .expect("add org");
+        self.sim
+            .state
+            .add_api_key(ApiKeyConfig::new(
+                &format!("pub{}", &org[..8]),
+                "private-key-of-a-test-org",
+                roles(org, ORG_OWNER),
+            ))
             .expect("add key");
     }
 
@@ -138,7 +159,11 @@ impl Env {
             });
         }
         let child = cmd.spawn().expect("spawn operator");
-        Operator { child, log, _dir: dir }
+        Operator {
+            child,
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn linktokens(&self) -> Api<LinkToken> {
@@ -152,7 +177,10 @@ impl Env {
     /// Creates (or replaces) a Secret with string data.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
         let s = Secret {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
             data: Some(
                 data.iter()
                     .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -166,14 +194,26 @@ impl Env {
         // Replace the data wholesale: delete then create keeps tests free of merge semantics.
         let _ = self.secrets().delete(name, &DeleteParams::default()).await;
         eventually(Duration::from_secs(10), "old secret gone", || async {
-            self.secrets().get_opt(name).await.ok()?.is_none().then_some(())
+            self.secrets()
+                .get_opt(name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
         })
         .await;
-        self.secrets().create(&PostParams::default(), &s).await.expect("create secret");
+        self.secrets()
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create secret");
     }
 
     pub async fn api_key_secret(&self, name: &str) {
-        self.put_secret(name, &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)]).await;
+        self.put_secret(
+            name,
+            &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)],
+        )
+        .await;
     }
 
     /// Applies a LinkToken from YAML (server-side apply, like `kubectl apply --server-side`).
@@ -184,7 +224,11 @@ impl Env {
         body["apiVersion"] = "atlasmigration.io/v1alpha1".into();
         body["kind"] = "LinkToken".into();
         self.linktokens()
-            .patch(&name, &PatchParams::apply("linktoken-tests").force(), &Patch::Apply(&body))
+            .patch(
+                &name,
+                &PatchParams::apply("linktoken-tests").force(),
+                &Patch::Apply(&body),
+            )
             .await
             .expect("apply LinkToken")
     }
@@ -199,7 +243,10 @@ impl Env {
     }
 
     pub async fn get(&self, name: &str) -> Option<LinkToken> {
-        self.linktokens().get_opt(name).await.expect("get LinkToken")
+        self.linktokens()
+            .get_opt(name)
+            .await
+            .expect("get LinkToken")
     }
 
     /// Waits until the Ready condition has `reason` (for the current generation).
@@ -215,7 +262,8 @@ impl Env {
     }
 
     pub async fn wait_ready(&self, name: &str) -> LinkToken {
-        self.wait_reason(name, Reason::TokenIssued, Duration::from_secs(30)).await
+        self.wait_reason(name, Reason::TokenIssued, Duration::from_secs(30))
+            .await
     }
 
     /// The token stored in a Secret at `key`.
@@ -227,12 +275,19 @@ impl Env {
 
     /// Events of a LinkToken (reason, type, note).
     pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
         let list = api.list(&Default::default()).await.expect("events");
         list.items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.type_.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
@@ -246,7 +301,15 @@ impl Env {
     pub async fn assert_no_secret_leaked(&self, secrets: &[&str]) {
         let logs = self.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
         let events = serde_json::to_string(&self.events_all().await).expect("json");
-        let statuses: Vec<_> = self.linktokens().list(&Default::default()).await.expect("list").items.into_iter().map(|l| l.status).collect();
+        let statuses: Vec<_> = self
+            .linktokens()
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|l| l.status)
+            .collect();
         let statuses = serde_json::to_string(&statuses).expect("json");
         for s in secrets.iter().filter(|s| !s.is_empty()) {
             assert!(!logs.contains(s), "operator log contains a secret value");
@@ -256,7 +319,8 @@ impl Env {
     }
 
     async fn events_all(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
         api.list(&Default::default()).await.expect("events").items
     }
 }

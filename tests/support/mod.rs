@@ -6,6 +6,8 @@
 //! a loud message. Nothing here mocks the API server.
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
