@@ -85,6 +85,9 @@ async fn run(flags: Flags) -> Result<(), String> {
         );
         let elector = LeaderElector::start(client.clone(), cfg).map_err(|e| e.to_string())?;
         elector.mirror_to(metrics.clone());
+        // A standby is healthy and ready: a rolling update must be able to start the new pod
+        // while the old one still holds the Lease.
+        readiness.set_ready();
         tracing::info!(identity = elector.identity(), "waiting for leadership");
         tokio::select! {
             r = elector.wait_until_leader() => r.map_err(|e| e.to_string())?,
@@ -138,6 +141,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     {
         let ctx = ctx.clone();
         let readiness = readiness.clone();
+        readiness.set_not_ready();
         tokio::spawn(async move {
             ctx.wait_until_synced().await;
             readiness.set_ready();

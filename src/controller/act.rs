@@ -100,10 +100,9 @@ async fn issue(
         .as_ref()
         .filter(|f| f.org_id != org)
         .map(|f| f.org_id.clone())
+        && let Err(e) = ctx.atlas.delete_link_token(creds, &stale).await
     {
-        if let Err(e) = ctx.atlas.delete_link_token(creds, &stale).await {
-            return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await;
-        }
+        return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await;
     }
 
     // 1. The marker: from here on a token may exist in Atlas for this org.

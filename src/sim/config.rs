@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const ORG_OWNER: &str = "ORG_OWNER";
 
 /// Demo org used by `SimConfig::demo()` (and the local demo scripts).
+/// The orgs of the service-account and custom-Secret examples.
+pub const DEMO_EXTRA_ORG_IDS: [&str; 2] = ["5f1e9b2a3c4d5e6f7a8b9c0e", "5f1e9b2a3c4d5e6f7a8b9c0f"];
 pub const DEMO_ORG_ID: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
 pub const DEMO_PUBLIC_KEY: &str = "demopublic";
 pub const DEMO_PRIVATE_KEY: &str = "demo-private-key-0000";
@@ -253,20 +255,35 @@ impl ServiceAccountConfig {
 }
 
 impl SimConfig {
-    /// The local-demo configuration: one org, one API key and one service account, both
-    /// Organization Owner of it.
+    /// The local-demo configuration: three orgs (one per example in deploy/examples, since
+    /// Atlas keeps one link per org), one API key and one service account, both Organization
+    /// Owner of all three.
     pub fn demo() -> Self {
+        let owner_of_all = || {
+            let mut r = roles(DEMO_ORG_ID, ORG_OWNER);
+            for org in DEMO_EXTRA_ORG_IDS {
+                r.extend(roles(org, ORG_OWNER));
+            }
+            r
+        };
+        let mut orgs = vec![OrgConfig::new(DEMO_ORG_ID, "demo-org")];
+        orgs.extend(
+            DEMO_EXTRA_ORG_IDS
+                .iter()
+                .enumerate()
+                .map(|(i, id)| OrgConfig::new(id, &format!("demo-org-{}", i + 2))),
+        );
         Self {
-            orgs: vec![OrgConfig::new(DEMO_ORG_ID, "demo-org")],
+            orgs,
             api_keys: vec![ApiKeyConfig::new(
                 DEMO_PUBLIC_KEY,
                 DEMO_PRIVATE_KEY,
-                roles(DEMO_ORG_ID, ORG_OWNER),
+                owner_of_all(),
             )],
             service_accounts: vec![ServiceAccountConfig::new(
                 DEMO_CLIENT_ID,
                 DEMO_CLIENT_SECRET,
-                roles(DEMO_ORG_ID, ORG_OWNER),
+                owner_of_all(),
             )],
             ..Self::default()
         }
