@@ -113,6 +113,7 @@ async fn issue(
     let status_marked = report::with_outcome(lt, status.clone(), Reason::Issuing, why.describe());
     report::write_status(ctx, lt, &status_marked).await?;
 
+    super::pause::point("before-revoke").await;
     // 2. DELETE wherever a token of ours may be live (Atlas keeps one link per org).
     for o in revoke_orgs {
         if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
@@ -120,6 +121,7 @@ async fn issue(
         }
     }
 
+    super::pause::point("before-post").await;
     // 3. POST. Never retried in place: a retry goes through the marker and a DELETE.
     let token = match ctx
         .atlas
@@ -130,11 +132,13 @@ async fn issue(
         Err(e) => return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Create).await,
     };
 
+    super::pause::point("after-post").await;
     // 4. The Secret, at once: the token exists nowhere else.
     let issued_at = now_rfc3339();
     let target_name = obs.observed.target_secret_name.clone();
     apply_secret(lt, ctx, &target_name, token.expose().as_bytes(), &issued_at).await?;
 
+    super::pause::point("after-secret").await;
     // 5. Status: what the token was issued for; the marker goes.
     let mut done = status_marked;
     done.in_flight = None;

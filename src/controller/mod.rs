@@ -19,6 +19,7 @@ pub mod decide;
 pub mod error;
 pub mod index;
 pub mod observe;
+pub mod pause;
 pub mod report;
 pub mod secret;
 
