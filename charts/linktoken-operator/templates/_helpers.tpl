@@ -42,14 +42,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* metadata.annotations of every object, or nothing. */}}
-{{- define "linktoken-operator.annotations" -}}
-{{- with .Values.commonAnnotations }}
-annotations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
-
 {{- define "linktoken-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "linktoken-operator.fullname" .) .Values.serviceAccount.name }}
