@@ -467,6 +467,9 @@ spec:
           x-kubernetes-preserve-unknown-fields: true
 "#;
 
+/// Assertions on the objects one value set renders.
+type Check = Box<dyn Fn(&[Value])>;
+
 /// Each value set renders objects the API server accepts (server-side dry run, so admission
 /// and schema validation run), and renders what it promises.
 #[tokio::test]
@@ -495,7 +498,7 @@ async fn value_sets_render_objects_the_api_server_accepts() {
         None,
     );
 
-    let sets: Vec<(&str, String, Box<dyn Fn(&[Value])>)> = vec![
+    let sets: Vec<(&str, String, Check)> = vec![
         (
             "defaults",
             String::new(),
@@ -765,7 +768,17 @@ fn token_kubeconfig(c: &support::TestCluster, ns: &str, sa: &str, dir: &Path) ->
 
 /// `kubectl auth can-i` as the ServiceAccount: true when allowed.
 fn can_i(c: &support::TestCluster, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    // `kubectl auth can-i VERB RES/NAME` reads a name after the slash, so subresources go in
+    // --subresource.
+    let (resource, sub) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    let sub_flag = sub.map(|s| format!("--subresource={s}"));
     let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+    if let Some(f) = sub_flag.as_deref() {
+        args.push(f);
+    }
     match ns {
         Some(n) => args.extend(["-n", n]),
         None => args.push("--all-namespaces"),
@@ -783,12 +796,12 @@ fn can_i(c: &support::TestCluster, sa: &str, verb: &str, resource: &str, ns: Opt
 
 /// Installs the chart for `env`'s namespace and runs the whole issue/revoke flow with the
 /// operator authenticated as the chart's ServiceAccount only. Returns (release namespace,
-/// ServiceAccount user name).
+/// ServiceAccount user name, Lease name).
 async fn issue_and_revoke_as_the_chart_service_account(
     env: &mut Env,
     values: &str,
     prefix: &str,
-) -> (String, String) {
+) -> (String, String, String) {
     let c = env.cluster;
     let op_ns = c.namespace(prefix).await;
     let release = support::unique("lt");
@@ -809,14 +822,14 @@ async fn issue_and_revoke_as_the_chart_service_account(
     run_ok(cmd, None);
 
     let kubeconfig = token_kubeconfig(c, &op_ns, &fullname, dir.path());
-    // The token really is all the operator has: it cannot read Secrets of its own namespace.
+    // The token really is all the operator has: the API server refuses it anything else.
     let mut cmd = Command::new(&c.tools.kubectl);
     cmd.env("KUBECONFIG", &kubeconfig)
-        .args(["get", "secrets", "-n", &op_ns]);
+        .args(["get", "configmaps", "-n", &op_ns]);
     let out = run(cmd, None);
     assert!(
         !out.status.success(),
-        "the token must not read Secrets in {op_ns}"
+        "the token must not read ConfigMaps in {op_ns}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Forbidden"));
 
@@ -891,7 +904,7 @@ async fn issue_and_revoke_as_the_chart_service_account(
         op.terminate(Duration::from_secs(15));
     }
     let sa = format!("system:serviceaccount:{op_ns}:{fullname}");
-    (op_ns, sa)
+    (op_ns, sa, lease)
 }
 
 /// watchNamespaces mode: the operator issues and revokes with nothing but the chart's Roles,
@@ -903,7 +916,7 @@ async fn namespaced_rbac_is_enough_and_no_more() {
     let started = Instant::now();
     let mut env = Env::new(c, "helm-rbac-ns").await;
     let ns = env.ns.clone();
-    let (op_ns, sa) = issue_and_revoke_as_the_chart_service_account(
+    let (op_ns, sa, lease_name) = issue_and_revoke_as_the_chart_service_account(
         &mut env,
         &format!("watchNamespaces: [{ns}]\n"),
         "helm-op-ns",
@@ -978,6 +991,11 @@ async fn namespaced_rbac_is_enough_and_no_more() {
     }
     // The Lease rule is limited to the chart's Lease name.
     let mut cmd = c.kubectl();
+    cmd.args(["auth", "can-i", "update"])
+        .arg(format!("leases.coordination.k8s.io/{lease_name}"))
+        .args(["--as", &sa, "-n", &op_ns]);
+    assert!(run(cmd, None).status.success(), "update of its own Lease");
+    let mut cmd = c.kubectl();
     cmd.args([
         "auth",
         "can-i",
@@ -998,7 +1016,7 @@ async fn cluster_wide_rbac_is_enough_and_no_more() {
     let mut env = Env::new(c, "helm-rbac-all").await;
     // The operator itself still watches only the test's namespace (tests share the cluster);
     // the permissions are the ClusterRole's.
-    let (_op_ns, sa) =
+    let (_op_ns, sa, _lease) =
         issue_and_revoke_as_the_chart_service_account(&mut env, "", "helm-op-all").await;
     for res in ["secrets", "linktokens.atlasmigration.io"] {
         for verb in ["list", "watch"] {
