@@ -4,6 +4,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,10 +155,13 @@ fn sweep_kills_children_of_a_dead_owner() {
     gone.wait().expect("wait");
     std::fs::write(dir.join("owner.pid"), gone.id().to_string()).expect("owner");
     // A long-lived "component" whose command line names the run folder, like ours do.
+    // `; true` keeps sh from exec'ing sleep, so the command line naming the folder stays;
+    // its own process group lets the sweep take sleep down with it, like our components.
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg("sleep 300")
+        .arg("sleep 300; true")
         .arg(dir.display().to_string())
+        .process_group(0)
         .spawn()
         .expect("spawn sleeper");
     std::fs::write(dir.join("pids"), format!("{}\n", child.id())).expect("pids");

@@ -1,10 +1,18 @@
-//! The process runtime over real sockets: probes, metrics, shutdown.
+//! The process runtime over real sockets: probes, metrics, shutdown; and Lease leader election
+//! against a real API server (through tests/support).
 
-use std::time::Duration;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 
 use linktoken_operator::api::Reason;
 use linktoken_operator::runtime::flags::parse_bind_address;
-use linktoken_operator::runtime::{BindAddress, Metrics, Readiness, Shutdown, serve};
+use linktoken_operator::runtime::{
+    BindAddress, LeaderConfig, LeaderElector, Metrics, Readiness, Shutdown, serve,
+};
 
 fn loopback_any_port() -> BindAddress {
     parse_bind_address("127.0.0.1:0").unwrap()
@@ -145,4 +153,114 @@ async fn a_busy_port_fails_startup_with_a_clear_error() {
     .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("binding the probes endpoint"), "{msg}");
+}
+
+// ---- Leader election against a real API server (tests/support) ----
+
+/// Short timings so the test takes seconds: lease 3s, renew deadline 2s, renew 1s, retry 0.4s.
+const TEST_LEASE: Duration = Duration::from_secs(3);
+
+fn elector(client: kube::Client, ns: &str, lease: &str, id: &str) -> LeaderElector {
+    let cfg = LeaderConfig::new(ns, lease, id).with_lease_duration(TEST_LEASE);
+    LeaderElector::start(client, cfg).unwrap()
+}
+
+async fn holder(api: &Api<Lease>, name: &str) -> (Option<String>, i32) {
+    let spec = api.get(name).await.unwrap().spec.unwrap_or_default();
+    (spec.holder_identity, spec.lease_transitions.unwrap_or(0))
+}
+
+/// Waits until exactly one of the two leads, then checks it keeps leading (renewals work and
+/// the standby never steals a live Lease) for two lease durations. Returns (leader, standby).
+async fn one_leader(a: LeaderElector, b: LeaderElector) -> (LeaderElector, LeaderElector) {
+    support::eventually(
+        Duration::from_secs(15),
+        "one of two electors leads",
+        || async { (a.is_leader() || b.is_leader()).then_some(()) },
+    )
+    .await;
+    let a_leads = a.is_leader();
+    let deadline = Instant::now() + TEST_LEASE * 2;
+    while Instant::now() < deadline {
+        assert_eq!(a.is_leader(), a_leads, "leadership flapped");
+        assert_ne!(
+            a.is_leader(),
+            b.is_leader(),
+            "exactly one leader at any time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if a_leads { (a, b) } else { (b, a) }
+}
+
+#[tokio::test]
+async fn two_electors_one_leader_and_release_hands_over_at_once() {
+    let Some(cluster) = support::cluster().await else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("leader").await;
+    let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let a = elector(client.clone(), &ns, "lt-leader", "replica-a");
+    let b = elector(client.clone(), &ns, "lt-leader", "replica-b");
+
+    let (leader, standby) = one_leader(a, b).await;
+    let (h, transitions) = holder(&api, "lt-leader").await;
+    assert_eq!(h.as_deref(), Some(leader.identity()));
+
+    let lost = leader.lost();
+    let released_at = Instant::now();
+    leader.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), lost)
+        .await
+        .expect("the released leader reports it no longer leads");
+    tokio::time::timeout(TEST_LEASE, standby.wait_until_leader())
+        .await
+        .expect("the standby leads within the lease duration after a release")
+        .unwrap();
+    let took = released_at.elapsed();
+    assert!(took < TEST_LEASE, "takeover took {took:?}");
+    let (h, t2) = holder(&api, "lt-leader").await;
+    assert_eq!(h.as_deref(), Some(standby.identity()));
+    assert_eq!(t2, transitions + 1, "leaseTransitions counts the handover");
+
+    standby.release().await.unwrap();
+    assert_eq!(
+        holder(&api, "lt-leader").await.0,
+        None,
+        "released Lease has no holder"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_only_after_its_lease_expires() {
+    let Some(cluster) = support::cluster().await else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("leader-crash").await;
+    let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let a = elector(client.clone(), &ns, "lt-leader", "replica-a");
+    let b = elector(client.clone(), &ns, "lt-leader", "replica-b");
+    let (leader, standby) = one_leader(a, b).await;
+    let leader_id = leader.identity().to_string();
+
+    // Dropping without release = the process died: renewals stop, the Lease stays held.
+    drop(leader);
+    let crashed_at = Instant::now();
+    tokio::time::timeout(TEST_LEASE * 4, standby.wait_until_leader())
+        .await
+        .expect("the standby takes over an expired Lease")
+        .unwrap();
+    let took = crashed_at.elapsed();
+    // The last renewal was at most one renew interval (1s) before the crash, and the standby
+    // waits a full lease duration after last seeing it change.
+    assert!(
+        took >= TEST_LEASE - Duration::from_millis(1500),
+        "took over a live Lease after only {took:?}"
+    );
+    let (h, _) = holder(&api, "lt-leader").await;
+    assert_eq!(h.as_deref(), Some(standby.identity()));
+    assert_ne!(h.as_deref(), Some(leader_id.as_str()));
+    standby.release().await.unwrap();
 }

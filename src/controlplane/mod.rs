@@ -310,7 +310,7 @@ impl ControlPlane {
                     .arg("--authorization-mode=RBAC")
                     .arg(format!(
                         "--service-account-key-file={}",
-                        d.join("sa.key").display()
+                        d.join("sa.pub").display()
                     ))
                     .arg(format!(
                         "--service-account-signing-key-file={}",
@@ -414,6 +414,10 @@ fn write_static_files(dir: &Path) -> Result<(), Error> {
         // with it, kube-controller-manager signs legacy token Secrets with it.
         let key = rcgen::KeyPair::generate().map_err(|e| Error::Key(e.to_string()))?;
         std::fs::write(&key_path, key.serialize_pem()).map_err(|e| Error::io("write sa.key", e))?;
+        // The verifying side reads public keys only (PKCS#8 private keys are not among the
+        // formats --service-account-key-file accepts).
+        std::fs::write(dir.join("sa.pub"), key.public_key_pem())
+            .map_err(|e| Error::io("write sa.pub", e))?;
     }
     Ok(())
 }
