@@ -3,8 +3,8 @@
 # users who do not use Helm. tests/helm.rs fails when deploy/ drifts from the chart; rerun this
 # script after any change to the chart:
 #
-#   bash scripts/render-deploy.sh            # writes deploy/
-#   bash scripts/render-deploy.sh OUT_DIR    # writes OUT_DIR instead (the test compares)
+#   bash scripts/render-deploy.sh            # copies crds/linktoken.yaml into the chart, writes deploy/
+#   bash scripts/render-deploy.sh OUT_DIR    # writes OUT_DIR only (the test compares)
 #
 # Uses $HELM, else `helm` from scripts/build-tools.sh's folder, else helm on PATH.
 set -euo pipefail
@@ -20,6 +20,10 @@ fi
 namespace=linktoken-system
 release=linktoken-operator
 mkdir -p "$out"
+if [[ -z ${1:-} ]]; then
+  # The chart ships the generated CRD (crdgen writes crds/); keep its copy identical.
+  cp crds/linktoken.yaml charts/linktoken-operator/crds/linktoken.yaml
+fi
 
 header() {
   echo "# Generated from charts/linktoken-operator by scripts/render-deploy.sh. Do not edit."

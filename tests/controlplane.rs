@@ -3,8 +3,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
