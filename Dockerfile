@@ -17,7 +17,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # Cache mounts keep the crate registry and the target folder between builds, so a change in
-# src/ recompiles the crate, not its ~300 dependencies. --locked: exactly Cargo.lock's versions.
+# src/ recompiles the crate, not its dependencies. --locked: exactly the versions in Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin linktoken-operator \
