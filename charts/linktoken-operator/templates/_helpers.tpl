@@ -1,0 +1,120 @@
+{{/* Chart name, truncated to 63 characters (a label value). */}}
+{{- define "linktoken-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of every object. The release name alone when it already contains the chart name,
+so `helm install linktoken-operator ...` gives `linktoken-operator`, not a doubled name.
+*/}}
+{{- define "linktoken-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "linktoken-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the operator's pods; never change them (Deployment selectors are immutable). */}}
+{{- define "linktoken-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "linktoken-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "linktoken-operator.labels" -}}
+helm.sh/chart: {{ include "linktoken-operator.chart" . }}
+{{ include "linktoken-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: linktoken-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "linktoken-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "linktoken-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "linktoken-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The rules the operator needs in every namespace it manages: the same list for the ClusterRole
+(all namespaces) and for each per-namespace Role. Each rule grants only calls the operator makes
+(src/controller); tests/helm.rs runs the operator with nothing but these rules.
+*/}}
+{{- define "linktoken-operator.rules" -}}
+# LinkTokens: the controller's reflector lists and watches them (it never GETs one by name).
+- apiGroups: ["atlasmigration.io"]
+  resources: ["linktokens"]
+  verbs: ["list", "watch"]
+# LinkTokens: merge-patch of metadata.finalizers (add atlasmigration.io/revoke-token, remove it
+# once the token is revoked). No update, no delete.
+- apiGroups: ["atlasmigration.io"]
+  resources: ["linktokens"]
+  verbs: ["patch"]
+# Status: server-side apply of .status (conditions, observedGeneration, issuedFor, atlasError).
+- apiGroups: ["atlasmigration.io"]
+  resources: ["linktokens/status"]
+  verbs: ["patch"]
+# The token Secret's ownerReference has blockOwnerDeletion=true; with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) setting
+# it requires update on the owner's finalizers subresource. Grants nothing else.
+- apiGroups: ["atlasmigration.io"]
+  resources: ["linktokens/finalizers"]
+  verbs: ["update"]
+# Secrets: metadata-only list/watch (PartialObjectMeta) maps Secret changes to LinkTokens
+# without caching Secret data; get reads the named credentials Secret and the token Secret.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Secrets: server-side apply writes the token Secret (create is checked by the API server when
+# the apply creates the object); merge-patch drops the ownerReference on release (Retain);
+# delete removes the operator's old Secret after a tokenSecret.name change (uid precondition).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch", "delete"]
+# Events (events.k8s.io/v1) via kube's Recorder: create a new event, patch its series count
+# when it repeats.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Comma-separated, sorted, de-duplicated TCP ports the operator connects to: the API server's
+(networkPolicy.apiServerPorts) and the one of atlasUrl (explicit, else 443/80 by scheme).
+*/}}
+{{- define "linktoken-operator.egressPorts" -}}
+{{- $ports := dict }}
+{{- range .Values.networkPolicy.apiServerPorts }}
+{{- $_ := set $ports (toString (int .)) true }}
+{{- end }}
+{{- $u := urlParse .Values.atlasUrl }}
+{{- $atlasPort := ternary "443" "80" (eq $u.scheme "https") }}
+{{- if and (contains ":" $u.host) (not (hasSuffix "]" $u.host)) }}
+{{- $atlasPort = last (splitList ":" $u.host) }}
+{{- end }}
+{{- $_ := set $ports $atlasPort true }}
+{{- keys $ports | sortAlpha | join "," }}
+{{- end }}
