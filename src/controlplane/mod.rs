@@ -308,6 +308,9 @@ impl ControlPlane {
                         d.join("tokens.csv").display()
                     ))
                     .arg("--authorization-mode=RBAC")
+                    // As strict as production clusters that enable it: setting
+                    // blockOwnerDeletion needs update on the owner's finalizers.
+                    .arg("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
                     .arg(format!(
                         "--service-account-key-file={}",
                         d.join("sa.pub").display()
