@@ -1062,20 +1062,24 @@ fn config_loads_from_yaml() {
     assert!(!format!("{c:?}").contains("sk\""), "Debug redacts secrets");
     assert!(SimConfig::from_yaml("orgs:\n  - id: nothex\n").is_err());
     assert!(SimConfig::from_yaml("bogus: 1\n").is_err());
+    // The demo knows one org per example in deploy/examples, each owned by the demo key and
+    // service account.
     let demo = SimConfig::demo();
     assert_eq!(demo.orgs[0].id, ORG);
-    assert_eq!(
-        demo.api_keys[0],
-        ApiKeyConfig::new(USER, PASS, sim::roles(ORG, sim::ORG_OWNER))
-    );
-    assert_eq!(
-        demo.service_accounts[0],
-        ServiceAccountConfig::new(
-            "mdb_sa_id_demo",
-            "mdb_sa_sk_demo",
-            sim::roles(ORG, "ORG_OWNER")
-        )
-    );
+    let ids: Vec<&str> = demo.orgs.iter().map(|o| o.id.as_str()).collect();
+    for example in ["api-key.yaml", "service-account.yaml", "custom-secret-retain.yaml"] {
+        let text = std::fs::read_to_string(format!("deploy/examples/{example}")).expect("example");
+        let org = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("orgId: "))
+            .expect("orgId in example");
+        assert!(ids.contains(&org), "{example}: org {org} unknown to atlas-sim --demo");
+        for roles in [&demo.api_keys[0].roles, &demo.service_accounts[0].roles] {
+            assert_eq!(roles.get(org), Some(&vec![sim::ORG_OWNER.to_string()]), "{example}");
+        }
+    }
+    assert_eq!(demo.api_keys[0].public_key, USER);
+    assert_eq!(demo.service_accounts[0].client_id, "mdb_sa_id_demo");
 }
 
 fn run_tool(cmd: &mut Command) -> (bool, String, String) {
