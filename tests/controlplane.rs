@@ -169,7 +169,10 @@ fn sweep_kills_children_of_a_dead_owner() {
     // line a moment later; real components have run for seconds before any sweep.
     let start = std::time::Instant::now();
     while !process::cmdline(child.id() as i32).is_some_and(|c| c.contains("run-dead")) {
-        assert!(start.elapsed() < Duration::from_secs(5), "sleeper never exec'd");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "sleeper never exec'd"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use linktoken_operator::sim::{
-    self, ApiKeyConfig, CallKind, OrgConfig, RateLimitConfig, ServiceAccountConfig, SimConfig,
-    SimHandle, SimServer,
+    self, CallKind, OrgConfig, RateLimitConfig, SimConfig, SimHandle, SimServer,
 };
 use md5::{Digest as _, Md5};
 use reqwest::{Method, StatusCode};
@@ -1067,15 +1066,26 @@ fn config_loads_from_yaml() {
     let demo = SimConfig::demo();
     assert_eq!(demo.orgs[0].id, ORG);
     let ids: Vec<&str> = demo.orgs.iter().map(|o| o.id.as_str()).collect();
-    for example in ["api-key.yaml", "service-account.yaml", "custom-secret-retain.yaml"] {
+    for example in [
+        "api-key.yaml",
+        "service-account.yaml",
+        "custom-secret-retain.yaml",
+    ] {
         let text = std::fs::read_to_string(format!("deploy/examples/{example}")).expect("example");
         let org = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("orgId: "))
             .expect("orgId in example");
-        assert!(ids.contains(&org), "{example}: org {org} unknown to atlas-sim --demo");
+        assert!(
+            ids.contains(&org),
+            "{example}: org {org} unknown to atlas-sim --demo"
+        );
         for roles in [&demo.api_keys[0].roles, &demo.service_accounts[0].roles] {
-            assert_eq!(roles.get(org), Some(&vec![sim::ORG_OWNER.to_string()]), "{example}");
+            assert_eq!(
+                roles.get(org),
+                Some(&vec![sim::ORG_OWNER.to_string()]),
+                "{example}"
+            );
         }
     }
     assert_eq!(demo.api_keys[0].public_key, USER);
