@@ -129,41 +129,7 @@ impl Env {
 
     /// Spawns an operator process without keeping it in `self` (e.g. a second replica).
     pub fn spawn_operator(&self, extra: &[&str]) -> Operator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("operator.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let err = out.try_clone().expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linktoken-operator"));
-        cmd.env("KUBECONFIG", &self.cluster.kubeconfig)
-            .env("RUST_LOG", "info,linktoken_operator=debug")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("HTTP_PROXY")
-            .arg(format!("--atlas-url={}", self.sim.atlas_url))
-            .arg(format!("--watch-namespaces={}", self.ns))
-            .arg("--metrics-bind-address=127.0.0.1:0")
-            .arg("--health-probe-bind-address=127.0.0.1:0")
-            .arg("--retry-base-delay=500ms")
-            .arg("--retry-max-delay=5s")
-            .arg("--shutdown-timeout=5s")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // The operator dies with the test thread that started it, even if the test process is
-        // killed.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn operator");
-        Operator {
-            child,
-            log,
-            _dir: dir,
-        }
+        self.spawn_operator_with_kubeconfig(&self.cluster.kubeconfig, extra)
     }
 
     /// Like `spawn_operator`, but the operator authenticates with `kubeconfig` instead of the
@@ -194,7 +160,8 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // As in spawn_operator: the operator dies with the test process.
+        // The operator dies with the test thread that started it, even if the test process is
+        // killed.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
