@@ -103,7 +103,10 @@ fn the_quickstart_has_marked_shell_blocks() {
         "kubectl delete lt migration-prod",
         "$METRICS_URL",
     ] {
-        assert!(all.contains(must), "the tested blocks no longer contain {must:?}");
+        assert!(
+            all.contains(must),
+            "the tested blocks no longer contain {must:?}"
+        );
     }
     // The extractor itself: blocks outside the markers and other languages are not run.
     let sample = "```sh\nno\n```\n<!-- docs-test:begin -->\n```text\nno\n```\n```sh\nyes 1\n```\n\n```sh\nyes 2\n```\n<!-- docs-test:end -->\n```sh\nno\n```\n";
@@ -121,8 +124,16 @@ fn every_ready_reason_is_in_the_conditions_table() {
             "docs/conditions.md has no table row for {r}"
         );
     }
-    for extra in ["RevocationSkipped", "Stalled", "Reconciling", "observedGeneration"] {
-        assert!(md.contains(extra), "docs/conditions.md does not explain {extra}");
+    for extra in [
+        "RevocationSkipped",
+        "Stalled",
+        "Reconciling",
+        "observedGeneration",
+    ] {
+        assert!(
+            md.contains(extra),
+            "docs/conditions.md does not explain {extra}"
+        );
     }
 }
 
@@ -141,8 +152,7 @@ fn relative_links_resolve() {
         let text = std::fs::read_to_string(f).expect("read");
         let dir = f.parent().expect("dir");
         for target in markdown_links(&text) {
-            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:")
-            {
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
                 continue;
             }
             let path = target.split('#').next().unwrap_or_default();
@@ -154,7 +164,7 @@ fn relative_links_resolve() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
-/// Targets of `[text](target)` links, outside code fences.
+/// Targets of `[text](target)` links, outside code fences and inline code.
 fn markdown_links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut in_fence = false;
@@ -166,7 +176,15 @@ fn markdown_links(text: &str) -> Vec<String> {
         if in_fence {
             continue;
         }
-        let mut rest = line;
+        // Inline code (`[a-z](x)` in a regex) is not a link.
+        let prose: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, part)| part)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = prose.as_str();
         while let Some(i) = rest.find("](") {
             let after = &rest[i + 2..];
             let Some(end) = after.find(')') else { break };
