@@ -165,8 +165,23 @@ fn sweep_kills_children_of_a_dead_owner() {
         .spawn()
         .expect("spawn sleeper");
     std::fs::write(dir.join("pids"), format!("{}\n", child.id())).expect("pids");
+    // spawn() returns once the child called exec, but the kernel publishes the new command
+    // line a moment later; real components have run for seconds before any sweep.
+    let start = std::time::Instant::now();
+    while !process::cmdline(child.id() as i32).is_some_and(|c| c.contains("run-dead")) {
+        assert!(start.elapsed() < Duration::from_secs(5), "sleeper never exec'd");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
-    assert_eq!(sweep::sweep_dead_runs(root.path()), 1);
+    let killed = sweep::sweep_dead_runs(root.path());
+    if killed != 1 {
+        let _ = child.kill();
+        panic!(
+            "sweep killed {killed}; owner alive: {}; child cmdline: {:?}",
+            sweep::owner_alive(&dir),
+            process::cmdline(child.id() as i32)
+        );
+    }
     let status = child.wait().expect("reap sleeper");
     assert!(!status.success(), "sleeper was killed");
     assert!(!Path::new(&dir).exists());
