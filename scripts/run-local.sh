@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# The README's run command: the operator end to end on this machine, on loopback only.
+#
+#   bash scripts/run-local.sh          start (or repair) everything, apply the examples, wait Ready
+#   bash scripts/run-local.sh status   what runs, where
+#   bash scripts/run-local.sh stop     stop the operator, atlas-sim and the control plane
+#   bash scripts/run-local.sh clean    stop, then delete .local/ (cluster data, logs, ports)
+#
+# Start does, skipping what is already done:
+#   1. builds the pinned tools (scripts/build-tools.sh, cached in ~/.cache/linktoken-operator)
+#      and the Rust binaries (cargo build: controlplane, atlas-sim, linktoken-operator);
+#   2. starts the local control plane (controlplane start --dir .local/controlplane) and
+#      installs the CRD (crds/);
+#   3. starts atlas-sim --demo in the background (pid and log under .local/);
+#   4. starts the operator in the background against both (pid and log under .local/);
+#   5. applies deploy/examples/ and waits until every LinkToken is Ready;
+#   6. prints the LinkTokens, their Secrets (the token masked: length and sha256 prefix) and
+#      what to try next.
+# Running it again reuses what runs and restarts what died (or was rebuilt since it started).
+# Every listener is on 127.0.0.1. Ports are chosen once (the usual ones when free) and kept in
+# .local/ports.env, so URLs stay the same across restarts.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+LOCAL="$ROOT/.local"
+CP_DIR="$LOCAL/controlplane"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN="$TARGET_DIR/debug"
+WAIT_READY_TIMEOUT=${RUN_LOCAL_READY_TIMEOUT:-120s}
+
+log() { echo "[run-local] $*" >&2; }
+die() { echo "[run-local] ERROR: $*" >&2; exit 1; }
+
+now() { date +%s%3N; }   # milliseconds
+# secs_since START: seconds since START (from now), one decimal.
+secs_since() {
+  local ms=$(($(now) - $1))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+PHASES=()
+# phase_done NAME START: prints how long a phase took and keeps it for the summary.
+phase_done() {
+  local line
+  line=$(printf '%-34s %6ss' "$1" "$(secs_since "$2")")
+  PHASES+=("$line")
+  log "$line"
+}
+
+# --- processes we started: pid files under .local/ ---------------------------------------------
+
+# running NAME: true when .local/NAME.pid names a live process of that binary.
+running() {
+  local name=$1 pidfile="$LOCAL/$1.pid" pid cmd
+  [[ -f "$pidfile" ]] || return 1
+  pid=$(<"$pidfile")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+  [[ "$cmd" == *"/$name "* ]]
+}
+
+# stale NAME: true when the binary was rebuilt after the running process started.
+stale() {
+  local name=$1
+  [[ "$BIN/$name" -nt "$LOCAL/$name.pid" ]]
+}
+
+# stop_process NAME SECONDS: SIGTERM, wait, then SIGKILL; removes the pid file.
+stop_process() {
+  local name=$1 within=$2 pid i
+  if running "$name"; then
+    pid=$(<"$LOCAL/$name.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < within * 10; i++)); do
+      [[ -d "/proc/$pid" ]] || break
+      sleep 0.1
+    done
+    if [[ -d "/proc/$pid" ]]; then
+      log "$name (pid $pid) did not stop within ${within}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "$name stopped (pid $pid)"
+  fi
+  rm -f "$LOCAL/$name.pid"
+}
+
+# spawn NAME ARGS...: starts $BIN/NAME in its own session (Ctrl-C here or closing the terminal
+# does not stop it), output to .local/NAME.log, pid in .local/NAME.pid.
+spawn() {
+  local name=$1; shift
+  # Without job control a background child is not a group leader, so setsid does not fork and
+  # $! is the binary's own pid.
+  setsid "$BIN/$name" "$@" </dev/null >"$LOCAL/$name.log" 2>&1 &
+  echo $! >"$LOCAL/$name.pid"
+}
+
+# --- ports ------------------------------------------------------------------------------------
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pick_port PREFERRED TAKEN...: PREFERRED if free, else the next free port above it.
+pick_port() {
+  local p=$1; shift
+  while ! port_free "$p" || [[ " $* " == *" $p "* ]]; do p=$((p + 1)); done
+  echo "$p"
+}
+
+load_ports() {
+  if [[ -f "$LOCAL/ports.env" ]]; then
+    # shellcheck source=/dev/null
+    source "$LOCAL/ports.env"
+  else
+    SIM_PORT=$(pick_port 8090)
+    SIM_ADMIN_PORT=$(pick_port 8091 "$SIM_PORT")
+    METRICS_PORT=$(pick_port 8080 "$SIM_PORT" "$SIM_ADMIN_PORT")
+    PROBE_PORT=$(pick_port 8081 "$SIM_PORT" "$SIM_ADMIN_PORT" "$METRICS_PORT")
+    printf 'SIM_PORT=%s\nSIM_ADMIN_PORT=%s\nMETRICS_PORT=%s\nPROBE_PORT=%s\n' \
+      "$SIM_PORT" "$SIM_ADMIN_PORT" "$METRICS_PORT" "$PROBE_PORT" >"$LOCAL/ports.env"
+  fi
+  ATLAS_URL="http://127.0.0.1:$SIM_PORT"
+  ADMIN_URL="http://127.0.0.1:$SIM_ADMIN_PORT"
+  METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics"
+  PROBE_URL="http://127.0.0.1:$PROBE_PORT"
+}
+
+# http_ok URL: true when URL answers 2xx.
+http_ok() { curl -fsS --noproxy '*' -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+
+# --- phases -----------------------------------------------------------------------------------
+
+build() {
+  command -v go >/dev/null || die "go is not installed (needed once, to build the pinned Kubernetes tools)"
+  command -v cargo >/dev/null || die "cargo is not installed"
+  local t
+  t=$(now)
+  TOOLS_DIR=$(bash scripts/build-tools.sh | tail -n 1)
+  phase_done "pinned tools (build-tools.sh)" "$t"
+  t=$(now)
+  cargo build --bin controlplane --bin atlas-sim --bin linktoken-operator
+  phase_done "cargo build" "$t"
+}
+
+start_control_plane() {
+  local t kc
+  t=$(now)
+  CP_RESTARTED=0
+  if ! "$BIN/controlplane" kubeconfig --dir "$CP_DIR" >/dev/null 2>&1; then
+    CP_RESTARTED=1
+  fi
+  kc=$(LINKTOKEN_TOOLS_DIR="$TOOLS_DIR" "$BIN/controlplane" start --dir "$CP_DIR")
+  export KUBECONFIG="$kc"
+  if ((CP_RESTARTED)); then phase_done "control plane (started)" "$t"
+  else phase_done "control plane (already running)" "$t"; fi
+}
+
+start_sim() {
+  local t i
+  t=$(now)
+  SIM_RESTARTED=0
+  if running atlas-sim && ! stale atlas-sim && http_ok "$ADMIN_URL/healthz"; then
+    phase_done "atlas-sim (already running)" "$t"
+    return
+  fi
+  stop_process atlas-sim 10
+  port_free "$SIM_PORT" || die "port $SIM_PORT (atlas-sim) is taken by another process; delete .local/ports.env to pick new ports"
+  port_free "$SIM_ADMIN_PORT" || die "port $SIM_ADMIN_PORT (atlas-sim admin) is taken; delete .local/ports.env to pick new ports"
+  spawn atlas-sim --demo --listen "127.0.0.1:$SIM_PORT" --admin-listen "127.0.0.1:$SIM_ADMIN_PORT"
+  for ((i = 0; i < 300; i++)); do
+    grep -q '^atlas-sim ready' "$LOCAL/atlas-sim.log" 2>/dev/null && break
+    running atlas-sim || { tail -n 20 "$LOCAL/atlas-sim.log" >&2; die "atlas-sim exited; log: $LOCAL/atlas-sim.log"; }
+    sleep 0.1
+  done
+  grep -q '^atlas-sim ready' "$LOCAL/atlas-sim.log" || die "atlas-sim not ready after 30s; log: $LOCAL/atlas-sim.log"
+  SIM_RESTARTED=1
+  phase_done "atlas-sim (started)" "$t"
+}
+
+start_operator() {
+  local t i why=""
+  t=$(now)
+  if running linktoken-operator; then
+    if ((CP_RESTARTED)); then why="the control plane was restarted"
+    elif ((SIM_RESTARTED)); then why="atlas-sim was restarted"
+    elif stale linktoken-operator; then why="the binary was rebuilt"
+    elif ! http_ok "$PROBE_URL/healthz"; then why="it does not answer /healthz"
+    else
+      phase_done "operator (already running)" "$t"
+      return
+    fi
+    log "restarting the operator: $why"
+  fi
+  stop_process linktoken-operator 30
+  port_free "$METRICS_PORT" || die "port $METRICS_PORT (metrics) is taken; delete .local/ports.env to pick new ports"
+  port_free "$PROBE_PORT" || die "port $PROBE_PORT (probes) is taken; delete .local/ports.env to pick new ports"
+  # The operator honours HTTP(S)_PROXY; the simulator is on loopback, never through a proxy.
+  NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}" \
+    RUST_LOG="${RUST_LOG:-info}" \
+    spawn linktoken-operator \
+    --atlas-url="$ATLAS_URL" \
+    --metrics-bind-address="127.0.0.1:$METRICS_PORT" \
+    --health-probe-bind-address="127.0.0.1:$PROBE_PORT" \
+    --log-format=text
+  # /healthz: the process is up and talked to the API server. Whether it reconciles is what the
+  # wait for Ready LinkTokens below proves.
+  for ((i = 0; i < 600; i++)); do
+    http_ok "$PROBE_URL/healthz" && break
+    running linktoken-operator || { tail -n 20 "$LOCAL/linktoken-operator.log" >&2; die "the operator exited; log: $LOCAL/linktoken-operator.log"; }
+    sleep 0.1
+  done
+  http_ok "$PROBE_URL/healthz" || die "the operator does not answer /healthz after 60s; log: $LOCAL/linktoken-operator.log"
+  phase_done "operator (started)" "$t"
+}
+
+# The operator's caches sync (and /readyz answers) only once the CRD exists: install it first.
+install_crd() {
+  local t
+  t=$(now)
+  kubectl apply --server-side -f crds/ >/dev/null
+  kubectl wait --for=condition=Established crd/linktokens.atlasmigration.io --timeout=60s >/dev/null
+  phase_done "CRD installed (crds/)" "$t"
+}
+
+apply_examples() {
+  local t
+  t=$(now)
+  kubectl apply -f deploy/examples/ >/dev/null
+  if ! kubectl wait --for=condition=Ready lt --all --timeout="$WAIT_READY_TIMEOUT" >/dev/null; then
+    kubectl get lt >&2 || true
+    die "not every LinkToken turned Ready; see kubectl describe lt and $LOCAL/linktoken-operator.log"
+  fi
+  phase_done "examples applied and Ready" "$t"
+}
+
+write_env() {
+  cat >"$LOCAL/env" <<EOF
+# source .local/env   (written by scripts/run-local.sh)
+export KUBECONFIG='$KUBECONFIG'
+export PATH='$TOOLS_DIR':"\$PATH"
+export ATLAS_URL='$ATLAS_URL'
+export ATLAS_SIM_ADMIN='$ADMIN_URL'
+export METRICS_URL='$METRICS_URL'
+EOF
+}
+
+# mask: reads a token on stdin, prints only its length and the start of its sha256.
+mask() {
+  local tok
+  tok=$(cat)
+  printf '%d bytes, sha256 %s...' "${#tok}" "$(printf %s "$tok" | sha256sum | cut -c1-12)"
+}
+
+show() {
+  echo
+  echo "== LinkTokens"
+  kubectl get lt
+  echo
+  echo "== Token Secrets (the token itself is never printed)"
+  local name secret key sha
+  while read -r name secret key; do
+    [[ -n "$name" ]] || continue
+    [[ -n "$key" ]] || key=linkToken
+    sha=$(kubectl get secret "$secret" -o go-template='{{index .metadata.annotations "atlasmigration.io/token-sha256"}}' 2>/dev/null || true)
+    printf '  %-16s secret/%-24s key %-16s %s; annotation token-sha256 %s...\n' "$name" "$secret" "$key" \
+      "$(kubectl get secret "$secret" -o go-template="{{index .data \"$key\"}}" | base64 -d | mask)" "${sha:0:12}"
+  done < <(kubectl get lt -o go-template='{{range .items}}{{.metadata.name}} {{.status.tokenSecretName}} {{with .spec.tokenSecret}}{{.key}}{{end}}{{"\n"}}{{end}}')
+  cat <<EOF
+
+== Try next
+  source .local/env                   # KUBECONFIG, kubectl on PATH, ATLAS_SIM_ADMIN, METRICS_URL
+  kubectl describe lt atlas-link      # conditions, status.issuedFor, events
+  kubectl events --for lt/atlas-link
+  kubectl annotate lt/atlas-link atlasmigration.io/rotate="\$(date +%s)" --overwrite   # rotate
+  kubectl delete secret atlas-link    # drift: the operator revokes and reissues
+  kubectl delete lt atlas-link        # revokes the token in Atlas (deletionPolicy Delete)
+  curl -s $ADMIN_URL/state            # atlas-sim: live links per org, calls made
+  curl -s $METRICS_URL | grep '^linktoken_'
+  docs/quickstart-local.md walks through all of it.
+
+  logs:  $LOCAL/linktoken-operator.log  $LOCAL/atlas-sim.log  $CP_DIR/controlplane.log
+  stop:  bash scripts/run-local.sh stop     (clean: also delete the cluster's data)
+EOF
+}
+
+cmd_start() {
+  local total
+  total=$(now)
+  mkdir -p "$LOCAL"
+  load_ports
+  build
+  export PATH="$TOOLS_DIR:$PATH"
+  start_control_plane
+  install_crd
+  start_sim
+  start_operator
+  apply_examples
+  write_env
+  show
+  echo
+  echo "== Timings"
+  printf '  %s\n' "${PHASES[@]}"
+  printf '  %-34s %6ss\n' "total" "$(secs_since "$total")"
+}
+
+cmd_stop() {
+  local t
+  t=$(now)
+  stop_process linktoken-operator 30
+  stop_process atlas-sim 10
+  if [[ -x "$BIN/controlplane" ]]; then
+    "$BIN/controlplane" stop --dir "$CP_DIR"
+  elif [[ -f "$CP_DIR/owner.pid" ]]; then
+    die "the control plane binary is missing ($BIN/controlplane); run cargo build --bin controlplane, then stop again"
+  fi
+  phase_done "stopped" "$t"
+}
+
+cmd_status() {
+  load_ports
+  local name
+  for name in atlas-sim linktoken-operator; do
+    if running "$name"; then echo "$name: running (pid $(<"$LOCAL/$name.pid"))"
+    else echo "$name: not running"; fi
+  done
+  if [[ -x "$BIN/controlplane" ]] && "$BIN/controlplane" kubeconfig --dir "$CP_DIR" >/dev/null 2>&1; then
+    echo "control plane: running (KUBECONFIG=$("$BIN/controlplane" kubeconfig --dir "$CP_DIR"))"
+  else
+    echo "control plane: not running"
+  fi
+  echo "atlas-sim: $ATLAS_URL (admin $ADMIN_URL); metrics: $METRICS_URL"
+}
+
+case "${1:-start}" in
+  start) cmd_start ;;
+  stop) mkdir -p "$LOCAL"; cmd_stop ;;
+  status) mkdir -p "$LOCAL"; cmd_status ;;
+  clean) mkdir -p "$LOCAL"; cmd_stop; rm -rf "$LOCAL"; log "deleted $LOCAL" ;;
+  -h | --help | help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command '$1' (start, status, stop, clean)" ;;
+esac
