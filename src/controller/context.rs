@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -23,6 +24,8 @@ pub struct Context {
     pub stores: Vec<Store<LinkToken>>,
     /// The scope of each store (None: all namespaces).
     pub scope_names: Vec<Option<String>>,
+    /// Per scope: the first full list has arrived (readiness).
+    pub synced: Vec<AtomicBool>,
     pub backoff: BackoffConfig,
     memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
 }
@@ -62,6 +65,7 @@ impl Context {
             recorder,
             stores: scopes.readers.clone(),
             scope_names: scopes.names(),
+            synced: scopes.names().iter().map(|_| AtomicBool::new(false)).collect(),
             backoff,
             memo: Mutex::new(HashMap::new()),
         }

@@ -24,6 +24,7 @@ pub mod report;
 pub mod secret;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -113,9 +114,15 @@ pub async fn run(
         };
         let senders = wake_senders.clone();
         let ctx_for_wake = ctx.clone();
+        let scope_index = ctx.scope_names.iter().position(|n| n == &ns).unwrap_or(0);
         let linktokens = reflector::reflector(writer, watcher(lt_api, watcher::Config::default()))
             .default_backoff()
             .inspect(move |ev| {
+                if let Ok(watcher::Event::InitDone) = ev
+                    && let Some(flag) = ctx_for_wake.synced.get(scope_index)
+                {
+                    flag.store(true, Ordering::Release);
+                }
                 // The owner of an org went away: wake the others so one takes over now.
                 if let Ok(watcher::Event::Delete(gone)) = ev {
                     for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
@@ -167,10 +174,12 @@ impl Context {
         self.stores[i].clone()
     }
 
-    /// Resolves once every scope's cache has its first full list.
+    /// Resolves once every scope's cache has its first full list. Read from the watch
+    /// streams (their InitDone event), not from `Store::wait_until_ready`: that signal wakes
+    /// a single waiter, and the controller itself is already waiting on it.
     pub async fn wait_until_synced(&self) {
-        for s in &self.stores {
-            let _ = s.wait_until_ready().await;
+        while !self.synced.iter().all(|s| s.load(Ordering::Acquire)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
