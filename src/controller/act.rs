@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::backoff;
-use super::context::{Context, StalledMemo};
+use super::context::{Context, RetryMemo, StalledMemo};
 use super::decide::{self, IssueWhy, SecretSource};
 use super::error::Error;
 use super::observe::Observation;
@@ -33,6 +33,14 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
     match decide::decide(&obs.observed) {
         decide::Action::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
         decide::Action::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
+        decide::Action::Hold { reason, after } => {
+            // Status already reports this failure; only the retry time is kept.
+            ctx.metrics.track(&key_of(lt), Some(reason));
+            Ok(Outcome {
+                action: Action::requeue(after),
+                reason,
+            })
+        }
         decide::Action::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
         decide::Action::Keep {
             source,
@@ -319,6 +327,21 @@ async fn atlas_failure(
             Some(d + Duration::from_millis(rand::random_range(0..2000)))
         }
     };
+    if let Some(delay) =
+        after.filter(|_| matches!(class.retry, RetryHint::Backoff | RetryHint::After(_)))
+    {
+        // Other events (our own finalizer patch, a Secret touched) must not bring the retry
+        // forward: decide holds until this is due.
+        ctx.remember_retry(
+            &key,
+            RetryMemo {
+                reason: class.reason,
+                generation: obs.observed.generation,
+                credentials_version: obs.observed.credentials_version.clone(),
+                due: std::time::Instant::now() + delay,
+            },
+        );
+    }
     tracing::info!(linktoken = %key_of(lt), reason = %class.reason, http_status = ?err.http_status(),
         error_code = err.error_code().unwrap_or(""), retry_in = ?after, "Atlas call failed");
     Ok(Outcome {
