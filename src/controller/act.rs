@@ -144,7 +144,16 @@ async fn issue(
     // 4. The Secret, at once: the token exists nowhere else.
     let issued_at = now_rfc3339();
     let target_name = obs.observed.target_secret_name.clone();
-    apply_secret(lt, ctx, &target_name, token.expose().as_bytes(), &issued_at).await?;
+    let force = secret::take_back_fields(&obs.observed.target_secret);
+    apply_secret(
+        lt,
+        ctx,
+        &target_name,
+        token.expose().as_bytes(),
+        &issued_at,
+        force,
+    )
+    .await?;
 
     super::pause::point("after-secret").await;
     // 5. Status: what the token was issued for; the marker goes.
@@ -257,6 +266,7 @@ async fn keep(
             &obs.observed.target_secret_name,
             &value,
             &issued_at,
+            secret::take_back_fields(&obs.observed.target_secret),
         )
         .await?;
     }
@@ -357,6 +367,7 @@ async fn apply_secret(
     name: &str,
     token: &[u8],
     issued_at: &str,
+    force: bool,
 ) -> Result<(), Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let owner = lt
@@ -382,14 +393,11 @@ async fn apply_secret(
         obj.insert("kind".into(), "Secret".into());
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // Not forced: if another manager owns a field we write, fail loudly instead of taking it.
-    // The SecretConflict check already keeps us off Secrets we do not control.
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    // Forced only on a Secret we control (see `secret::take_back_fields`); otherwise a field
+    // another manager owns fails the apply instead of being taken.
+    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    pp.force = force;
+    api.patch(name, &pp, &Patch::Apply(&body)).await?;
     Ok(())
 }
 
