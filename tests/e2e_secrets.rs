@@ -48,6 +48,8 @@ async fn a_deleted_token_secret_is_reissued_and_the_old_link_revoked() {
     assert!(revoked(&env, &old), "the lost token was revoked in Atlas");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.wait_ready("migration").await;
+    env.assert_quiet(Duration::from_secs(3)).await;
+    assert_eq!(env.sim.state.snapshot().orgs[ORG].issued, 2, "one reissue");
     env.wait_event("migration", "TokenRotated", "Normal", WAIT)
         .await;
     env.assert_at_most_one_link_per_org();
@@ -67,6 +69,9 @@ async fn a_tampered_token_secret_is_reissued() {
     assert!(revoked(&env, &old), "the previous token was revoked");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.wait_ready("migration").await;
+    // Exactly one reissue, then calm: no revoke/reissue loop over the edited field.
+    env.assert_quiet(Duration::from_secs(3)).await;
+    assert_eq!(env.sim.state.snapshot().orgs[ORG].issued, 2);
     env.wait_event("migration", "TokenRotated", "Normal", WAIT)
         .await;
     env.assert_at_most_one_link_per_org();

@@ -71,6 +71,17 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the operator did (its logs never hold secret values).
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "---- operator log (last {} lines) ----\n{}\n----",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
