@@ -381,7 +381,7 @@ fn check_retry_hold(o: &Observed) -> Option<Action> {
     let hold = o.retry_hold.as_ref()?;
     let unchanged =
         hold.generation == o.generation && hold.credentials_version == o.credentials_version;
-    (unchanged && !hold.remaining.is_zero()).then(|| Action::Hold {
+    (unchanged && !hold.remaining.is_zero()).then_some(Action::Hold {
         reason: hold.reason,
         after: hold.remaining,
     })
