@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::backoff;
-use super::context::{Context, StalledMemo};
+use super::context::{Context, RetryMemo, StalledMemo};
 use super::decide::{self, IssueWhy, SecretSource};
 use super::error::Error;
 use super::observe::Observation;
@@ -33,6 +33,14 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
     match decide::decide(&obs.observed) {
         decide::Action::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
         decide::Action::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
+        decide::Action::Hold { reason, after } => {
+            // Status already reports this failure; only the retry time is kept.
+            ctx.metrics.track(&key_of(lt), Some(reason));
+            Ok(Outcome {
+                action: Action::requeue(after),
+                reason,
+            })
+        }
         decide::Action::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
         decide::Action::Keep {
             source,
@@ -136,7 +144,16 @@ async fn issue(
     // 4. The Secret, at once: the token exists nowhere else.
     let issued_at = now_rfc3339();
     let target_name = obs.observed.target_secret_name.clone();
-    apply_secret(lt, ctx, &target_name, token.expose().as_bytes(), &issued_at).await?;
+    let force = secret::take_back_fields(&obs.observed.target_secret);
+    apply_secret(
+        lt,
+        ctx,
+        &target_name,
+        token.expose().as_bytes(),
+        &issued_at,
+        force,
+    )
+    .await?;
 
     super::pause::point("after-secret").await;
     // 5. Status: what the token was issued for; the marker goes.
@@ -249,6 +266,7 @@ async fn keep(
             &obs.observed.target_secret_name,
             &value,
             &issued_at,
+            secret::take_back_fields(&obs.observed.target_secret),
         )
         .await?;
     }
@@ -319,6 +337,21 @@ async fn atlas_failure(
             Some(d + Duration::from_millis(rand::random_range(0..2000)))
         }
     };
+    if let Some(delay) =
+        after.filter(|_| matches!(class.retry, RetryHint::Backoff | RetryHint::After(_)))
+    {
+        // Other events (our own finalizer patch, a Secret touched) must not bring the retry
+        // forward: decide holds until this is due.
+        ctx.remember_retry(
+            &key,
+            RetryMemo {
+                reason: class.reason,
+                generation: obs.observed.generation,
+                credentials_version: obs.observed.credentials_version.clone(),
+                due: std::time::Instant::now() + delay,
+            },
+        );
+    }
     tracing::info!(linktoken = %key_of(lt), reason = %class.reason, http_status = ?err.http_status(),
         error_code = err.error_code().unwrap_or(""), retry_in = ?after, "Atlas call failed");
     Ok(Outcome {
@@ -334,6 +367,7 @@ async fn apply_secret(
     name: &str,
     token: &[u8],
     issued_at: &str,
+    force: bool,
 ) -> Result<(), Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let owner = lt
@@ -359,14 +393,11 @@ async fn apply_secret(
         obj.insert("kind".into(), "Secret".into());
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // Not forced: if another manager owns a field we write, fail loudly instead of taking it.
-    // The SecretConflict check already keeps us off Secrets we do not control.
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    // Forced only on a Secret we control (see `secret::take_back_fields`); otherwise a field
+    // another manager owns fails the apply instead of being taken.
+    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    pp.force = force;
+    api.patch(name, &pp, &Patch::Apply(&body)).await?;
     Ok(())
 }
 

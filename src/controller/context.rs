@@ -38,6 +38,16 @@ pub struct Memo {
     pub attempts: u32,
     /// The last failure that only a user can fix, with the inputs it happened with.
     pub stalled: Option<StalledMemo>,
+    /// The last transient failure (429, 5xx) and when its retry is due.
+    pub retry: Option<RetryMemo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetryMemo {
+    pub reason: Reason,
+    pub generation: Option<i64>,
+    pub credentials_version: Option<String>,
+    pub due: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +98,12 @@ impl Context {
         let e = m.entry(key.clone()).or_default();
         e.stalled = Some(stalled);
         e.attempts = 0;
+        e.retry = None;
+    }
+
+    /// Remembers when a transient failure may be retried.
+    pub fn remember_retry(&self, key: &ObjectRef<LinkToken>, retry: RetryMemo) {
+        self.lock().entry(key.clone()).or_default().retry = Some(retry);
     }
 
     /// Success (or the object is gone): forget failures.

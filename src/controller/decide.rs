@@ -85,6 +85,18 @@ pub struct StalledAttempt {
     pub resync_due: bool,
 }
 
+/// A transient failure (429 with Retry-After, or 5xx backoff) whose retry time has not come
+/// yet, with the inputs it happened with: another trigger (a watch event) must not make the
+/// controller call Atlas earlier than it was told to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryHold {
+    pub reason: Reason,
+    pub generation: Option<i64>,
+    pub credentials_version: Option<String>,
+    /// Time left until the retry is due.
+    pub remaining: std::time::Duration,
+}
+
 /// Everything `decide` looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -104,6 +116,7 @@ pub struct Observed {
     pub issued_for: Option<IssuedFor>,
     pub in_flight: Option<InFlight>,
     pub last_stalled: Option<StalledAttempt>,
+    pub retry_hold: Option<RetryHold>,
 }
 
 /// Why a new token is needed.
@@ -155,6 +168,12 @@ pub enum Action {
     /// The Secret holds a token written by an interrupted issue after its POST: keep it and
     /// record it in status (no Atlas call).
     Adopt { token_key: String },
+    /// A transient failure's retry is not due yet: no Atlas call; look again `after` (status
+    /// already reports `reason`).
+    Hold {
+        reason: Reason,
+        after: std::time::Duration,
+    },
     /// The token is current; (re)write the Secret from `source` when its name, key or metadata
     /// differ from the desired ones, delete the previous Secret after a rename, and report
     /// Ready.
@@ -192,6 +211,9 @@ pub fn decide(o: &Observed) -> Action {
         Some(why) => {
             if let Some(wait) = check_stalled_attempt(o) {
                 return wait;
+            }
+            if let Some(hold) = check_retry_hold(o) {
+                return hold;
             }
             Action::Issue {
                 why,
@@ -349,6 +371,19 @@ fn check_stalled_attempt(o: &Observed) -> Option<Action> {
     (unchanged && !last.resync_due).then(|| Action::Wait {
         reason: last.reason,
         message: String::new(),
+    })
+}
+
+/// A 429 or 5xx is retried when its delay is over, not when some other event happens to
+/// trigger a reconcile first. A change of the spec or of the credentials is a user action
+/// and is tried at once.
+fn check_retry_hold(o: &Observed) -> Option<Action> {
+    let hold = o.retry_hold.as_ref()?;
+    let unchanged =
+        hold.generation == o.generation && hold.credentials_version == o.credentials_version;
+    (unchanged && !hold.remaining.is_zero()).then_some(Action::Hold {
+        reason: hold.reason,
+        after: hold.remaining,
     })
 }
 

@@ -8,7 +8,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 use super::context::Context;
-use super::decide::{self, CredentialsState, Observed, StalledAttempt};
+use super::decide::{self, CredentialsState, Observed, RetryHold, StalledAttempt};
 use super::error::Error;
 use super::index;
 use super::secret::{self, DesiredSecret};
@@ -60,6 +60,13 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
     let memo = ctx.memo(&ObjectRef::from_obj(lt));
+    let now = std::time::Instant::now();
+    let retry_hold = memo.retry.filter(|r| r.due > now).map(|r| RetryHold {
+        reason: r.reason,
+        generation: r.generation,
+        credentials_version: r.credentials_version,
+        remaining: r.due - now,
+    });
     let last_stalled = memo.stalled.map(|s| StalledAttempt {
         reason: s.reason,
         generation: s.generation,
@@ -91,6 +98,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
             started_at: f.started_at,
         }),
         last_stalled,
+        retry_hold,
     };
     Ok(Observation {
         observed,

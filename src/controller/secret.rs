@@ -166,9 +166,26 @@ pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
         })
 }
 
+/// Whether writing the token Secret takes back fields another manager changed (a forced
+/// server-side apply). Yes for a Secret this LinkToken controls: someone who edited its token
+/// or our labels (`kubectl edit`, a replace) becomes a co-owner of those fields, and an
+/// unforced apply would then fail on every attempt, after each attempt had already revoked and
+/// reissued the token in Atlas. No otherwise: a Secret that appeared since it was observed
+/// must make the apply fail, never be taken over.
+pub fn take_back_fields(observed: &SecretState) -> bool {
+    matches!(observed, SecretState::Ours(_))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_secret_we_control_is_written_with_force() {
+        assert!(take_back_fields(&SecretState::Ours(OwnedSecret::default())));
+        assert!(!take_back_fields(&SecretState::Absent));
+        assert!(!take_back_fields(&SecretState::Foreign));
+    }
 
     fn owner() -> OwnerReference {
         OwnerReference {

@@ -71,6 +71,17 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the operator did (its logs never hold secret values).
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "---- operator log (last {} lines) ----\n{}\n----",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -333,5 +344,195 @@ impl Env {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns);
         api.list(&Default::default()).await.expect("events").items
+    }
+}
+
+// ---- Helpers for the end-to-end suite (issue 6) ----------------------------------------------
+
+/// A LinkToken in YAML, for `Env::apply_yaml`, using credentials Secret `creds`: `extra_spec` lines go under `spec:` as
+/// written (indent them by two spaces).
+pub fn linktoken_yaml(
+    name: &str,
+    org: &str,
+    ips: &[&str],
+    creds: &str,
+    extra_spec: &str,
+) -> String {
+    let ips = serde_json::to_string(ips).expect("ips");
+    format!(
+        "apiVersion: atlasmigration.io/v1alpha1\nkind: LinkToken\nmetadata:\n  name: {name}\nspec:\n  orgId: \"{org}\"\n  accessListIps: {ips}\n  credentialsSecretRef:\n    name: {creds}\n{extra_spec}"
+    )
+}
+
+impl Env {
+    /// Fails when any org in atlas-sim holds more than one live link (a leaked token).
+    pub fn assert_at_most_one_link_per_org(&self) {
+        let snap = self.sim.state.snapshot();
+        for (org, o) in &snap.orgs {
+            assert!(
+                o.live_links <= 1,
+                "org {org} has {} live links in atlas-sim (a leaked token)",
+                o.live_links
+            );
+        }
+    }
+
+    /// Asserts no Atlas call is made during `window` (a LinkToken waiting for a user action
+    /// must not poll Atlas). Run it concurrently with other checks where possible.
+    pub async fn assert_quiet(&self, window: Duration) {
+        let before = self.sim.state.calls_total();
+        tokio::time::sleep(window).await;
+        let after = self.sim.state.calls_total();
+        assert_eq!(
+            after,
+            before,
+            "atlas-sim answered {} call(s) during the {window:?} quiet window",
+            after - before
+        );
+    }
+
+    /// Replaces the data of an existing Secret in place (an update, not delete + create), as a
+    /// user rotating credentials with `kubectl apply` would.
+    pub async fn update_secret_data(&self, name: &str, data: &[(&str, &str)]) {
+        let mut s = self.secrets().get(name).await.expect("get secret");
+        s.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        self.secrets()
+            .replace(name, &PostParams::default(), &s)
+            .await
+            .expect("replace secret");
+    }
+
+    /// Merge-patches a LinkToken (e.g. `{"spec": {...}}` or `{"metadata": {"annotations": ..}}`).
+    pub async fn patch_linktoken(&self, name: &str, patch: serde_json::Value) {
+        self.linktokens()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch LinkToken");
+    }
+
+    /// Sets the `atlasmigration.io/rotate` annotation.
+    pub async fn rotate(&self, name: &str, value: &str) {
+        self.patch_linktoken(
+            name,
+            serde_json::json!({"metadata": {"annotations": {"atlasmigration.io/rotate": value}}}),
+        )
+        .await;
+    }
+
+    pub async fn delete_linktoken(&self, name: &str) {
+        self.linktokens()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete LinkToken");
+    }
+
+    pub async fn delete_secret(&self, name: &str) {
+        self.secrets()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete Secret");
+    }
+
+    pub async fn wait_linktoken_gone(&self, name: &str, within: Duration) {
+        eventually(within, &format!("LinkToken {name} gone"), || async {
+            self.get(name).await.is_none().then_some(())
+        })
+        .await;
+    }
+
+    pub async fn wait_secret_gone(&self, name: &str, within: Duration) {
+        eventually(within, &format!("Secret {name} gone"), || async {
+            self.secrets()
+                .get_opt(name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the Secret holds a token other than `old` that atlas-sim reports live.
+    pub async fn wait_new_token(&self, secret: &str, old: &str, within: Duration) -> String {
+        eventually(within, &format!("a new live token in {secret}"), || async {
+            let t = self.token_in(secret, "linkToken").await?;
+            (t != old && self.sim.state.is_token_live(&t)).then_some(t)
+        })
+        .await
+    }
+
+    /// The Ready condition's message and the Stalled condition's status of a LinkToken.
+    pub async fn ready_message_and_stalled(&self, name: &str) -> (String, String) {
+        let lt = self.get(name).await.expect("LinkToken");
+        let st = lt.status.expect("status");
+        let msg = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let stalled = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .map(|c| c.status.clone())
+            .unwrap_or_default();
+        (msg, stalled)
+    }
+
+    /// Waits until an event with this reason and type exists for the LinkToken.
+    pub async fn wait_event(&self, name: &str, reason: &str, type_: &str, within: Duration) {
+        eventually(
+            within,
+            &format!("{type_} event {reason} on {name}"),
+            || async {
+                self.events(name)
+                    .await
+                    .iter()
+                    .any(|(r, t, _)| r == reason && t == type_)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Adds an API key to atlas-sim with `role` on `org`.
+    pub fn add_api_key(&self, public: &str, private: &str, org: &str, role: &str) {
+        self.sim
+            .state
+            .add_api_key(ApiKeyConfig::new(public, private, roles(org, role)))
+            .expect("add API key");
+    }
+
+    /// Adds a fault to atlas-sim.
+    pub fn fault(&self, spec: linktoken_operator::sim::FaultSpec) {
+        self.sim.state.add_fault(spec).expect("add fault");
+    }
+}
+
+/// A fault answering `status` (with an ApiError body) to link-token calls of `method`.
+pub fn status_fault(
+    status: u16,
+    error_code: &str,
+    method: Option<&str>,
+    count: Option<u64>,
+) -> linktoken_operator::sim::FaultSpec {
+    linktoken_operator::sim::FaultSpec {
+        kind: linktoken_operator::sim::FaultKind::Status,
+        status: Some(status),
+        body: Some(serde_json::json!({
+            "error": status, "errorCode": error_code, "detail": format!("injected {error_code}"),
+            "reason": "injected", "parameters": []
+        })),
+        headers: Default::default(),
+        latency_ms: 0,
+        count,
+        method: method.map(str::to_string),
+        org_id: None,
+        target: linktoken_operator::sim::FaultTarget::LinkTokens,
     }
 }

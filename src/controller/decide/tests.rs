@@ -36,6 +36,7 @@ fn ready() -> Observed {
         }),
         in_flight: None,
         last_stalled: None,
+        retry_hold: None,
     }
 }
 
@@ -413,4 +414,64 @@ fn rotation_reasons_are_rotations() {
     assert!(!IssueWhy::NoToken.is_rotation());
     assert!(IssueWhy::SecretTampered.is_rotation());
     assert!(IssueWhy::RotateRequested.is_rotation());
+}
+
+#[test]
+fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrives() {
+    let hold = RetryHold {
+        reason: Reason::AtlasRateLimited,
+        generation: Some(1),
+        credentials_version: Some("7".into()),
+        remaining: std::time::Duration::from_secs(3),
+    };
+    let o = Observed {
+        retry_hold: Some(hold.clone()),
+        ..fresh()
+    };
+    assert_eq!(
+        decide(&o),
+        Action::Hold {
+            reason: Reason::AtlasRateLimited,
+            after: std::time::Duration::from_secs(3)
+        }
+    );
+
+    let due = Observed {
+        retry_hold: Some(RetryHold {
+            remaining: std::time::Duration::ZERO,
+            ..hold.clone()
+        }),
+        ..fresh()
+    };
+    assert_eq!(
+        decide(&due),
+        issue(IssueWhy::NoToken, &[]),
+        "the delay is over"
+    );
+
+    let spec_changed = Observed {
+        generation: Some(2),
+        retry_hold: Some(hold.clone()),
+        ..fresh()
+    };
+    assert_eq!(
+        decide(&spec_changed),
+        issue(IssueWhy::NoToken, &[]),
+        "a user's change is tried at once"
+    );
+    let creds_changed = Observed {
+        credentials_version: Some("8".into()),
+        retry_hold: Some(hold.clone()),
+        ..fresh()
+    };
+    assert_eq!(decide(&creds_changed), issue(IssueWhy::NoToken, &[]));
+
+    let ready_anyway = Observed {
+        retry_hold: Some(hold),
+        ..ready()
+    };
+    assert!(
+        matches!(decide(&ready_anyway), Action::Keep { .. }),
+        "only issuing waits; a current token is kept"
+    );
 }
