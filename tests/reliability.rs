@@ -543,28 +543,75 @@ async fn a_sick_atlas_for_30s_causes_no_crash_and_no_hot_loop_and_all_converge_a
         .map(|&s| (s, failed(s)))
         .collect();
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
-    env.sim.state.clear_faults();
     assert!(op.running(), "the operator survived: {}", op.logs());
     assert_eq!(posts(&env), 0, "nothing got through");
     assert_eq!(ready_count(&env).await, 0);
-    // Budget: an attempt is at most a DELETE and a POST. 40 LinkTokens back off
-    // exponentially; the 10 rate-limited ones wait Retry-After (1 s) each time.
+    // Budget per LinkToken: 40 back off exponentially; the 10 rate-limited ones wait
+    // Retry-After (1 s) each time. An attempt is at most a DELETE and a POST.
     let backoff = backoff_attempts(window, base, max);
     let rate_limited = window.as_secs() + 1;
     let budget = 2 * (40 * backoff + 10 * rate_limited);
+    // Attempts per LinkToken, from the operator's one log line per failed Atlas call (this
+    // also counts the timeouts, which atlas-sim cannot: the client hung up first).
+    let logs = op.logs();
+    let failed_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Atlas call failed"))
+        .collect();
+    let mut per_lt = Vec::new();
+    for i in 0..orgs.len() {
+        let key = format!("linktoken={}/{} ", env.ns, lt_name(i));
+        let n = failed_lines.iter().filter(|l| l.contains(&key)).count() as u64;
+        let cap = if i % 5 == 1 { rate_limited } else { backoff };
+        assert!(
+            n <= cap,
+            "{}: {n} failed attempts in {window:?} > budget {cap}",
+            lt_name(i)
+        );
+        // Retried, not given up on (at least a few attempts in 30 s).
+        assert!(n >= 3, "{}: only {n} attempts in {window:?}", lt_name(i));
+        per_lt.push(n);
+    }
     eprintln!(
-        "faults: {total} failed Atlas calls in {:.1}s by status {counts:?}; budget {budget} ({backoff} backoff attempts, {rate_limited} rate-limited attempts per LinkToken)",
+        "faults: {total} failed Atlas calls recorded by atlas-sim in {:.1}s by status {counts:?} (budget {budget}); attempts per LinkToken {per_lt:?} (budget {backoff} backoff, {rate_limited} rate-limited)",
         window.as_secs_f64()
     );
     assert!(
         total <= budget,
         "hot loop: {total} failed calls > budget {budget}"
     );
-    // Each kind of trouble was actually met and retried, not given up on.
-    for (s, n) in &counts {
-        assert!(*n >= 10 * 2, "status {s}: only {n} calls; retries missing");
+    // Each LinkToken reports the trouble it meets (or, mid-attempt, that it is Issuing again).
+    let list = env
+        .linktokens()
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    let mut seen = BTreeMap::new();
+    for lt in &list.items {
+        let i: usize = lt.name_any()[3..].parse().expect("index");
+        let want = if i % 5 == 1 {
+            "AtlasRateLimited"
+        } else {
+            "AtlasUnavailable"
+        };
+        let reason = lt
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.reason.clone())
+            .unwrap_or_default();
+        assert!(
+            reason == want || reason == "Issuing",
+            "{}: {reason}, want {want}",
+            lt.name_any()
+        );
+        if reason == want {
+            *seen.entry(i % 5).or_insert(0) += 1;
+        }
     }
+    assert_eq!(seen.len(), 5, "every kind of trouble is reported: {seen:?}");
 
+    env.sim.state.clear_faults();
     let healed = Instant::now();
     wait_all_ready(&env, 50, Duration::from_secs(60)).await;
     eprintln!(
