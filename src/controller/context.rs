@@ -75,7 +75,11 @@ impl Context {
             recorder,
             stores: scopes.readers.clone(),
             scope_names: scopes.names(),
-            synced: scopes.names().iter().map(|_| AtomicBool::new(false)).collect(),
+            synced: scopes
+                .names()
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             backoff,
             memo: Mutex::new(HashMap::new()),
         }

@@ -211,7 +211,21 @@ async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Erro
     result.map(|o| o.action)
 }
 
-async fn reconcile_inner(lt: &LinkToken, ctx: &Context) -> Result<act::Outcome, Error> {
+async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<act::Outcome, Error> {
+    // The cache can lag this controller's own status writes from the previous reconcile.
+    // Acting on a stale status could POST without the DELETE that guards against a second
+    // live link, or revoke too little on deletion: read the object fresh (one GET).
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(fresh) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(act::Outcome {
+            action: Action::await_change(),
+            reason: crate::api::Reason::TokenIssued,
+        });
+    };
+    let lt = &fresh;
     let finalizers = lt.finalizers();
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
     if lt.metadata.deletion_timestamp.is_some() {
