@@ -409,6 +409,7 @@ fn default_values_render_a_restricted_least_privilege_operator() {
             "/secrets:watch",
             "atlasmigration.io/linktokens/finalizers:update",
             "atlasmigration.io/linktokens/status:patch",
+            "atlasmigration.io/linktokens:get",
             "atlasmigration.io/linktokens:list",
             "atlasmigration.io/linktokens:patch",
             "atlasmigration.io/linktokens:watch",
@@ -925,7 +926,8 @@ async fn namespaced_rbac_is_enough_and_no_more() {
 
     let lease = |verb| can_i(c, &sa, verb, "leases.coordination.k8s.io", Some(&op_ns));
     let allowed = [
-        ("list", "linktokens.atlasmigration.io", Some(ns.as_str())),
+        ("get", "linktokens.atlasmigration.io", Some(ns.as_str())),
+        ("list", "linktokens.atlasmigration.io", Some(&ns)),
         ("watch", "linktokens.atlasmigration.io", Some(&ns)),
         ("patch", "linktokens.atlasmigration.io", Some(&ns)),
         ("patch", "linktokens.atlasmigration.io/status", Some(&ns)),
@@ -962,7 +964,6 @@ async fn namespaced_rbac_is_enough_and_no_more() {
         ("delete", "linktokens.atlasmigration.io", Some(&ns)),
         ("create", "linktokens.atlasmigration.io", Some(&ns)),
         ("update", "linktokens.atlasmigration.io", Some(&ns)),
-        ("get", "linktokens.atlasmigration.io", Some(&ns)),
         ("list", "linktokens.atlasmigration.io", Some(&other)),
         ("list", "linktokens.atlasmigration.io", None),
         ("update", "secrets", Some(&ns)),

@@ -64,10 +64,11 @@ The rules the operator needs in every namespace it manages: the same list for th
 (src/controller); tests/helm.rs runs the operator with nothing but these rules.
 */}}
 {{- define "linktoken-operator.rules" -}}
-# LinkTokens: the controller's reflector lists and watches them (it never GETs one by name).
+# LinkTokens: the controller's reflector lists and watches them; each reconcile GETs its
+# LinkToken fresh, because the cache can lag the operator's own status writes.
 - apiGroups: ["atlasmigration.io"]
   resources: ["linktokens"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # LinkTokens: merge-patch of metadata.finalizers (add atlasmigration.io/revoke-token, remove it
 # once the token is revoked). No update, no delete.
 - apiGroups: ["atlasmigration.io"]
