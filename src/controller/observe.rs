@@ -37,15 +37,21 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
 
     let target_name = lt.spec.token_secret_name(&name);
     let target_key = lt.spec.token_secret_key().to_string();
-    let target = secrets.get_opt(&target_name).await?;
     let status = lt.status.clone().unwrap_or_default();
     let previous_name = status
         .token_secret_name
         .clone()
         .filter(|n| *n != target_name);
-    let previous = match &previous_name {
-        Some(n) => secrets.get_opt(n).await?,
-        None => None,
+    // Without usable credentials `decide` stops at the credentials check: skip the Secret
+    // reads, which keeps a flood of misconfigured LinkTokens cheap.
+    let usable = credentials_state == CredentialsState::Valid;
+    let target = match usable {
+        true => secrets.get_opt(&target_name).await?,
+        false => None,
+    };
+    let previous = match (&previous_name, usable) {
+        (Some(n), true) => secrets.get_opt(n).await?,
+        _ => None,
     };
 
     let metadata_current = target
