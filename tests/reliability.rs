@@ -451,14 +451,14 @@ async fn apiserver_then_etcd_restart_while_50_issue_all_converge_without_leaks()
     let mut op = spawn_op(&env, &[], &["--concurrency=2"]);
     create_many(&env, &orgs).await;
 
-    eventually(Duration::from_secs(60), "5 POSTs", || async {
+    eventually(Duration::from_secs(120), "5 POSTs", || async {
         (posts(&env) >= 5).then_some(())
     })
     .await;
     let at_api = (posts(&env), ready_count(&env).await);
     let cp = restart(cp, Component::ApiServer).await;
 
-    eventually(Duration::from_secs(90), "25 Ready", || async {
+    eventually(Duration::from_secs(180), "25 Ready", || async {
         (ready_count(&env).await >= 25).then_some(())
     })
     .await;
@@ -469,7 +469,7 @@ async fn apiserver_then_etcd_restart_while_50_issue_all_converge_without_leaks()
     );
     let cp = restart(cp, Component::Etcd).await;
 
-    wait_all_ready(&env, 50, Duration::from_secs(120)).await;
+    wait_all_ready(&env, 50, Duration::from_secs(240)).await;
     assert_converged(&env).await;
     assert!(op.running(), "the operator survived both restarts");
     eprintln!(
@@ -627,7 +627,7 @@ async fn a_sick_atlas_for_30s_causes_no_crash_and_no_hot_loop_and_all_converge_a
 
     env.sim.state.clear_faults();
     let healed = Instant::now();
-    wait_all_ready(&env, 50, Duration::from_secs(60)).await;
+    wait_all_ready(&env, 50, Duration::from_secs(120)).await;
     eprintln!(
         "faults: all 50 Ready {:.1}s after healing; {:.1}s in all",
         healed.elapsed().as_secs_f64(),
@@ -668,7 +668,7 @@ async fn killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_dupli
     b.wait_log("waiting for leadership", Duration::from_secs(30))
         .await;
     create_many(&env, &orgs).await;
-    eventually(Duration::from_secs(60), "5 POSTs", || async {
+    eventually(Duration::from_secs(120), "5 POSTs", || async {
         (posts(&env) >= 5).then_some(())
     })
     .await;
@@ -689,7 +689,7 @@ async fn killed_leader_is_replaced_within_the_lease_and_nothing_is_lost_or_dupli
         "{}",
         b.logs()
     );
-    wait_all_ready(&env, 20, Duration::from_secs(120)).await;
+    wait_all_ready(&env, 20, Duration::from_secs(240)).await;
     assert_converged(&env).await;
     // Duplicates: at most the issues in flight at the kill (concurrency 2) are POSTed again.
     assert!(posts(&env) <= 20 + 2, "{} POSTs for 20", posts(&env));
