@@ -239,13 +239,16 @@ impl AtlasClient {
             // A 401 without a challenge we can answer: the 401 is the answer.
             return Ok(first);
         };
-        let nc = self.inner.nonces.store(fp, ch.clone());
-        let Some(auth) = sign(&ch, nc) else {
+        // The fresh nonce is used privately (nc=1) and shared only once the server accepted
+        // it: concurrent calls reusing one nonce can reach the server out of nc order, and a
+        // server that insists on increasing nc refuses the late one. Sharing the fresh nonce
+        // before this answer would let that race hit the retry too.
+        let Some(auth) = sign(&ch, 1) else {
             return Ok(first);
         };
         let second = self.api_request(method, url, body, Some(auth)).await?;
-        if second.status == 401 {
-            self.inner.nonces.forget(&fp, &ch.nonce);
+        if second.status != 401 {
+            self.inner.nonces.store(fp, ch);
         }
         Ok(second)
     }

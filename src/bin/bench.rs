@@ -20,7 +20,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use linktoken_operator::api::LinkToken;
 use linktoken_operator::controlplane::{ControlPlane, Options};
@@ -268,19 +267,38 @@ async fn run_one(
     let label = format!("bench-run={run_id}");
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let lt_all: Api<LinkToken> = Api::all(client.clone());
+    // Polls (list by label) rather than watches: simple, and its resolution (below) is part
+    // of the reported latency.
+    let poll_every = if n > 1000 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(250)
+    };
     let watch = tokio::spawn(async move {
-        let stream = watcher(lt_all, watcher::Config::default().labels(&label))
-            .default_backoff()
-            .applied_objects();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            let Ok(lt) = ev else { continue };
-            if is_ready(&lt) {
-                let key = format!("{}/{}", lt.namespace().unwrap_or_default(), lt.name_any());
-                if ready_tx.send((key, Instant::now())).is_err() {
-                    break;
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        loop {
+            let lp = kube::api::ListParams::default().labels(&label);
+            let listed = lt_all.list(&lp).await;
+            if let Err(e) = &listed {
+                eprintln!("  (listing LinkTokens failed: {e})");
+            }
+            if let Ok(list) = listed {
+                if std::env::var_os("BENCH_DEBUG").is_some() {
+                    eprintln!(
+                        "  poll: {} listed, {} ready",
+                        list.items.len(),
+                        list.items.iter().filter(|l| is_ready(l)).count()
+                    );
+                }
+                let now = Instant::now();
+                for lt in list.items.iter().filter(|lt| is_ready(lt)) {
+                    let key = format!("{}/{}", lt.namespace().unwrap_or_default(), lt.name_any());
+                    if seen.insert(key.clone()) && ready_tx.send((key, now)).is_err() {
+                        return;
+                    }
                 }
             }
+            tokio::time::sleep(poll_every).await;
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -314,6 +332,7 @@ async fn run_one(
         .try_collect()
         .await?;
     let apply_secs = t0.elapsed().as_secs_f64();
+    eprintln!("  applied {n} in {apply_secs:.1}s");
 
     let mut ready: HashMap<String, Instant> = HashMap::new();
     let deadline = t0 + Duration::from_secs(args.timeout_secs);
