@@ -6,8 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -26,27 +25,22 @@ use support::{TestCluster, eventually};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An operator process with its own environment (the e2e `Operator` has none); SIGKILLed on
-/// drop. stdout+stderr go to `log`.
-struct Op {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
+/// An operator process (the e2e `Operator`, SIGKILLed on drop) with the helpers these tests use.
+struct Op(support::e2e::Operator);
 
 impl Op {
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.logs()
     }
 
     /// SIGKILL: no shutdown hook runs, no Lease is released.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 
     fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.0.child.try_wait(), Ok(None))
     }
 
     async fn wait_log(&self, needle: &str, within: Duration) {
@@ -63,52 +57,10 @@ impl Op {
     }
 }
 
-impl Drop for Op {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Starts the operator for `env`'s namespace with fast retries, extra env vars and flags.
 /// Must be called from an async worker thread (PDEATHSIG is tied to the spawning thread).
 fn spawn_op(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> Op {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("operator.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let err = out.try_clone().expect("log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linktoken-operator"));
-    cmd.env("KUBECONFIG", &env.cluster.kubeconfig)
-        .env("RUST_LOG", "info,linktoken_operator=debug")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove(linktoken_operator::controller::pause::ENV)
-        .arg(format!("--atlas-url={}", env.sim.atlas_url))
-        .arg(format!("--watch-namespaces={}", env.ns))
-        .arg("--metrics-bind-address=127.0.0.1:0")
-        .arg("--health-probe-bind-address=127.0.0.1:0")
-        .arg("--retry-base-delay=500ms")
-        .arg("--retry-max-delay=5s")
-        .arg("--shutdown-timeout=5s")
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("spawn operator");
-    Op {
-        child,
-        log,
-        _dir: dir,
-    }
+    Op(env.spawn_operator_with_env(&env.cluster.kubeconfig, vars, extra))
 }
 
 /// `n` extra orgs (24 hex digits), all owned by the demo API key that `api_key_secret` uses.

@@ -151,6 +151,17 @@ impl Env {
         kubeconfig: &std::path::Path,
         extra: &[&str],
     ) -> Operator {
+        self.spawn_operator_with_env(kubeconfig, &[], extra)
+    }
+
+    /// The one operator spawner: this namespace, atlas-sim, fast retries, plus extra
+    /// environment variables (e.g. the test-only pause hook) and flags.
+    pub fn spawn_operator_with_env(
+        &self,
+        kubeconfig: &std::path::Path,
+        vars: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Operator {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("operator.log");
         let out = std::fs::File::create(&log).expect("log");
@@ -160,6 +171,8 @@ impl Env {
             .env("RUST_LOG", "info,linktoken_operator=debug")
             .env_remove("HTTPS_PROXY")
             .env_remove("HTTP_PROXY")
+            .env_remove(linktoken_operator::controller::pause::ENV)
+            .envs(vars.iter().copied())
             .arg(format!("--atlas-url={}", self.sim.atlas_url))
             .arg(format!("--watch-namespaces={}", self.ns))
             .arg("--metrics-bind-address=127.0.0.1:0")
