@@ -16,11 +16,14 @@ WORKDIR /src
 # target/, tests and docs out of the context).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The harness crates: cargo reads every workspace member's manifest, but -p below compiles
+# the operator package alone (none of the harness is in the image).
+COPY crates ./crates
 # Cache mounts keep the crate registry and the target folder between builds, so a change in
 # src/ recompiles the crate, not its dependencies. --locked: exactly the versions in Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin linktoken-operator \
+    cargo build --release --locked -p linktoken-operator --bin linktoken-operator \
  && install -D -m 0755 target/release/linktoken-operator /out/linktoken-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot

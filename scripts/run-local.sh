@@ -137,7 +137,8 @@ build() {
   TOOLS_DIR=$(bash scripts/build-tools.sh | tail -n 1)
   phase_done "pinned tools (build-tools.sh)" "$t"
   t=$(now)
-  cargo build --bin controlplane --bin atlas-sim --bin linktoken-operator
+  # The operator (default features: what ships) and the two harness commands it runs with.
+  cargo build -p linktoken-operator -p atlas-sim -p testkit --bins
   phase_done "cargo build" "$t"
 }
 
@@ -310,7 +311,7 @@ cmd_stop() {
   if [[ -x "$BIN/controlplane" ]]; then
     "$BIN/controlplane" stop --dir "$CP_DIR"
   elif [[ -f "$CP_DIR/owner.pid" ]]; then
-    die "the control plane binary is missing ($BIN/controlplane); run cargo build --bin controlplane, then stop again"
+    die "the control plane binary is missing ($BIN/controlplane); run cargo build -p testkit --bin controlplane, then stop again"
   fi
   phase_done "stopped" "$t"
 }

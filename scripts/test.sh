@@ -14,13 +14,20 @@ export LINKTOKEN_TOOLS_DIR
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo build --release -p linktoken-operator (what the image ships; tests/workspace.rs inspects it)"
+cargo build --release --locked -p linktoken-operator
 
 step "cargo test (unit, integration and end-to-end tests on a real control plane)"
+# Every crate of the workspace: the operator, atlas-sim, the testkit and the benchmark. The
+# operator's tests run its binary built with the fault-injection hook (the reliability tests
+# need it; the release binary above has none).
 # Tests wait on the control plane and the operator far more than they compute, so run more
 # of them at once than there are cores.
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --all-targets --no-fail-fast --features linktoken-operator/fault-injection \
+  -- --test-threads="${TEST_THREADS:-4}"
 
 echo
 echo "== all checks passed in $((SECONDS - start))s"

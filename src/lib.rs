@@ -9,12 +9,11 @@
 //! - [`controller`]: the reconciler. `decide` is pure (observed state -> next action); the
 //!   rest carries actions out (Atlas calls, the token Secret, status, events).
 //! - [`runtime`]: the operator process: flags, logging, probes and metrics server, leader election.
-//! - [`sim`]: `atlas-sim`, the Atlas simulator used by tests, benchmarks and the local demo.
-//! - [`controlplane`]: a real local Kubernetes control plane (etcd, kube-apiserver,
-//!   kube-controller-manager) for tests, scripts and people.
+//!
+//! This crate is the product only. What tests it lives beside it under `crates/` and is never
+//! shipped: `atlas-sim` (the Atlas simulator), `testkit` (the real control plane and every
+//! shared test helper) and `bench`; see docs/architecture.md.
 pub mod api;
 pub mod atlas;
 pub mod controller;
-pub mod controlplane;
 pub mod runtime;
-pub mod sim;

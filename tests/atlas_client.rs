@@ -1132,7 +1132,7 @@ async fn invalid_org_id_makes_no_request() {
 /// test does not hit that exact interleaving every time, the benchmark does.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_digest_calls_survive_out_of_order_nonce_counts() {
-    use linktoken_operator::sim::{SimConfig, SimServer, config::DEMO_ORG_ID};
+    use atlas_sim::{SimConfig, SimServer, config::DEMO_ORG_ID};
     let any = "127.0.0.1:0".parse().expect("addr");
     let sim = SimServer::start(SimConfig::demo(), any, any)
         .await
@@ -1142,8 +1142,8 @@ async fn concurrent_digest_calls_survive_out_of_order_nonce_counts() {
     ))
     .expect("client");
     let creds = Credentials::api_key(
-        linktoken_operator::sim::config::DEMO_PUBLIC_KEY,
-        linktoken_operator::sim::config::DEMO_PRIVATE_KEY,
+        atlas_sim::config::DEMO_PUBLIC_KEY,
+        atlas_sim::config::DEMO_PRIVATE_KEY,
     );
     // Calls trickle in (as reconciles do), so new calls pick up a nonce while older ones on
     // it are still in flight.

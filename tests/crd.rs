@@ -2,7 +2,7 @@
 //! rejected by the API server itself (schema and CEL, not the controller) with a message that
 //! names the field, the status schema holds everything the controller writes, and
 //! `kubectl get lt` shows the printer columns.
-mod support;
+use testkit::require_cluster;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ fn repo(rel: &str) -> PathBuf {
 
 /// Installs the checked-in CRD the way a user would (the drift test in src/api keeps it equal
 /// to what the types generate) and waits until the API server serves it.
-async fn install_crd(c: &support::TestCluster) {
+async fn install_crd(c: &testkit::TestCluster) {
     c.apply_crd(&crd::crd()).await;
     let out = run(
         c.kubectl()

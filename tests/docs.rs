@@ -8,7 +8,7 @@
 //! - The rest need no cluster: the markers and blocks are there, every Ready reason is in the
 //!   conditions table, every relative link in README.md and docs/ resolves, and the run script
 //!   parses.
-mod support;
+use testkit::require_cluster;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use linktoken_operator::api::Reason;
-use support::e2e::{CLIENT_SECRET, Env, PRIVATE_KEY};
+use testkit::e2e::{CLIENT_SECRET, Env, PRIVATE_KEY};
 
 const BEGIN: &str = "<!-- docs-test:begin -->";
 const END: &str = "<!-- docs-test:end -->";

@@ -2,13 +2,13 @@
 //! reported with its reason, a Warning event and (for Atlas failures) `status.atlasError`;
 //! what only a user can fix makes no Atlas call until the user acts, and then recovers without
 //! restarting anything. Real control plane, the operator binary, atlas-sim.
-mod support;
+use testkit::require_cluster;
 
 use std::time::{Duration, Instant};
 
+use atlas_sim::CallKind;
 use linktoken_operator::api::Reason;
-use linktoken_operator::sim::CallKind;
-use support::e2e::{
+use testkit::e2e::{
     CLIENT_ID, CLIENT_SECRET, Env, ORG, PRIVATE_KEY, PUBLIC_KEY, linktoken_yaml, status_fault,
 };
 
@@ -288,14 +288,14 @@ async fn atlas_rate_limited_retries_no_earlier_than_retry_after() {
     env.linktoken("migration", ORG, &[]).await;
 
     // The moment the 429 is answered, and the calls made so far.
-    let (limited_at, calls_then) = support::eventually(WAIT, "the 429", || async {
+    let (limited_at, calls_then) = testkit::eventually(WAIT, "the 429", || async {
         (env.sim.state.calls("POST", CallKind::LinkTokens, 429) == 1)
             .then(|| (Instant::now(), env.atlas_calls()))
     })
     .await;
     env.wait_reason("migration", Reason::AtlasRateLimited, WAIT)
         .await;
-    let next_call = support::eventually(WAIT, "the retry after the 429", || async {
+    let next_call = testkit::eventually(WAIT, "the retry after the 429", || async {
         (env.atlas_calls() > calls_then).then(Instant::now)
     })
     .await;

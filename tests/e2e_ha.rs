@@ -2,13 +2,13 @@
 //! reconciles; when it dies (SIGKILL, no release) the standby takes over once the Lease
 //! expires, and a new LinkToken turns Ready. Real control plane, two operator processes,
 //! atlas-sim.
-mod support;
+use testkit::require_cluster;
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use support::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
 
 const ORG_B: &str = "5f1e9b2a3c4d5e6f7a8b9c0e";
 const LEASE: &str = "linktoken-e2e-leader";
@@ -31,7 +31,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     let flags = ["--leader-elect", lease_ns.as_str(), lease_id.as_str()];
     let mut ops = [env.spawn_operator(&flags), env.spawn_operator(&flags)];
 
-    let leader = support::eventually(Duration::from_secs(30), "a leader", || async {
+    let leader = testkit::eventually(Duration::from_secs(30), "a leader", || async {
         ops.iter().position(|o| leads(&o.logs()))
     })
     .await;
@@ -55,7 +55,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     let killed = Instant::now();
     env.apply_yaml(&linktoken_yaml("second", ORG_B, &[], "creds", ""))
         .await;
-    support::eventually(Duration::from_secs(30), "the standby leads", || async {
+    testkit::eventually(Duration::from_secs(30), "the standby leads", || async {
         leads(&ops[standby].logs()).then_some(())
     })
     .await;

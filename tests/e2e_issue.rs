@@ -1,11 +1,11 @@
 //! End to end: the operator binary, a real control plane and atlas-sim. A LinkToken turns
 //! Ready, its Secret holds the token atlas-sim issued, and deleting it revokes the link.
-mod support;
+use testkit::require_cluster;
 
 use std::time::Duration;
 
 use kube::api::DeleteParams;
-use support::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
 
 #[tokio::test]
 async fn a_linktoken_turns_ready_with_the_token_atlas_issued_and_is_revoked_on_delete() {
@@ -36,7 +36,7 @@ async fn a_linktoken_turns_ready_with_the_token_atlas_issued_and_is_revoked_on_d
         .delete("migration", &DeleteParams::default())
         .await
         .expect("delete");
-    support::eventually(Duration::from_secs(30), "LinkToken gone", || async {
+    testkit::eventually(Duration::from_secs(30), "LinkToken gone", || async {
         env.get("migration").await.is_none().then_some(())
     })
     .await;
@@ -45,7 +45,7 @@ async fn a_linktoken_turns_ready_with_the_token_atlas_issued_and_is_revoked_on_d
         0,
         "the link was revoked in Atlas"
     );
-    support::eventually(
+    testkit::eventually(
         Duration::from_secs(60),
         "token Secret garbage-collected",
         || async {

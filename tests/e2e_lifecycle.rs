@@ -1,48 +1,25 @@
 //! End to end, the lifecycle (spec section 4): rotation by annotation, an access-list change,
 //! one LinkToken per org with takeover, and deletion with Delete, Retain, an active migration
 //! (409) and missing credentials. Real control plane, the operator binary, atlas-sim.
-mod support;
+use testkit::require_cluster;
 
 use std::time::{Duration, Instant};
 
+use atlas_sim::CallKind;
 use linktoken_operator::api::Reason;
-use linktoken_operator::sim::{CallKind, TokenStatus};
-use support::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
 
 const WAIT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(10);
 
-async fn ready_env(prefix: &str, ips: &[&str], extra_spec: &str) -> Option<(Env, String)> {
-    let c = support::cluster().await?;
-    let mut env = Env::new(c, prefix).await;
-    env.api_key_secret("creds").await;
-    env.start_operator(&[]);
-    env.apply_yaml(&linktoken_yaml("migration", ORG, ips, "creds", extra_spec))
-        .await;
-    env.wait_ready("migration").await;
-    let token = env.token_in("migration", "linkToken").await.expect("token");
-    assert!(env.sim.state.is_token_live(&token));
-    Some((env, token))
-}
-
-fn revoked(env: &Env, token: &str) -> bool {
-    matches!(
-        env.sim.state.token_status(token),
-        TokenStatus::Revoked { .. }
-    )
-}
-
 #[tokio::test]
 async fn the_rotate_annotation_issues_a_new_token_and_revokes_the_old_one() {
-    let Some((env, old)) = ready_env("e2e-rotate", &[], "").await else {
+    let Some((env, old)) = Env::ready("e2e-rotate", &[], "").await else {
         return;
     };
     env.rotate("migration", "1").await;
     let new = env.wait_new_token("migration", &old, WAIT).await;
-    assert!(
-        revoked(&env, &old),
-        "the old token was revoked in atlas-sim"
-    );
+    assert!(env.revoked(&old), "the old token was revoked in atlas-sim");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     let lt = env.wait_ready("migration").await;
     assert_eq!(
@@ -76,7 +53,7 @@ async fn the_rotate_annotation_issues_a_new_token_and_revokes_the_old_one() {
 
 #[tokio::test]
 async fn an_access_list_change_reissues_with_the_new_list() {
-    let Some((env, old)) = ready_env("e2e-acl", &["203.0.113.0/24"], "").await else {
+    let Some((env, old)) = Env::ready("e2e-acl", &["203.0.113.0/24"], "").await else {
         return;
     };
     env.patch_linktoken(
@@ -85,7 +62,7 @@ async fn an_access_list_change_reissues_with_the_new_list() {
     )
     .await;
     let new = env.wait_new_token("migration", &old, WAIT).await;
-    assert!(revoked(&env, &old));
+    assert!(env.revoked(&old));
     let snap = env.sim.state.snapshot();
     let links = &snap.orgs[ORG].links;
     assert_eq!(links.len(), 1);
@@ -111,7 +88,7 @@ async fn an_access_list_change_reissues_with_the_new_list() {
 
 #[tokio::test]
 async fn two_linktokens_for_one_org_conflict_and_the_younger_takes_over_when_the_owner_goes() {
-    let Some((env, first_token)) = ready_env("e2e-orgconflict", &[], "").await else {
+    let Some((env, first_token)) = Env::ready("e2e-orgconflict", &[], "").await else {
         return;
     };
     env.apply_yaml(&linktoken_yaml("second", ORG, &[], "creds", ""))
@@ -148,7 +125,7 @@ async fn two_linktokens_for_one_org_conflict_and_the_younger_takes_over_when_the
     let second_token = env.token_in("second", "linkToken").await.expect("token");
     assert!(env.sim.state.is_token_live(&second_token));
     assert!(
-        revoked(&env, &first_token),
+        env.revoked(&first_token),
         "the owner revoked its token on deletion"
     );
     assert_eq!(env.sim.state.live_links(ORG), 1);
@@ -182,7 +159,7 @@ async fn deletion_with_delete_revokes_and_with_retain_keeps_the_link_and_the_sec
     // Delete: revoked in Atlas, the Secret garbage-collected through its ownerReference.
     env.delete_linktoken("deleted").await;
     env.wait_linktoken_gone("deleted", WAIT).await;
-    assert!(revoked(&env, &deleted_token));
+    assert!(env.revoked(&deleted_token));
     assert_eq!(env.sim.state.live_links(ORG), 0);
     env.wait_event("deleted", "TokenRevoked", "Normal", WAIT)
         .await;
@@ -220,7 +197,7 @@ async fn deletion_with_delete_revokes_and_with_retain_keeps_the_link_and_the_sec
 
 #[tokio::test]
 async fn deletion_during_an_active_migration_is_blocked_then_released() {
-    let Some((env, token)) = ready_env("e2e-delete-409", &[], "").await else {
+    let Some((env, token)) = Env::ready("e2e-delete-409", &[], "").await else {
         return;
     };
     env.sim.state.set_migrating(ORG, true).expect("migrating");
@@ -238,7 +215,7 @@ async fn deletion_during_an_active_migration_is_blocked_then_released() {
     env.wait_event("migration", "RevocationBlocked", "Warning", WAIT)
         .await;
     // Retried with backoff while blocked, and the link is kept.
-    support::eventually(WAIT, "a retry of the blocked revocation", || async {
+    testkit::eventually(WAIT, "a retry of the blocked revocation", || async {
         (env.sim.state.calls("DELETE", CallKind::LinkTokens, 409) >= 2).then_some(())
     })
     .await;
@@ -250,7 +227,7 @@ async fn deletion_during_an_active_migration_is_blocked_then_released() {
         .expect("not migrating");
     env.wait_linktoken_gone("migration", Duration::from_secs(15))
         .await;
-    assert!(revoked(&env, &token), "revoked once the migration ended");
+    assert!(env.revoked(&token), "revoked once the migration ended");
     assert_eq!(env.sim.state.live_links(ORG), 0);
     env.assert_at_most_one_link_per_org();
     env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
@@ -258,7 +235,7 @@ async fn deletion_during_an_active_migration_is_blocked_then_released() {
 
 #[tokio::test]
 async fn deletion_without_credentials_warns_revocation_skipped_and_releases() {
-    let Some((env, token)) = ready_env("e2e-delete-nocreds", &[], "").await else {
+    let Some((env, token)) = Env::ready("e2e-delete-nocreds", &[], "").await else {
         return;
     };
     env.delete_secret("creds").await;

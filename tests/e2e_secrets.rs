@@ -2,7 +2,7 @@
 //! repaired by revoke + reissue, metadata changes are applied without a reissue, a rename moves
 //! the token, a foreign Secret is never touched, and rotated credentials are used by the next
 //! issue. Real control plane, the operator binary, atlas-sim.
-mod support;
+use testkit::require_cluster;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,41 +11,19 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use linktoken_operator::api::Reason;
-use linktoken_operator::sim::TokenStatus;
-use support::e2e::{CLIENT_ID, CLIENT_SECRET, Env, ORG, PRIVATE_KEY, linktoken_yaml};
+use testkit::e2e::{CLIENT_ID, CLIENT_SECRET, Env, ORG, PRIVATE_KEY};
 
 const WAIT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(10);
 
-/// A Ready LinkToken `migration` for ORG and the token it holds.
-async fn ready_env(prefix: &str, extra_spec: &str) -> Option<(Env, String)> {
-    let c = support::cluster().await?;
-    let mut env = Env::new(c, prefix).await;
-    env.api_key_secret("creds").await;
-    env.start_operator(&[]);
-    env.apply_yaml(&linktoken_yaml("migration", ORG, &[], "creds", extra_spec))
-        .await;
-    env.wait_ready("migration").await;
-    let token = env.token_in("migration", "linkToken").await.expect("token");
-    assert!(env.sim.state.is_token_live(&token));
-    Some((env, token))
-}
-
-fn revoked(env: &Env, token: &str) -> bool {
-    matches!(
-        env.sim.state.token_status(token),
-        TokenStatus::Revoked { .. }
-    )
-}
-
 #[tokio::test]
 async fn a_deleted_token_secret_is_reissued_and_the_old_link_revoked() {
-    let Some((env, old)) = ready_env("e2e-secret-del", "").await else {
+    let Some((env, old)) = Env::ready("e2e-secret-del", &[], "").await else {
         return;
     };
     env.delete_secret("migration").await;
     let new = env.wait_new_token("migration", &old, WAIT).await;
-    assert!(revoked(&env, &old), "the lost token was revoked in Atlas");
+    assert!(env.revoked(&old), "the lost token was revoked in Atlas");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.wait_ready("migration").await;
     env.assert_quiet(Duration::from_secs(3)).await;
@@ -59,14 +37,14 @@ async fn a_deleted_token_secret_is_reissued_and_the_old_link_revoked() {
 
 #[tokio::test]
 async fn a_tampered_token_secret_is_reissued() {
-    let Some((env, old)) = ready_env("e2e-secret-tamper", "").await else {
+    let Some((env, old)) = Env::ready("e2e-secret-tamper", &[], "").await else {
         return;
     };
     env.update_secret_data("migration", &[("linkToken", "edited-by-someone")])
         .await;
     let new = env.wait_new_token("migration", &old, WAIT).await;
     assert_ne!(new, "edited-by-someone");
-    assert!(revoked(&env, &old), "the previous token was revoked");
+    assert!(env.revoked(&old), "the previous token was revoked");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.wait_ready("migration").await;
     // Exactly one reissue, then calm: no revoke/reissue loop over the edited field.
@@ -81,8 +59,9 @@ async fn a_tampered_token_secret_is_reissued() {
 
 #[tokio::test]
 async fn label_and_annotation_changes_are_applied_without_a_reissue() {
-    let Some((env, token)) = ready_env(
+    let Some((env, token)) = Env::ready(
         "e2e-secret-meta",
+        &[],
         "  tokenSecret:\n    labels:\n      team: blue\n",
     )
     .await
@@ -104,7 +83,7 @@ async fn label_and_annotation_changes_are_applied_without_a_reissue() {
         }}}),
     )
     .await;
-    support::eventually(
+    testkit::eventually(
         WAIT,
         "the Secret carries the new label and annotation",
         || async {
@@ -154,7 +133,7 @@ async fn label_and_annotation_changes_are_applied_without_a_reissue() {
 
 #[tokio::test]
 async fn renaming_the_token_secret_moves_the_token_without_a_reissue() {
-    let Some((env, token)) = ready_env("e2e-secret-rename", "").await else {
+    let Some((env, token)) = Env::ready("e2e-secret-rename", &[], "").await else {
         return;
     };
     let calls = env.atlas_calls();
@@ -237,7 +216,7 @@ async fn a_foreign_secret_at_the_target_name_is_a_conflict_and_left_untouched() 
 
 #[tokio::test]
 async fn rotated_credentials_are_used_by_the_next_issue_without_a_reissue_of_their_own() {
-    let Some((env, old)) = ready_env("e2e-creds-rotate", "").await else {
+    let Some((env, old)) = Env::ready("e2e-creds-rotate", &[], "").await else {
         return;
     };
     let calls = env.atlas_calls();
@@ -261,7 +240,7 @@ async fn rotated_credentials_are_used_by_the_next_issue_without_a_reissue_of_the
         env.sim.state.oauth_tokens_minted(CLIENT_ID) >= 1,
         "the new credentials (service account) were used"
     );
-    assert!(revoked(&env, &old));
+    assert!(env.revoked(&old));
     env.wait_ready("migration").await;
     env.assert_at_most_one_link_per_org();
     env.assert_no_secret_leaked(&[&old, &new, PRIVATE_KEY, CLIENT_SECRET])

@@ -2,10 +2,10 @@
 //! with helm and a real control plane.
 //!
 //! - lint, schema and rendering need only helm; everything that asks the API server goes
-//!   through `support::cluster()`.
+//!   through `testkit::cluster()`.
 //! - The RBAC proof runs the operator binary out of cluster with a kubeconfig that holds
 //!   nothing but a token of the chart's ServiceAccount, through the whole issue/revoke flow.
-mod support;
+use testkit::require_cluster;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,10 +16,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use linktoken_operator::controlplane::Tools;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
+use testkit::controlplane::Tools;
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
 
 const CHART: &str = "charts/linktoken-operator";
 /// Every external command gets this long; a hung helm or kubectl fails the test instead.
@@ -37,7 +37,7 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// helm, for the tests that need no control plane. Same policy as `support::cluster()`: a
+/// helm, for the tests that need no control plane. Same policy as `testkit::cluster()`: a
 /// missing tool fails under CI and skips loudly elsewhere.
 fn helm_bin() -> Option<PathBuf> {
     let found = Tools::locate().map_err(|e| e.to_string()).and_then(|t| {
@@ -599,7 +599,7 @@ logFormat: text
     ];
 
     for (name, values, check) in &sets {
-        let rendered = template(&helm, &format!("dry-{}", support::unique("r")), &ns, values)
+        let rendered = template(&helm, &format!("dry-{}", testkit::unique("r")), &ns, values)
             .unwrap_or_else(|e| panic!("{name}: helm template failed:\n{e}"));
         check(&docs(&rendered));
         let out = run(
@@ -633,7 +633,7 @@ async fn helm_install_in_a_restricted_namespace() {
         ]),
         None,
     );
-    let release = support::unique("lt");
+    let release = testkit::unique("lt");
     let mut cmd = c.helm();
     cmd.args(["install", &release]).arg(chart()).args([
         "--namespace",
@@ -734,7 +734,7 @@ async fn helm_install_in_a_restricted_namespace() {
 
 /// A kubeconfig for the API server of `c` whose only credential is a fresh token of
 /// ServiceAccount `sa` in `ns` (TokenRequest through `kubectl create token`).
-fn token_kubeconfig(c: &support::TestCluster, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+fn token_kubeconfig(c: &testkit::TestCluster, ns: &str, sa: &str, dir: &Path) -> PathBuf {
     let token = run_ok(
         c.kubectl_cmd(&["create", "token", sa, "-n", ns, "--duration=1h"]),
         None,
@@ -767,7 +767,7 @@ fn token_kubeconfig(c: &support::TestCluster, ns: &str, sa: &str, dir: &Path) ->
 }
 
 /// `kubectl auth can-i` as the ServiceAccount: true when allowed.
-fn can_i(c: &support::TestCluster, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+fn can_i(c: &testkit::TestCluster, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
     // `kubectl auth can-i VERB RES/NAME` reads a name after the slash, so subresources go in
     // --subresource.
     let (resource, sub) = match resource.split_once('/') {
@@ -804,7 +804,7 @@ async fn issue_and_revoke_as_the_chart_service_account(
 ) -> (String, String, String) {
     let c = env.cluster;
     let op_ns = c.namespace(prefix).await;
-    let release = support::unique("lt");
+    let release = testkit::unique("lt");
     let fullname = format!("{release}-linktoken-operator");
     let lease = format!("{release}-leader");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -875,7 +875,7 @@ async fn issue_and_revoke_as_the_chart_service_account(
         .delete("migration", &DeleteParams::default())
         .await
         .expect("delete LinkToken");
-    support::eventually(Duration::from_secs(30), "LinkToken gone", || async {
+    testkit::eventually(Duration::from_secs(30), "LinkToken gone", || async {
         env.get("migration").await.is_none().then_some(())
     })
     .await;
@@ -1173,7 +1173,7 @@ trait ClusterCmd {
     fn helm_cmd(&self, args: &[&str]) -> Command;
 }
 
-impl ClusterCmd for support::TestCluster {
+impl ClusterCmd for testkit::TestCluster {
     fn kubectl_cmd(&self, args: &[&str]) -> Command {
         let mut c = self.kubectl();
         c.args(args);

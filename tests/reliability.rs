@@ -3,30 +3,31 @@
 //! mid-run, a sick Atlas (500, 429, timeouts, dropped connections, garbage), leader failover,
 //! and hostile input. Every test checks what a user depends on: each LinkToken ends Ready,
 //! its Secret holds a token that is live in Atlas, and each org has exactly one live link.
-mod support;
+use testkit::require_cluster;
 
 use std::collections::BTreeMap;
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
-use linktoken_operator::api::LinkToken;
-use linktoken_operator::controlplane::{Component, ControlPlane, Options};
-use linktoken_operator::sim::{
+use atlas_sim::{
     CallKind, FaultKind, FaultSpec, FaultTarget, ORG_OWNER, OrgConfig, SimConfig, roles,
 };
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
+use linktoken_operator::api::LinkToken;
 use sha2::{Digest, Sha256};
-use support::e2e::{Env, ORG};
-use support::{TestCluster, eventually};
+use testkit::controlplane::{Component, ControlPlane, Options};
+use testkit::e2e::{Env, ORG};
+use testkit::operator::is_ready;
+use testkit::{TestCluster, eventually};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
 /// An operator process (the e2e `Operator`, SIGKILLed on drop) with the helpers these tests use.
-struct Op(support::e2e::Operator);
+struct Op(testkit::e2e::Operator);
 
 impl Op {
     fn logs(&self) -> String {
@@ -96,16 +97,6 @@ async fn create_many(env: &Env, orgs: &[String]) {
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-/// Ready=True for the current generation.
-fn is_ready(lt: &LinkToken) -> bool {
-    let gen_ = lt.meta().generation;
-    lt.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == gen_)
-    })
 }
 
 async fn ready_count(env: &Env) -> usize {
@@ -190,15 +181,11 @@ fn fault(kind: FaultKind, status: Option<u16>, org: &str) -> FaultSpec {
 /// of a LinkToken, checks the state the crash left, restarts it without the pause, and checks
 /// it converges. Returns (token POSTs before the restart, token POSTs in total).
 async fn crash_at(point: &str, check: impl AsyncFnOnce(&Env)) -> Option<(Env, u64, u64)> {
-    let c = support::cluster().await?;
+    let c = testkit::cluster().await?;
     let env = Env::new(c, &format!("rel-{point}")).await;
     env.api_key_secret("creds").await;
     let pause = format!("{point}=300s");
-    let mut op = spawn_op(
-        &env,
-        &[(linktoken_operator::controller::pause::ENV, &pause)],
-        &[],
-    );
+    let mut op = spawn_op(&env, &[(testkit::operator::PAUSE_ENV, &pause)], &[]);
     env.linktoken("mig", ORG, &["203.0.113.0/24"]).await;
     op.wait_log("pausing", Duration::from_secs(30)).await;
     // The operator sits in the window; the marker is in status.
@@ -302,11 +289,7 @@ async fn rotation_killed_after_its_delete_is_never_ready_with_the_revoked_token(
     op.kill();
 
     let pause = "before-post=300s";
-    let mut op = spawn_op(
-        &env,
-        &[(linktoken_operator::controller::pause::ENV, pause)],
-        &[],
-    );
+    let mut op = spawn_op(&env, &[(testkit::operator::PAUSE_ENV, pause)], &[]);
     env.linktokens()
         .patch(
             "mig",

@@ -1,7 +1,5 @@
 //! The process runtime over real sockets: probes, metrics, shutdown; and Lease leader election
-//! against a real API server (through tests/support).
-
-mod support;
+//! against a real API server (through the testkit crate).
 
 use std::time::{Duration, Instant};
 
@@ -155,7 +153,7 @@ async fn a_busy_port_fails_startup_with_a_clear_error() {
     assert!(msg.contains("binding the probes endpoint"), "{msg}");
 }
 
-// ---- Leader election against a real API server (tests/support) ----
+// ---- Leader election against a real API server (testkit) ----
 
 /// Short timings so the test takes seconds: lease 3s, renew deadline 2s, renew 1s, retry 0.4s.
 const TEST_LEASE: Duration = Duration::from_secs(3);
@@ -173,7 +171,7 @@ async fn holder(api: &Api<Lease>, name: &str) -> (Option<String>, i32) {
 /// Waits until exactly one of the two leads, then checks it keeps leading (renewals work and
 /// the standby never steals a live Lease) for two lease durations. Returns (leader, standby).
 async fn one_leader(a: LeaderElector, b: LeaderElector) -> (LeaderElector, LeaderElector) {
-    support::eventually(
+    testkit::eventually(
         Duration::from_secs(15),
         "one of two electors leads",
         || async { (a.is_leader() || b.is_leader()).then_some(()) },
@@ -195,7 +193,7 @@ async fn one_leader(a: LeaderElector, b: LeaderElector) -> (LeaderElector, Leade
 
 #[tokio::test]
 async fn two_electors_one_leader_and_release_hands_over_at_once() {
-    let Some(cluster) = support::cluster().await else {
+    let Some(cluster) = testkit::cluster().await else {
         return;
     };
     let client = cluster.client().await;
@@ -234,7 +232,7 @@ async fn two_electors_one_leader_and_release_hands_over_at_once() {
 
 #[tokio::test]
 async fn a_crashed_leader_is_replaced_only_after_its_lease_expires() {
-    let Some(cluster) = support::cluster().await else {
+    let Some(cluster) = testkit::cluster().await else {
         return;
     };
     let client = cluster.client().await;

@@ -1,16 +1,22 @@
 //! A test-only fault hook: `LINKTOKEN_TEST_PAUSE=<point>=<duration>` makes the issuing path
 //! sleep at one named point, so a reliability test can kill the process inside a precise
-//! window of the crash-safe sequence. Unset (always, in production) it costs one cached lookup.
+//! window of the crash-safe sequence. It exists only when the crate is built with the
+//! `fault-injection` feature (the tests do); in a default build, and so in the release binary
+//! and the image, `point` is an empty function and the variable is never read.
 //!
 //! Points: `before-revoke` (marker written, before any DELETE), `before-post` (after the
 //! DELETEs), `after-post` (token received, Secret not written), `after-secret` (Secret written,
 //! status not).
 
+#[cfg(feature = "fault-injection")]
 use std::sync::OnceLock;
+#[cfg(feature = "fault-injection")]
 use std::time::Duration;
 
-pub const ENV: &str = "LINKTOKEN_TEST_PAUSE";
+#[cfg(feature = "fault-injection")]
+const ENV: &str = "LINKTOKEN_TEST_PAUSE";
 
+#[cfg(feature = "fault-injection")]
 fn configured() -> &'static Option<(String, Duration)> {
     static PAUSE: OnceLock<Option<(String, Duration)>> = OnceLock::new();
     PAUSE.get_or_init(|| {
@@ -23,6 +29,7 @@ fn configured() -> &'static Option<(String, Duration)> {
 }
 
 /// Sleeps if the hook names this point.
+#[cfg(feature = "fault-injection")]
 pub async fn point(name: &str) {
     if let Some((p, d)) = configured()
         && p == name
@@ -31,3 +38,7 @@ pub async fn point(name: &str) {
         tokio::time::sleep(*d).await;
     }
 }
+
+/// Without the `fault-injection` feature there is no hook: nothing is read, nothing sleeps.
+#[cfg(not(feature = "fault-injection"))]
+pub async fn point(_name: &str) {}

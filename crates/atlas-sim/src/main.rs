@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use atlas_sim::{SimConfig, SimServer};
 use clap::Parser;
-use linktoken_operator::sim::{SimConfig, SimServer};
 
 #[derive(Debug, Parser)]
 #[command(

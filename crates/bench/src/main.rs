@@ -1,7 +1,7 @@
 //! Benchmark: N LinkTokens applied at once on a real control plane, with atlas-sim in this
 //! process and the release operator binary as its own process.
 //!
-//! `cargo run --release --bin bench -- [--n 100,1000,5000] [--latency-ms 0,200]
+//! `cargo build --release -p linktoken-operator && cargo run --release -p bench -- [--n 100,1000,5000] [--latency-ms 0,200]
 //!  [--concurrency 8] [--quiet-secs 60] [--json out.json]`
 //!
 //! For each (latency, concurrency, N): time until all are Ready, throughput, p50/p99
@@ -12,21 +12,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use atlas_sim::{
+    FaultKind, FaultSpec, FaultTarget, ORG_OWNER, OrgConfig, SimConfig, SimServer, roles,
+};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use linktoken_operator::api::LinkToken;
-use linktoken_operator::controlplane::{ControlPlane, Options};
-use linktoken_operator::sim::{
-    FaultKind, FaultSpec, FaultTarget, ORG_OWNER, OrgConfig, SimConfig, SimServer, roles,
-};
 use serde::Serialize;
+use testkit::controlplane::{ControlPlane, Options};
+use testkit::operator::{OperatorCommand, is_ready};
 
 #[derive(Parser, Debug)]
 #[command(name = "bench", about = "LinkToken operator benchmark")]
@@ -49,7 +49,8 @@ struct Args {
     /// Give up on a run after this long.
     #[arg(long = "timeout-secs", default_value_t = 1800)]
     timeout_secs: u64,
-    /// The operator binary (default: linktoken-operator next to this one).
+    /// The operator binary (default: linktoken-operator next to this one; build it with
+    /// `cargo build --release -p linktoken-operator`).
     #[arg(long)]
     operator: Option<PathBuf>,
     /// Write the results as JSON here.
@@ -99,9 +100,7 @@ fn main() -> Result<(), Error> {
     );
     let operator = match &args.operator {
         Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .with_file_name("linktoken-operator")
-            .to_path_buf(),
+        None => testkit::operator::binary()?,
     };
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
     let result = rt.block_on(run_all(&args, &kubeconfig, &operator));
@@ -124,7 +123,7 @@ async fn run_all(
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await?;
     let client = Client::try_from(cfg)?;
-    install_crd(&client).await?;
+    testkit::install_crd(&client, &linktoken_operator::api::crd::crd(), "bench").await?;
     let mut results = Vec::new();
     let mut run_id = 0;
     for &latency in &args.latency_ms {
@@ -142,31 +141,6 @@ async fn run_all(
         }
     }
     Ok(results)
-}
-
-async fn install_crd(client: &Client) -> Result<(), Error> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = linktoken_operator::api::crd::crd();
-    let name = crd.name_any();
-    api.patch(
-        &name,
-        &kube::api::PatchParams::apply("bench").force(),
-        &kube::api::Patch::Apply(&crd),
-    )
-    .await?;
-    for _ in 0..150 {
-        let c = api.get(&name).await?;
-        let ok = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if ok {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err("CRD not established".into())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -234,14 +208,8 @@ async fn run_one(
             },
             data: Some(
                 [
-                    (
-                        "publicApiKey",
-                        linktoken_operator::sim::config::DEMO_PUBLIC_KEY,
-                    ),
-                    (
-                        "privateApiKey",
-                        linktoken_operator::sim::config::DEMO_PRIVATE_KEY,
-                    ),
+                    ("publicApiKey", atlas_sim::config::DEMO_PUBLIC_KEY),
+                    ("privateApiKey", atlas_sim::config::DEMO_PRIVATE_KEY),
                 ]
                 .iter()
                 .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
@@ -254,14 +222,12 @@ async fn run_one(
             .await?;
     }
 
-    let mut op = start_operator(
-        kubeconfig,
-        operator,
-        &sim.atlas_url,
-        &namespaces,
-        concurrency,
-    )?;
-    wait_for_log(&op, "caches synced", Duration::from_secs(60)).await?;
+    let watched: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let mut op = OperatorCommand::new(operator, kubeconfig, &sim.atlas_url, &watched)
+        .args([format!("--concurrency={concurrency}")])
+        .spawn()?;
+    op.wait_for_log("caches synced", Duration::from_secs(60))
+        .await?;
 
     // Watch for Ready before applying anything.
     let label = format!("bench-run={run_id}");
@@ -375,7 +341,7 @@ async fn run_one(
     let writes1 = api_writes(client).await?;
     let calls1 = sim.state.calls_total();
     let by_status1 = calls_by_status(&sim.state);
-    let (rss, cpu) = proc_usage(op.id());
+    let (rss, cpu) = proc_usage(op.pid());
 
     let mut by_resource = diff(&writes1, &writes0);
     // The benchmark's own writes: one LinkToken create each.
@@ -393,10 +359,9 @@ async fn run_one(
     let calls2 = sim.state.calls_total();
     let quiet_writes: u64 = diff(&writes2, &writes1).values().sum();
     let per_min = |x: u64| x as f64 * 60.0 / quiet.as_secs_f64().max(1.0);
-    let (rss2, cpu2) = proc_usage(op.id());
+    let (rss2, cpu2) = proc_usage(op.pid());
 
-    let _ = op.kill();
-    let _ = op.wait();
+    op.kill();
     watch.abort();
     sim.shutdown().await;
 
@@ -422,64 +387,6 @@ async fn run_one(
         steady_atlas_calls_per_min: per_min(calls2 - calls1),
         steady_api_writes_per_min: per_min(quiet_writes),
     })
-}
-
-fn is_ready(lt: &LinkToken) -> bool {
-    let gen_ = lt.meta().generation;
-    lt.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == gen_)
-    })
-}
-
-fn start_operator(
-    kubeconfig: &std::path::Path,
-    operator: &std::path::Path,
-    atlas_url: &str,
-    namespaces: &[String],
-    concurrency: u16,
-) -> Result<Child, Error> {
-    let log = std::env::temp_dir().join(format!("bench-operator-{}.log", std::process::id()));
-    let out = std::fs::File::create(&log)?;
-    let err = out.try_clone()?;
-    let mut cmd = Command::new(operator);
-    cmd.env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .arg(format!("--atlas-url={atlas_url}"))
-        .arg(format!("--watch-namespaces={}", namespaces.join(",")))
-        .arg("--metrics-bind-address=127.0.0.1:0")
-        .arg("--health-probe-bind-address=127.0.0.1:0")
-        .arg(format!("--concurrency={concurrency}"))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: prctl only, between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    Ok(cmd.spawn()?)
-}
-
-async fn wait_for_log(op: &Child, needle: &str, within: Duration) -> Result<(), Error> {
-    let log = std::env::temp_dir().join(format!("bench-operator-{}.log", std::process::id()));
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(needle) {
-            return Ok(());
-        }
-        if start.elapsed() > within {
-            return Err(format!("operator {} not ready: {text}", op.id()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Peak RSS (MiB, VmHWM) and CPU seconds (utime + stime) of a process.
@@ -549,7 +456,7 @@ fn parse_labels(s: &str) -> HashMap<String, String> {
     out
 }
 
-fn calls_by_status(state: &linktoken_operator::sim::SimState) -> BTreeMap<String, u64> {
+fn calls_by_status(state: &atlas_sim::SimState) -> BTreeMap<String, u64> {
     let snap = serde_json::to_value(state.snapshot()).unwrap_or_default();
     let mut out = BTreeMap::new();
     if let Some(calls) = snap.get("calls").and_then(|c| c.as_array()) {

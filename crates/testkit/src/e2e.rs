@@ -1,23 +1,22 @@
 //! End-to-end fixtures: the real control plane, atlas-sim in-process, and the operator binary
 //! as its own process watching only the test's namespace (so parallel tests never share an
 //! operator).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use atlas_sim::{
+    ApiKeyConfig, ORG_OWNER, OrgConfig, SimConfig, SimHandle, SimServer, TokenStatus, roles,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use linktoken_operator::api::{LinkToken, Reason};
-use linktoken_operator::sim::{
-    ApiKeyConfig, ORG_OWNER, OrgConfig, SimConfig, SimHandle, SimServer, roles,
-};
 
-use super::{TestCluster, eventually};
+pub use crate::operator::Operator;
+use crate::operator::OperatorCommand;
+use crate::{TestCluster, eventually};
 
 /// The demo org and API key of `SimConfig::demo()`.
 pub const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
@@ -32,57 +31,6 @@ pub struct Env {
     pub client: Client,
     pub sim: SimHandle,
     pub operator: Option<Operator>,
-}
-
-/// The operator process; killed (SIGKILL) on drop. Its stdout+stderr go to `log`.
-pub struct Operator {
-    pub child: Child,
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Operator {
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for the exit status.
-    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = std::time::Instant::now();
-        while start.elapsed() < within {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        // A failing test shows what the operator did (its logs never hold secret values).
-        if std::thread::panicking() {
-            let logs = self.logs();
-            let lines: Vec<&str> = logs.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "---- operator log (last {} lines) ----\n{}\n----",
-                tail.len(),
-                tail.join("\n")
-            );
-        }
-    }
 }
 
 impl Env {
@@ -112,6 +60,30 @@ impl Env {
             sim,
             operator: None,
         }
+    }
+
+    /// A LinkToken `migration` for ORG (credentials Secret `creds`, the demo API key) that is
+    /// Ready under a running operator, and the token it holds (live in atlas-sim). None when no
+    /// control plane is available outside CI.
+    pub async fn ready(prefix: &str, ips: &[&str], extra_spec: &str) -> Option<(Env, String)> {
+        let c = crate::cluster().await?;
+        let mut env = Env::new(c, prefix).await;
+        env.api_key_secret("creds").await;
+        env.start_operator(&[]);
+        env.apply_yaml(&linktoken_yaml("migration", ORG, ips, "creds", extra_spec))
+            .await;
+        env.wait_ready("migration").await;
+        let token = env.token_in("migration", "linkToken").await.expect("token");
+        assert!(env.sim.state.is_token_live(&token));
+        Some((env, token))
+    }
+
+    /// atlas-sim says this token was revoked.
+    pub fn revoked(&self, token: &str) -> bool {
+        matches!(
+            self.sim.state.token_status(token),
+            TokenStatus::Revoked { .. }
+        )
     }
 
     /// Adds an org owned by the demo API key and service account (so a test can use an org of
@@ -154,7 +126,7 @@ impl Env {
         self.spawn_operator_with_env(kubeconfig, &[], extra)
     }
 
-    /// The one operator spawner: this namespace, atlas-sim, fast retries, plus extra
+    /// Spawns the operator for this namespace: atlas-sim, fast retries, debug logs, plus extra
     /// environment variables (e.g. the test-only pause hook) and flags.
     pub fn spawn_operator_with_env(
         &self,
@@ -162,43 +134,19 @@ impl Env {
         vars: &[(&str, &str)],
         extra: &[&str],
     ) -> Operator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("operator.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let err = out.try_clone().expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linktoken-operator"));
-        cmd.env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,linktoken_operator=debug")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("HTTP_PROXY")
-            .env_remove(linktoken_operator::controller::pause::ENV)
-            .envs(vars.iter().copied())
-            .arg(format!("--atlas-url={}", self.sim.atlas_url))
-            .arg(format!("--watch-namespaces={}", self.ns))
-            .arg("--metrics-bind-address=127.0.0.1:0")
-            .arg("--health-probe-bind-address=127.0.0.1:0")
-            .arg("--retry-base-delay=500ms")
-            .arg("--retry-max-delay=5s")
-            .arg("--shutdown-timeout=5s")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // The operator dies with the test thread that started it, even if the test process is
-        // killed.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        let binary = crate::operator::binary().unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = OperatorCommand::new(&binary, kubeconfig, &self.sim.atlas_url, &[&self.ns])
+            .rust_log("info,linktoken_operator=debug")
+            .args([
+                "--retry-base-delay=500ms",
+                "--retry-max-delay=5s",
+                "--shutdown-timeout=5s",
+            ])
+            .args(extra.iter().copied());
+        for (k, v) in vars {
+            cmd = cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn operator");
-        Operator {
-            child,
-            log,
-            _dir: dir,
-        }
+        cmd.spawn().expect("spawn operator")
     }
 
     pub fn linktokens(&self) -> Api<LinkToken> {
@@ -522,7 +470,7 @@ impl Env {
     }
 
     /// Adds a fault to atlas-sim.
-    pub fn fault(&self, spec: linktoken_operator::sim::FaultSpec) {
+    pub fn fault(&self, spec: atlas_sim::FaultSpec) {
         self.sim.state.add_fault(spec).expect("add fault");
     }
 }
@@ -533,9 +481,9 @@ pub fn status_fault(
     error_code: &str,
     method: Option<&str>,
     count: Option<u64>,
-) -> linktoken_operator::sim::FaultSpec {
-    linktoken_operator::sim::FaultSpec {
-        kind: linktoken_operator::sim::FaultKind::Status,
+) -> atlas_sim::FaultSpec {
+    atlas_sim::FaultSpec {
+        kind: atlas_sim::FaultKind::Status,
         status: Some(status),
         body: Some(serde_json::json!({
             "error": status, "errorCode": error_code, "detail": format!("injected {error_code}"),
@@ -546,6 +494,6 @@ pub fn status_fault(
         count,
         method: method.map(str::to_string),
         org_id: None,
-        target: linktoken_operator::sim::FaultTarget::LinkTokens,
+        target: atlas_sim::FaultTarget::LinkTokens,
     }
 }

@@ -5,10 +5,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use atlas_sim::{self, CallKind, OrgConfig, RateLimitConfig, SimConfig, SimHandle, SimServer};
 use base64::Engine as _;
-use linktoken_operator::sim::{
-    self, CallKind, OrgConfig, RateLimitConfig, SimConfig, SimHandle, SimServer,
-};
 use md5::{Digest as _, Md5};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -1071,7 +1069,11 @@ fn config_loads_from_yaml() {
         "service-account.yaml",
         "custom-secret-retain.yaml",
     ] {
-        let text = std::fs::read_to_string(format!("deploy/examples/{example}")).expect("example");
+        let text = std::fs::read_to_string(format!(
+            "{}/../../deploy/examples/{example}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("example");
         let org = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("orgId: "))
@@ -1083,7 +1085,7 @@ fn config_loads_from_yaml() {
         for roles in [&demo.api_keys[0].roles, &demo.service_accounts[0].roles] {
             assert_eq!(
                 roles.get(org),
-                Some(&vec![sim::ORG_OWNER.to_string()]),
+                Some(&vec![atlas_sim::ORG_OWNER.to_string()]),
                 "{example}"
             );
         }

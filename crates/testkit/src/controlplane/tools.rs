@@ -74,7 +74,8 @@ fn candidate_dirs() -> Vec<PathBuf> {
 /// Asks the build script where it puts (or would put) the binaries, so the pinned versions
 /// live in exactly one place.
 fn build_script_dir() -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-tools.sh");
+    // The repository root is two levels above this crate (crates/testkit).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-tools.sh");
     let out = Command::new("bash")
         .arg(&script)
         .arg("--print-dir")

@@ -1,6 +1,6 @@
 //! The harness is real: garbage collection and namespace deletion are done by a real
 //! kube-controller-manager, and a killed test process leaves no control plane behind.
-mod support;
+use testkit::require_cluster;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use linktoken_operator::controlplane::{process, sweep};
+use testkit::controlplane::{process, sweep};
 
 #[tokio::test]
 async fn garbage_collector_and_namespace_controller_run() {
@@ -59,7 +59,7 @@ async fn garbage_collector_and_namespace_controller_run() {
     cms.delete("owner", &DeleteParams::default())
         .await
         .expect("delete owner");
-    support::eventually(
+    testkit::eventually(
         Duration::from_secs(60),
         "dependent Secret garbage-collected",
         || async {
@@ -78,7 +78,7 @@ async fn garbage_collector_and_namespace_controller_run() {
         .delete(&ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
-    support::eventually(Duration::from_secs(90), "namespace deleted", || async {
+    testkit::eventually(Duration::from_secs(90), "namespace deleted", || async {
         namespaces.get_opt(&ns).await.ok()?.is_none().then_some(())
     })
     .await;
@@ -90,7 +90,7 @@ async fn garbage_collector_and_namespace_controller_run() {
 #[tokio::test]
 async fn sigkilled_owner_leaves_no_control_plane_behind() {
     // Only the binaries are needed here, not the shared cluster; but honour the CI rule.
-    let Some(_c) = support::cluster().await else {
+    let Some(_c) = testkit::cluster().await else {
         return;
     };
     let root = tempfile::tempdir().expect("tempdir");

@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use linktoken_operator::controlplane::{ControlPlane, Lifetime, Options, process, sweep};
+use testkit::controlplane::{ControlPlane, Lifetime, Options, process, sweep};
 
 #[derive(Parser)]
 #[command(

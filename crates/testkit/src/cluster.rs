@@ -1,24 +1,20 @@
-//! Test support: one real control plane per test process, a namespace per test.
+//! One real control plane per test process, a namespace per test.
 //!
 //! `cluster()` returns the control plane named by `LINKTOKEN_TEST_KUBECONFIG` when set (so a
 //! script can share one across test binaries), else starts one for this process on first use.
 //! When the binaries are missing: under `CI=true` the test fails; elsewhere it is skipped with
 //! a loud message. Nothing here mocks the API server.
-#![allow(dead_code)]
-
-pub mod e2e;
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::controlplane::{ControlPlane, Options, Tools};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use linktoken_operator::controlplane::{ControlPlane, Options, Tools};
 
 /// A reachable control plane and the tools that go with it.
 pub struct TestCluster {
@@ -31,7 +27,7 @@ static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
 /// exit hook and restart tests can reach it.
 static OWNED: Mutex<Option<ControlPlane>> = Mutex::new(None);
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -60,7 +56,7 @@ pub async fn cluster() -> Option<&'static TestCluster> {
 #[macro_export]
 macro_rules! require_cluster {
     () => {
-        match support::cluster().await {
+        match $crate::cluster().await {
             Some(c) => c,
             None => return,
         }
@@ -157,25 +153,45 @@ impl TestCluster {
     /// Installs (server-side apply) a CRD and waits until it is Established.
     pub async fn apply_crd(&self, crd: &CustomResourceDefinition) {
         let client = self.client().await;
-        let api: Api<CustomResourceDefinition> = Api::all(client);
-        let name = crd.metadata.name.clone().expect("crd name");
-        api.patch(
-            &name,
-            &PatchParams::apply("linktoken-tests").force(),
-            &Patch::Apply(crd),
-        )
-        .await
-        .expect("apply crd");
-        eventually(Duration::from_secs(30), "CRD established", || async {
-            let c = api.get(&name).await.ok()?;
-            let established = c
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
-        .await;
+        install_crd(&client, crd, "linktoken-tests")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Server-side applies `crd` as `manager` and waits (30 s at most) until it is Established.
+pub async fn install_crd(
+    client: &kube::Client,
+    crd: &CustomResourceDefinition,
+    manager: &str,
+) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().ok_or("the CRD has no name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .map_err(|e| format!("apply CRD {name}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        let established = api
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|c| c.status?.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("CRD {name} not Established within 30s"));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
