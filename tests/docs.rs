@@ -12,7 +12,7 @@ use testkit::require_cluster;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -287,24 +287,6 @@ async fn current_tokens(client: &kube::Client, ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// The metrics address the operator logged (it binds port 0 in tests).
-fn metrics_addr(log: &Path) -> String {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(i) = text.find("endpoint=\"metrics\" addr=") {
-            let rest = &text[i + "endpoint=\"metrics\" addr=".len()..];
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            return addr;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the operator did not log its metrics address:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_quickstart_runs_as_written() {
     let c = require_cluster!();
@@ -313,7 +295,10 @@ async fn local_quickstart_runs_as_written() {
 
     let mut env = Env::new(c, "docs-quickstart").await;
     let log = env.start_operator(&[]).log.clone();
-    let metrics_url = format!("http://{}/metrics", metrics_addr(&log));
+    let metrics_url = format!(
+        "http://{}/metrics",
+        testkit::operator::logged_endpoint(&log, "metrics").expect("metrics address")
+    );
 
     // The reader's shell: kubectl of the pinned tools first on PATH, a kubeconfig whose context
     // points at the test's namespace, and the variables `source .local/env` would set.

@@ -56,7 +56,10 @@ async fn probes_and_metrics_over_http_then_shutdown_stops_the_servers() {
     assert_eq!(status, 200);
 
     // Metrics are served on their own address only, in the encoder's format.
-    metrics.observe_reconcile("ready", Duration::from_millis(12));
+    metrics.observe_reconcile(
+        linktoken_operator::runtime::metrics::ReconcileResult::Ready,
+        Duration::from_millis(12),
+    );
     metrics.track("ns/a", Some(Reason::TokenIssued));
     let (status, ctype, body) = get(format!("http://{m}/metrics")).await;
     assert_eq!(status, 200);

@@ -14,23 +14,8 @@ pub enum Error {
         message: String,
         retry_after: Duration,
     },
-    #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("LinkToken has no {0}")]
     MissingMetadata(&'static str),
     #[error("encoding: {0}")]
     Encode(#[from] serde_json::Error),
-}
-
-impl Error {
-    /// A short label for the reconcile metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube_error",
-            Error::RevocationBlocked { .. } => "revocation_blocked",
-            Error::Finalizer(_) => "finalizer_error",
-            Error::MissingMetadata(_) => "invalid_object",
-            Error::Encode(_) => "encode_error",
-        }
-    }
 }

@@ -39,7 +39,8 @@ use kube::{Client, ResourceExt};
 pub use context::Context;
 pub use error::Error;
 
-use crate::api::{FINALIZER, LinkToken};
+use crate::api::{FINALIZER, LinkToken, Reason};
+use crate::runtime::metrics::ReconcileResult;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -184,34 +185,68 @@ impl Context {
     }
 }
 
+/// How one reconcile ended, before it becomes a scheduler action and a metric.
+enum Reconciled {
+    /// The LinkToken lives: the reason its Ready condition reports.
+    Live(act::Outcome),
+    /// The LinkToken is gone or being deleted and nothing is left to do for it.
+    Deleted(Action),
+}
+
+impl Reconciled {
+    fn metric(&self) -> ReconcileResult {
+        match self {
+            Reconciled::Live(out) if out.reason == Reason::TokenIssued => ReconcileResult::Ready,
+            Reconciled::Live(out) if out.reason.is_stalled() => ReconcileResult::Stalled,
+            Reconciled::Live(_) => ReconcileResult::Requeue,
+            Reconciled::Deleted(_) => ReconcileResult::Deleted,
+        }
+    }
+}
+
+/// The metric of a reconcile that failed: Atlas refusing a revocation for now is a timed
+/// retry like any other; everything else is an error of the reconcile itself.
+fn error_metric(e: &Error) -> ReconcileResult {
+    match e {
+        Error::RevocationBlocked { .. } => ReconcileResult::Requeue,
+        _ => ReconcileResult::Error,
+    }
+}
+
 /// One reconcile: finalizer bookkeeping, then apply or cleanup; one log line per outcome.
 async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let key = report::key_of(&lt);
     let result = reconcile_inner(&lt, &ctx).await;
     let elapsed = started.elapsed();
-    match &result {
-        Ok(out) => {
-            let label = if out.reason == crate::api::Reason::TokenIssued {
-                "ready"
-            } else if out.reason.is_stalled() {
-                "stalled"
-            } else {
-                "retry"
-            };
-            ctx.metrics.observe_reconcile(label, elapsed);
-            tracing::info!(linktoken = %key, reason = %out.reason, result = label,
-                duration_ms = elapsed.as_millis() as u64, "reconciled");
+    let duration_ms = elapsed.as_millis() as u64;
+    match result {
+        Ok(done) => {
+            let metric = done.metric();
+            ctx.metrics.observe_reconcile(metric, elapsed);
+            match done {
+                Reconciled::Live(out) => {
+                    tracing::info!(linktoken = %key, reason = %out.reason, result = %metric,
+                        duration_ms, "reconciled");
+                    Ok(out.action)
+                }
+                Reconciled::Deleted(action) => {
+                    tracing::info!(linktoken = %key, result = %metric, duration_ms, "reconciled");
+                    Ok(action)
+                }
+            }
         }
         Err(e) => {
-            ctx.metrics.observe_reconcile(e.metric_label(), elapsed);
-            tracing::warn!(linktoken = %key, error = %e, duration_ms = elapsed.as_millis() as u64, "reconcile failed");
+            let metric = error_metric(&e);
+            ctx.metrics.observe_reconcile(metric, elapsed);
+            tracing::warn!(linktoken = %key, error = %e, result = %metric, duration_ms,
+                "reconcile failed");
+            Err(e)
         }
     }
-    result.map(|o| o.action)
 }
 
-async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<act::Outcome, Error> {
+async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled, Error> {
     // The cache can lag this controller's own status writes from the previous reconcile.
     // Acting on a stale status could POST without the DELETE that guards against a second
     // live link, or revoke too little on deletion: read the object fresh (one GET).
@@ -220,30 +255,24 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<act::Outco
         .ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(fresh) = api.get_opt(&cached.name_any()).await? else {
-        return Ok(act::Outcome {
-            action: Action::await_change(),
-            reason: crate::api::Reason::TokenIssued,
-        });
+        return Ok(Reconciled::Deleted(Action::await_change()));
     };
     let lt = &fresh;
     let finalizers = lt.finalizers();
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
     if lt.metadata.deletion_timestamp.is_some() {
         if !has_finalizer {
-            return Ok(act::Outcome {
-                action: Action::await_change(),
-                reason: crate::api::Reason::TokenIssued,
-            });
+            return Ok(Reconciled::Deleted(Action::await_change()));
         }
         let out = cleanup::cleanup(lt, ctx).await?;
         remove_finalizer(lt, ctx).await?;
-        return Ok(out);
+        return Ok(Reconciled::Deleted(out.action));
     }
     if !has_finalizer {
         add_finalizer(lt, ctx).await?;
     }
     let obs = observe::observe(lt, ctx).await?;
-    act::apply(lt, ctx, obs).await
+    act::apply(lt, ctx, obs).await.map(Reconciled::Live)
 }
 
 /// Merge patches carrying the resourceVersion: the API server refuses them if the object

@@ -45,8 +45,51 @@ struct VersionLabels {
     version: String,
 }
 
-/// The reconcile results the controller reports; other values work but start absent.
-pub const RECONCILE_RESULTS: [&str; 4] = ["ready", "requeue", "error", "stalled"];
+/// How one reconcile ended: the `result` label of `linktoken_reconciles_total` and
+/// `linktoken_reconcile_duration_seconds`. The only values the operator emits; every one exists
+/// from startup at 0, so an alert on any of them works before the first occurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReconcileResult {
+    /// The token Secret holds a token for the current spec (Ready=True).
+    Ready,
+    /// Not Ready yet; retried on a timer (a transient Atlas or rate-limit failure, an org
+    /// owned by another LinkToken, a revocation Atlas refused for now).
+    Requeue,
+    /// Not Ready, and retrying cannot help until someone changes something (Stalled=True).
+    Stalled,
+    /// The reconcile failed on the Kubernetes API or with an unexpected error; retried with
+    /// exponential backoff. The log line names the cause.
+    Error,
+    /// The LinkToken is gone or being deleted, and cleanup finished (token revoked or retained,
+    /// finalizer released).
+    Deleted,
+}
+
+impl ReconcileResult {
+    pub const ALL: [ReconcileResult; 5] = [
+        ReconcileResult::Ready,
+        ReconcileResult::Requeue,
+        ReconcileResult::Stalled,
+        ReconcileResult::Error,
+        ReconcileResult::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Ready => "ready",
+            ReconcileResult::Requeue => "requeue",
+            ReconcileResult::Stalled => "stalled",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Deleted => "deleted",
+        }
+    }
+}
+
+impl std::fmt::Display for ReconcileResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -100,16 +143,16 @@ impl Metrics {
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconciles",
-            "Reconciles of LinkTokens by result (ready, requeue, error, stalled)",
+            "Reconciles of LinkTokens by result (ready, requeue, stalled, error, deleted)",
             reconciles.clone(),
         );
         let reconcile_duration: HistogramFamily<ResultLabels> =
             Family::new_with_constructor(reconcile_histogram);
         // prometheus-client omits families without series; creating the documented results at 0
         // lets `rate(linktoken_reconciles_total{result="error"}[5m])` work before the first error.
-        for result in RECONCILE_RESULTS {
+        for result in ReconcileResult::ALL {
             let labels = ResultLabels {
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             };
             let _ = reconciles.get_or_create(&labels);
             let _ = reconcile_duration.get_or_create(&labels);
@@ -191,11 +234,10 @@ impl Metrics {
         }
     }
 
-    /// Records one finished reconcile. `result` should be one of a small fixed set
-    /// (`ready`, `requeue`, `error`, `stalled`): it becomes a label value.
-    pub fn observe_reconcile(&self, result: &str, duration: Duration) {
+    /// Records one finished reconcile.
+    pub fn observe_reconcile(&self, result: ReconcileResult, duration: Duration) {
         let labels = ResultLabels {
-            result: result.to_string(),
+            result: result.as_str().to_string(),
         };
         self.inner.reconciles.get_or_create(&labels).inc();
         self.inner
@@ -375,9 +417,9 @@ mod tests {
     #[test]
     fn records_reconciles_requests_and_tokens() {
         let m = Metrics::new();
-        m.observe_reconcile("ready", Duration::from_millis(20));
-        m.observe_reconcile("ready", Duration::from_millis(30));
-        m.observe_reconcile("error", Duration::from_secs(2));
+        m.observe_reconcile(ReconcileResult::Ready, Duration::from_millis(20));
+        m.observe_reconcile(ReconcileResult::Ready, Duration::from_millis(30));
+        m.observe_reconcile(ReconcileResult::Error, Duration::from_secs(2));
         m.observe_atlas_request("post", Some(201), None, Duration::from_millis(150));
         m.observe_atlas_request(
             "DELETE",

@@ -38,6 +38,26 @@ pub fn binary() -> Result<PathBuf, String> {
         })
 }
 
+/// The address the operator logged for one of its listeners (`metrics` or `probes`; tests bind
+/// port 0), waiting up to 30 s for the line.
+pub fn logged_endpoint(log: &Path, endpoint: &str) -> Result<String, String> {
+    let needle = format!("endpoint=\"{endpoint}\" addr=");
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.find(&needle) {
+            let rest = &text[i + needle.len()..];
+            return Ok(rest.chars().take_while(|c| !c.is_whitespace()).collect());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "the operator did not log its {endpoint} address:\n{text}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What to run: the binary, its kubeconfig, flags and environment.
 pub struct OperatorCommand {
     binary: PathBuf,
@@ -133,6 +153,12 @@ pub struct Operator {
 impl Operator {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://<addr>/metrics` of this process.
+    pub fn metrics_url(&self) -> String {
+        let addr = logged_endpoint(&self.log, "metrics").unwrap_or_else(|e| panic!("{e}"));
+        format!("http://{addr}/metrics")
     }
 
     pub fn pid(&self) -> u32 {
