@@ -544,8 +544,18 @@ async fn delete_204_and_404() {
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::Deleted);
         s.fake.set_delete(Reply::new(404, r#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"UNEXPECTED_ERROR","parameters":null,"reason":"Not Found"}"#));
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::AlreadyAbsent);
-        s.fake.set_delete(Reply::new(404, ""));
+        // Atlas sometimes sends errorCode null: the repeated status still identifies it.
+        s.fake.set_delete(Reply::new(404, r#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":null,"parameters":null,"reason":"Not Found"}"#));
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::AlreadyAbsent);
+        // A 404 from something in between (no body, a gateway's HTML or JSON) proves nothing
+        // about the link: an error, retried, never "already revoked".
+        for body in ["", "<html><body>404 Not Found</body></html>", r#"{"message":"Not Found"}"#] {
+            s.fake.set_delete(Reply::new(404, body));
+            let err = c.delete_link_token(&api_key(), ORG).await.unwrap_err();
+            assert_eq!(err.http_status(), Some(404), "{body:?}");
+            assert_eq!(classify(&err, Operation::Delete).reason, Reason::AtlasUnavailable, "{body:?}");
+            assert_eq!(classify(&err, Operation::Finalize).reason, Reason::RevocationBlocked, "{body:?}");
+        }
     })
     .await;
 }
