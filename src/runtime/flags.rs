@@ -19,7 +19,9 @@ pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
 /// Flags of `linktoken-operator`. Parse with [`Flags::parse`] (exits with usage on error) or
 /// [`Flags::try_parse_from`] (tests).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "linktoken-operator", version, about, long_about = None)]
+// A flag given twice takes its last value, so a wrapper's defaults (a chart's, a test
+// harness's) can be overridden by appending, as with kube components' flags.
+#[command(name = "linktoken-operator", version, about, long_about = None, args_override_self = true)]
 pub struct Flags {
     /// Base URL of the Atlas Admin API (Atlas for Government: https://cloud.mongodbgov.com).
     /// Operator-wide on purpose: a LinkToken author must not be able to send credentials elsewhere.
@@ -534,6 +536,12 @@ mod tests {
         assert!(e.contains("RFC 1123"), "{e}");
         let e = err_of(&["--leader-election-id=Bad Name"]);
         assert!(e.contains("subdomain"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let f = parse(&["--retry-max-delay=5s", "--retry-max-delay=10m"]).unwrap();
+        assert_eq!(f.retry_max_delay, Duration::from_secs(600));
     }
 
     #[test]
