@@ -995,7 +995,12 @@ async fn short_lived_tokens_are_renewed() {
     bounded(async {
         let s = start(Fake::new(true)).await;
         *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 3 };
-        let c = client(&s.url);
+        // Below the default reuse floor (30 s): lowered so the renewal logic shows in seconds.
+        let c = AtlasClient::new(AtlasConfig {
+            token_min_reuse: Duration::from_secs(1),
+            ..config(&s.url)
+        })
+        .unwrap();
         c.create_link_token(&service_account(), ORG, &[])
             .await
             .unwrap();
@@ -1009,6 +1014,23 @@ async fn short_lived_tokens_are_renewed() {
             .await
             .unwrap();
         assert_eq!(s.fake.tokens(), 2, "renewed before expiry");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expires_in_zero_does_not_mint_a_token_per_call() {
+    bounded(async {
+        let s = start(Fake::new(true)).await;
+        *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 0 };
+        let c = client(&s.url);
+        for _ in 0..5 {
+            c.create_link_token(&service_account(), ORG, &[])
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.fake.tokens(), 1, "one mint, reused for the floor");
+        assert_eq!(s.fake.api(), 5);
     })
     .await;
 }

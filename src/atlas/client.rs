@@ -93,6 +93,7 @@ impl AtlasClient {
                     config.token_renew_before,
                     config.token_failure_cooldown,
                     config.max_retry_after,
+                    config.token_min_reuse,
                 ),
             }),
             observer: None,

@@ -26,11 +26,6 @@ use super::transport::{Limits, Outgoing, round_trip};
 
 /// Lifetime assumed when the endpoint omits `expires_in` (Atlas documents 3600 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-/// Shortest time a minted token is reused for, whatever `expires_in` says. An endpoint that
-/// answers `expires_in: 0` (or 1) would otherwise make every request mint a token, against an
-/// endpoint that is rate limited and allows 100 live tokens per account. If the token really is
-/// dead sooner, Atlas answers 401 and the client drops it and mints once more.
-const MIN_REUSE: Duration = Duration::from_secs(30);
 /// Slots beyond this trigger a sweep of idle ones (credentials that rotated away).
 const MAX_SLOTS: usize = 4096;
 
@@ -58,6 +53,8 @@ pub(crate) struct TokenCache {
     failure_cooldown: Duration,
     /// Longest cool-down a failure's Retry-After may impose.
     max_cooldown: Duration,
+    /// Shortest reuse of a minted token (see `AtlasConfig::token_min_reuse`).
+    min_reuse: Duration,
 }
 
 impl TokenCache {
@@ -65,12 +62,14 @@ impl TokenCache {
         renew_before: Duration,
         failure_cooldown: Duration,
         max_cooldown: Duration,
+        min_reuse: Duration,
     ) -> Self {
         TokenCache {
             slots: Mutex::new(HashMap::new()),
             renew_before,
             failure_cooldown,
             max_cooldown,
+            min_reuse,
         }
     }
 
@@ -111,7 +110,7 @@ impl TokenCache {
         match mint().await {
             Ok(m) => {
                 let now = Instant::now();
-                let (reuse, valid) = cache_lifetime(m.lifetime, self.renew_before);
+                let (reuse, valid) = cache_lifetime(m.lifetime, self.renew_before, self.min_reuse);
                 slot.token = Some(Cached {
                     token: m.token.clone(),
                     renew_at: later(now, reuse),
@@ -153,10 +152,14 @@ impl TokenCache {
 
 /// How long a token with this lifetime is reused before renewal, and how long it may still be
 /// used when renewal fails: a margin before expiry, never more than a third of the lifetime
-/// early (a short-lived token is still reused for most of its life), and at least `MIN_REUSE`.
-fn cache_lifetime(lifetime: Duration, renew_before: Duration) -> (Duration, Duration) {
+/// early (a short-lived token is still reused for most of its life), and at least `min_reuse`.
+fn cache_lifetime(
+    lifetime: Duration,
+    renew_before: Duration,
+    min_reuse: Duration,
+) -> (Duration, Duration) {
     let margin = renew_before.min(lifetime / 3);
-    let reuse = lifetime.saturating_sub(margin).max(MIN_REUSE);
+    let reuse = lifetime.saturating_sub(margin).max(min_reuse);
     (reuse, lifetime.max(reuse))
 }
 
@@ -264,6 +267,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const MAX: Duration = Duration::from_secs(300);
+    const MIN_REUSE: Duration = Duration::from_secs(30);
 
     fn fp() -> Fingerprint {
         Credentials::service_account("id", "secret").fingerprint()
@@ -271,7 +275,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reuses_then_renews_before_expiry() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5), MAX);
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let mint = || async {
             let n = mints.fetch_add(1, Ordering::SeqCst);
@@ -294,7 +303,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_shared_for_the_cooldown_and_old_token_is_kept() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5), MAX);
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let fail = || async {
             mints.fetch_add(1, Ordering::SeqCst);
@@ -314,7 +328,12 @@ mod tests {
         assert_eq!(mints.load(Ordering::SeqCst), 2);
 
         // A token in its renewal window survives a failed renewal.
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5), MAX);
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let ok = || async {
             Ok(Minted {
                 token: BearerToken::new("old"),
@@ -335,26 +354,31 @@ mod tests {
     fn tiny_lifetimes_are_reused_for_a_floor() {
         let renew = Duration::from_secs(600);
         assert_eq!(
-            cache_lifetime(Duration::ZERO, renew),
+            cache_lifetime(Duration::ZERO, renew, MIN_REUSE),
             (MIN_REUSE, MIN_REUSE)
         );
         assert_eq!(
-            cache_lifetime(Duration::from_secs(1), renew),
+            cache_lifetime(Duration::from_secs(1), renew, MIN_REUSE),
             (MIN_REUSE, MIN_REUSE)
         );
         assert_eq!(
-            cache_lifetime(Duration::from_secs(3600), renew),
+            cache_lifetime(Duration::from_secs(3600), renew, MIN_REUSE),
             (Duration::from_secs(3000), Duration::from_secs(3600))
         );
         assert_eq!(
-            cache_lifetime(Duration::from_secs(90), renew),
+            cache_lifetime(Duration::from_secs(90), renew, MIN_REUSE),
             (Duration::from_secs(60), Duration::from_secs(90))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn expires_in_zero_does_not_mint_per_call() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5), MAX);
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let mint = || async {
             let n = mints.fetch_add(1, Ordering::SeqCst);
@@ -375,7 +399,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_absurd_retry_after_on_the_token_endpoint_neither_panics_nor_wedges() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5), MAX);
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let fail = || async {
             mints.fetch_add(1, Ordering::SeqCst);
