@@ -440,3 +440,69 @@ async fn a_replica_that_loses_the_lease_aborts_in_flight_work_and_exits_non_zero
         "the new holder's Lease is left alone"
     );
 }
+
+/// The metrics address the operator logged (it binds port 0 in tests).
+async fn metrics_url(op: &Operator) -> String {
+    support::eventually(Duration::from_secs(30), "the metrics address", || async {
+        let logs = op.logs();
+        let key = "endpoint=\"metrics\" addr=";
+        let i = logs.find(key)?;
+        let addr: String = logs[i + key.len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        Some(format!("http://{addr}/metrics"))
+    })
+    .await
+}
+
+/// The `linktoken_linktokens` gauge for one reason.
+async fn gauge(url: &str, reason: Reason) -> Option<i64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let prefix = format!("linktoken_linktokens{{reason=\"{}\"}} ", reason.as_str());
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_linktoken_that_vanishes_without_cleanup_leaves_the_gauge() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-vanish").await;
+    env.start_operator(&[]);
+    // No credentials Secret: both wait in CredentialsNotFound, without Atlas calls.
+    for name in ["gone", "stays"] {
+        env.apply_yaml(&linktoken_yaml(name, ORG, &[], "missing", ""))
+            .await;
+        env.wait_reason(name, Reason::CredentialsNotFound, Duration::from_secs(30))
+            .await;
+    }
+    let op = env.operator.as_ref().expect("operator");
+    let url = metrics_url(op).await;
+    support::eventually(Duration::from_secs(10), "the gauge counts 2", || async {
+        (gauge(&url, Reason::CredentialsNotFound).await == Some(2)).then_some(())
+    })
+    .await;
+
+    // While the operator is frozen, someone strips the finalizer and deletes "gone": the
+    // object disappears without the operator's cleanup ever running for it.
+    let pid = nix::unistd::Pid::from_raw(op.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    env.patch_linktoken(
+        "gone",
+        serde_json::json!({"metadata": {"finalizers": null}}),
+    )
+    .await;
+    env.delete_linktoken("gone").await;
+    env.wait_linktoken_gone("gone", Duration::from_secs(10))
+        .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+
+    support::eventually(
+        Duration::from_secs(15),
+        "the vanished LinkToken leaves the gauge",
+        || async { (gauge(&url, Reason::CredentialsNotFound).await == Some(1)).then_some(()) },
+    )
+    .await;
+    still_running(env.operator.as_mut().expect("operator"));
+}
