@@ -343,9 +343,11 @@ fn request_uri(url: &Url) -> String {
 }
 
 fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
-    let url =
-        Url::parse(raw.trim()).map_err(|e| AtlasError::Config(format!("base URL {raw:?}: {e}")))?;
-    let bad = |why: &str| Err(AtlasError::Config(format!("base URL {raw:?}: {why}")));
+    // Errors name the URL without any user info: a password typed into it must not be logged.
+    let shown = super::redact::redact_url_userinfo(raw.trim());
+    let url = Url::parse(raw.trim())
+        .map_err(|e| AtlasError::Config(format!("base URL {shown:?}: {e}")))?;
+    let bad = |why: &str| Err(AtlasError::Config(format!("base URL {shown:?}: {why}")));
     if !matches!(url.scheme(), "https" | "http") {
         return bad("scheme must be https (or http for a local simulator)");
     }
@@ -374,6 +376,21 @@ fn join(base: &Url, segments: &[&str]) -> Result<Url, AtlasError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_with_a_password_is_refused_without_echoing_it() {
+        for url in [
+            "https://user:hunter2pw@cloud.mongodb.com",
+            "ftp://user:hunter2pw@cloud.mongodb.com",
+            "https://user:hunter2pw@host:badport",
+        ] {
+            let e = AtlasClient::new(AtlasConfig::with_base_url(url)).unwrap_err();
+            let shown = e.to_string();
+            assert!(!shown.contains("hunter2pw"), "{shown}");
+            assert!(!format!("{e:?}").contains("hunter2pw"), "{e:?}");
+            assert!(shown.contains("base URL"), "{shown}");
+        }
+    }
 
     #[test]
     fn urls_keep_prefixes_and_validate_org_ids() {

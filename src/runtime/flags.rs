@@ -221,7 +221,7 @@ pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
 /// The Atlas base URL: absolute http(s), no query or fragment (paths are appended to it).
 /// Errors never repeat a password (or user name) written into the URL.
 pub fn parse_atlas_url(s: &str) -> Result<url::Url, String> {
-    let shown = redact_url_userinfo(s.trim());
+    let shown = crate::atlas::redact_url_userinfo(s.trim());
     let u = url::Url::parse(s.trim()).map_err(|e| format!("invalid Atlas URL {shown:?}: {e}"))?;
     if u.scheme() != "https" && u.scheme() != "http" {
         return Err(format!(
@@ -290,28 +290,6 @@ fn is_loopback_host(u: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
-    }
-}
-
-/// The URL text with anything between `://` and the last `@` of the authority replaced, so a
-/// password typed into the URL never reaches an error message or a log.
-pub fn redact_url_userinfo(s: &str) -> String {
-    let Some(start) = s.find("://").map(|i| i + 3) else {
-        // No scheme separator: still hide a `user:pass@` prefix.
-        return match s
-            .find(['/', '?', '#'])
-            .map_or(s, |end| &s[..end])
-            .rfind('@')
-        {
-            Some(at) => format!("[redacted]@{}", &s[at + 1..]),
-            None => s.to_string(),
-        };
-    };
-    let rest = &s[start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}[redacted]@{}", &s[..start], &rest[at + 1..]),
-        None => s.to_string(),
     }
 }
 
@@ -560,11 +538,6 @@ mod tests {
             assert!(!e.contains("hunter2secret"), "{url}: {e}");
             assert!(e.contains("Atlas URL"), "{url}: {e}");
         }
-        assert_eq!(
-            redact_url_userinfo("https://u:p@h/x@y"),
-            "https://[redacted]@h/x@y"
-        );
-        assert_eq!(redact_url_userinfo("https://h/x@y"), "https://h/x@y");
     }
 
     #[test]
