@@ -382,12 +382,12 @@ async fn a_replica_that_loses_the_lease_aborts_in_flight_work_and_exits_non_zero
     env.api_key_secret("creds").await;
     let lease_ns = format!("--leader-election-namespace={}", env.ns);
     let lease_id = format!("--leader-election-id={LEASE}");
-    // The reconcile waits 10 s before its POST; the drain on SIGTERM would allow 30 s.
+    // The reconcile waits 20 s before its POST; the drain on SIGTERM would allow 30 s.
     let mut op = env.spawn_operator_with_env(
         &env.cluster.kubeconfig,
         &[(
             linktoken_operator::controller::pause::ENV,
-            "before-post=10s",
+            "before-post=20s",
         )],
         &[
             "--leader-elect",
@@ -421,12 +421,13 @@ async fn a_replica_that_loses_the_lease_aborts_in_flight_work_and_exits_non_zero
         .expect("take the Lease");
     let taken = Instant::now();
 
-    // It notices at its next renewal (every 5 s) and stops at once.
-    let status = wait_exit(&mut op, Duration::from_secs(9))
+    // It notices at its next renewal (every 5 s) and stops at once: well before the paused
+    // reconcile would POST, and far sooner than a drain.
+    let status = wait_exit(&mut op, Duration::from_secs(12))
         .expect("the old leader exits right after noticing, without draining");
     eprintln!("exited {:?} after the Lease was taken", taken.elapsed());
     assert!(!status.success(), "exit status {status:?}");
-    // The paused reconcile would have POSTed 10 s after pausing: it was aborted instead.
+    // The paused reconcile was aborted, not finished: no POST, now or later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         env.sim.state.calls("POST", CallKind::LinkTokens, 201),
