@@ -333,9 +333,10 @@ async fn atlas_failure(
             Some(backoff::exponential(n, &ctx.backoff, rand::random()))
         }
         RetryHint::After(d) => {
-            ctx.bump_attempts(&key);
+            let n = ctx.bump_attempts(&key);
             Some(backoff::after_retry_after(
                 d,
+                backoff::exponential(n, &ctx.backoff, rand::random()),
                 &ctx.backoff,
                 Duration::from_millis(rand::random_range(0..2000)),
             ))

@@ -66,11 +66,18 @@ pub fn requeue_after(
 }
 
 /// The delay after a failure that carried Retry-After `ra`: never earlier than Atlas asked,
-/// never later than the retry cap (`--retry-max-delay`) whatever it asked, plus `spread` so a
-/// fleet does not come back at once. Retry-After is clamped when parsed already; clamping here
-/// again keeps this total for any input (no overflow, no hold of months).
-pub fn after_retry_after(ra: Duration, cfg: &BackoffConfig, spread: Duration) -> Duration {
-    ra.min(cfg.max).saturating_add(spread)
+/// never later than the retry cap (`--retry-max-delay`) whatever it asked, never sooner than
+/// `floor` (the exponential backoff of this failure streak, so `Retry-After: 0` answered again
+/// and again cannot make a hot loop), plus `spread` so a fleet does not come back at once.
+/// Retry-After is clamped when parsed already; clamping here again keeps this total for any
+/// input (no overflow, no hold of months).
+pub fn after_retry_after(
+    ra: Duration,
+    floor: Duration,
+    cfg: &BackoffConfig,
+    spread: Duration,
+) -> Duration {
+    ra.max(floor).min(cfg.max).saturating_add(spread)
 }
 
 /// `now + delay`, or a century from now if that does not fit in an `Instant` (never a panic).
@@ -147,16 +154,33 @@ mod tests {
             Duration::from_secs(u64::MAX),
             Duration::from_secs(10 * 365 * 24 * 3600),
         ] {
-            let d = after_retry_after(ra, &cfg(), spread);
+            let d = after_retry_after(ra, Duration::ZERO, &cfg(), spread);
             assert_eq!(d, Duration::from_secs(60) + spread, "{ra:?}");
             assert!(due_in(Instant::now(), d) > Instant::now());
             let r = requeue_after(Reason::AtlasRateLimited, 1, Some(ra), &cfg(), 0.999);
             assert!(r.is_some(), "{ra:?}");
         }
         assert_eq!(
-            after_retry_after(Duration::from_secs(3), &cfg(), Duration::ZERO),
+            after_retry_after(
+                Duration::from_secs(3),
+                Duration::from_secs(2),
+                &cfg(),
+                Duration::ZERO
+            ),
             Duration::from_secs(3)
         );
+        // Retry-After: 0, again and again: the streak's backoff still applies.
+        let zero = |n| {
+            after_retry_after(
+                Duration::ZERO,
+                exponential(n, &cfg(), 0.5),
+                &cfg(),
+                Duration::ZERO,
+            )
+        };
+        assert_eq!(zero(1), Duration::from_secs(2));
+        assert_eq!(zero(4), Duration::from_secs(16));
+        assert_eq!(zero(100), Duration::from_secs(60));
         // An Instant cannot hold now + Duration::MAX: saturate instead of panicking.
         let now = Instant::now();
         assert!(due_in(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 3600));

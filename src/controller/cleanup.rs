@@ -90,9 +90,12 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
                 report::write_status(ctx, lt, &status).await?;
                 let n = ctx.bump_attempts(&object_ref(lt));
                 let retry_after = match class.retry {
-                    RetryHint::After(d) => {
-                        backoff::after_retry_after(d, &ctx.backoff, Duration::ZERO)
-                    }
+                    RetryHint::After(d) => backoff::after_retry_after(
+                        d,
+                        backoff::exponential(n, &ctx.backoff, rand::random()),
+                        &ctx.backoff,
+                        Duration::ZERO,
+                    ),
                     _ => backoff::exponential(n, &ctx.backoff, rand::random()),
                 };
                 return Err(Error::RevocationBlocked {
