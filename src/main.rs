@@ -3,17 +3,20 @@
 //! Order of start-up: flags -> logging -> Kubernetes client -> probe/metrics servers (live at
 //! once, ready after the caches sync) -> leader election (a standby waits here and reconciles
 //! nothing) -> controllers. On SIGTERM: stop taking work, let in-flight reconciles finish
-//! within --shutdown-timeout, release the Lease, exit.
+//! within --shutdown-timeout, release the Lease, exit 0. On leadership loss: abort in-flight
+//! reconciles at once and exit non-zero. If the controller task ends by itself (a panic
+//! included): fail /healthz, release the Lease, exit non-zero (see `runtime::supervise`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, RequestObserver, RequestRecord};
 use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::BackoffConfig};
 use linktoken_operator::runtime::{
-    Flags, LeaderConfig, LeaderElector, Metrics, Readiness, Shutdown, drain, logging, serve,
+    Ended, Flags, LeaderConfig, LeaderElector, Metrics, Readiness, Shutdown, logging, serve,
+    supervise,
 };
 
 /// Feeds every Atlas round trip into the Prometheus metrics.
@@ -28,7 +31,7 @@ impl RequestObserver for AtlasMetrics {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags = Flags::parse_and_validate();
     if let Err(e) = logging::init(flags.log_format) {
         eprintln!("linktoken-operator: {e}");
         return ExitCode::from(2);
@@ -72,6 +75,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     let atlas = AtlasClient::new(AtlasConfig {
         connect_timeout: flags.atlas_connect_timeout,
         request_timeout: flags.atlas_request_timeout,
+        max_retry_after: flags.retry_max_delay,
         ..AtlasConfig::with_base_url(flags.atlas_url.clone())
     })
     .map_err(|e| e.to_string())?
@@ -121,23 +125,12 @@ async fn run(flags: Flags) -> Result<(), String> {
         },
     ));
 
-    // Leadership lost: stop at once (a standby may already be taking over).
+    // The controller's own stop token: triggered by shutdown and by leadership loss.
     let stop = Shutdown::new();
-    {
-        let stop = stop.clone();
-        let sd = shutdown.clone();
-        let lost = elector.as_ref().map(|e| e.lost());
-        tokio::spawn(async move {
-            match lost {
-                Some(lost) => tokio::select! {
-                    _ = sd.wait() => {},
-                    _ = lost => tracing::error!("leadership lost; stopping"),
-                },
-                None => sd.wait().await,
-            }
-            stop.trigger();
-        });
-    }
+    let lost = match elector.as_ref() {
+        Some(e) => e.lost().boxed(),
+        None => std::future::pending().boxed(),
+    };
     {
         let ctx = ctx.clone();
         let readiness = readiness.clone();
@@ -154,22 +147,49 @@ async fn run(flags: Flags) -> Result<(), String> {
         backoff: ctx.backoff,
     };
     let controllers = tokio::spawn(controller::run(ctx.clone(), scopes, cfg, stop.clone()));
-    stop.wait().await;
+    let ended = supervise(
+        controllers,
+        shutdown.clone(),
+        stop,
+        lost,
+        flags.shutdown_timeout,
+    )
+    .await;
     readiness.set_not_ready();
-    match drain(flags.shutdown_timeout, controllers).await {
-        Ok(_) => tracing::info!("in-flight reconciles finished"),
-        Err(e) => tracing::warn!(error = %e, "shutdown timeout: exiting with reconciles in flight"),
+    match &ended {
+        Ended::Shutdown { drained: true } => tracing::info!("in-flight reconciles finished"),
+        Ended::Shutdown { drained: false } => {
+            tracing::warn!(timeout = ?flags.shutdown_timeout, "shutdown timeout: exiting with reconciles in flight")
+        }
+        Ended::LeadershipLost => {
+            tracing::error!("leadership lost: in-flight reconciles aborted; exiting")
+        }
+        Ended::ControllerDied(why) => {
+            // Until the process is gone, /healthz says so (if the exit below hangs, the
+            // kubelet restarts it).
+            readiness.set_failed();
+            tracing::error!(reason = %why, "the controller stopped unexpectedly; releasing the Lease and exiting");
+        }
     }
-    let lost_leadership = !shutdown.is_triggered();
-    if let Some(elector) = elector
-        && let Err(e) = elector.release().await
-    {
-        tracing::warn!(error = %e, "could not release the Lease");
+    if let Some(elector) = elector {
+        // After a loss the API server may be what failed: do not wait long for it.
+        let bound = if ended == Ended::LeadershipLost {
+            std::time::Duration::from_secs(3)
+        } else {
+            std::time::Duration::from_secs(15)
+        };
+        match tokio::time::timeout(bound, elector.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not release the Lease"),
+            Err(_) => tracing::warn!("releasing the Lease timed out"),
+        }
     }
     shutdown.trigger();
     let _ = servers.wait().await;
-    if lost_leadership {
-        return Err("leadership lost".into());
+    match ended {
+        Ended::LeadershipLost => return Err("leadership lost".into()),
+        Ended::ControllerDied(why) => return Err(why),
+        Ended::Shutdown { .. } => {}
     }
     tracing::info!("stopped");
     Ok(())

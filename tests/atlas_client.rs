@@ -544,8 +544,18 @@ async fn delete_204_and_404() {
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::Deleted);
         s.fake.set_delete(Reply::new(404, r#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"UNEXPECTED_ERROR","parameters":null,"reason":"Not Found"}"#));
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::AlreadyAbsent);
-        s.fake.set_delete(Reply::new(404, ""));
+        // Atlas sometimes sends errorCode null: the repeated status still identifies it.
+        s.fake.set_delete(Reply::new(404, r#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":null,"parameters":null,"reason":"Not Found"}"#));
         assert_eq!(c.delete_link_token(&api_key(), ORG).await.unwrap(), DeleteOutcome::AlreadyAbsent);
+        // A 404 from something in between (no body, a gateway's HTML or JSON) proves nothing
+        // about the link: an error, retried, never "already revoked".
+        for body in ["", "<html><body>404 Not Found</body></html>", r#"{"message":"Not Found"}"#] {
+            s.fake.set_delete(Reply::new(404, body));
+            let err = c.delete_link_token(&api_key(), ORG).await.unwrap_err();
+            assert_eq!(err.http_status(), Some(404), "{body:?}");
+            assert_eq!(classify(&err, Operation::Delete).reason, Reason::AtlasUnavailable, "{body:?}");
+            assert_eq!(classify(&err, Operation::Finalize).reason, Reason::RevocationBlocked, "{body:?}");
+        }
     })
     .await;
 }
@@ -985,7 +995,12 @@ async fn short_lived_tokens_are_renewed() {
     bounded(async {
         let s = start(Fake::new(true)).await;
         *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 3 };
-        let c = client(&s.url);
+        // Below the default reuse floor (30 s): lowered so the renewal logic shows in seconds.
+        let c = AtlasClient::new(AtlasConfig {
+            token_min_reuse: Duration::from_secs(1),
+            ..config(&s.url)
+        })
+        .unwrap();
         c.create_link_token(&service_account(), ORG, &[])
             .await
             .unwrap();
@@ -999,6 +1014,23 @@ async fn short_lived_tokens_are_renewed() {
             .await
             .unwrap();
         assert_eq!(s.fake.tokens(), 2, "renewed before expiry");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expires_in_zero_does_not_mint_a_token_per_call() {
+    bounded(async {
+        let s = start(Fake::new(true)).await;
+        *s.fake.token_mode.lock().unwrap() = TokenMode::Ok { expires_in: 0 };
+        let c = client(&s.url);
+        for _ in 0..5 {
+            c.create_link_token(&service_account(), ORG, &[])
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.fake.tokens(), 1, "one mint, reused for the floor");
+        assert_eq!(s.fake.api(), 5);
     })
     .await;
 }

@@ -224,6 +224,12 @@ fn bad_values_are_rejected() {
         ("atlasUrl: ftp://cloud.mongodb.com\n", "atlasUrl"),
         ("atlasUrl: https://user:pw@cloud.mongodb.com\n", "atlasUrl"),
         ("atlasUrl: https://cloud.mongodb.com/?x=1\n", "atlasUrl"),
+        // Cleartext credentials to a remote host: only when explicitly allowed.
+        (
+            "atlasUrl: http://atlas.example.com\n",
+            "allowInsecureAtlasUrl",
+        ),
+        ("allowInsecureAtlasUrl: \"yes\"\n", "allowInsecureAtlasUrl"),
         ("watchNamespaces: [Team_A]\n", "watchNamespaces"),
         ("watchNamespaces: team-a\n", "watchNamespaces"),
         ("replica: 2\n", "replica"),
@@ -261,6 +267,20 @@ fn bad_values_are_rejected() {
         "atlasUrl: https://cloud.mongodbgov.com\nwatchNamespaces: [a, b-2]\nlogFormat: text\n",
     )
     .expect("gov + namespaces");
+    template(
+        &helm,
+        "lt",
+        "linktoken-system",
+        "atlasUrl: http://127.0.0.1:8090\n",
+    )
+    .expect("http to loopback");
+    template(
+        &helm,
+        "lt",
+        "linktoken-system",
+        "atlasUrl: http://[::1]:8090\n",
+    )
+    .expect("http to IPv6 loopback");
 }
 
 /// deploy/ is exactly what scripts/render-deploy.sh renders from the chart today.
@@ -352,6 +372,7 @@ fn default_values_render_a_restricted_least_privilege_operator() {
     assert_eq!(env["LINKTOKEN_METRICS_BIND_ADDRESS"], ":8080");
     assert_eq!(env["LINKTOKEN_HEALTH_PROBE_BIND_ADDRESS"], ":8081");
     assert_eq!(env["LINKTOKEN_LOG_FORMAT"], "json");
+    assert!(!env.contains_key("LINKTOKEN_ALLOW_INSECURE_ATLAS_URL"));
     assert!(c["args"].is_null());
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -541,8 +562,10 @@ async fn value_sets_render_objects_the_api_server_accepts() {
         ),
         (
             "serviceMonitor + networkPolicy",
-            "serviceMonitor:\n  enabled: true\n  labels: {release: prom}\nnetworkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels: {kubernetes.io/metadata.name: monitoring}\natlasUrl: http://atlas-sim.atlas:9000\n".into(),
+            "serviceMonitor:\n  enabled: true\n  labels: {release: prom}\nnetworkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels: {kubernetes.io/metadata.name: monitoring}\natlasUrl: http://atlas-sim.atlas:9000\nallowInsecureAtlasUrl: true\n".into(),
             Box::new(|objs: &[Value]| {
+                let env = container_env(one(objs, "Deployment"));
+                assert_eq!(env["LINKTOKEN_ALLOW_INSECURE_ATLAS_URL"], "true");
                 let sm = one(objs, "ServiceMonitor");
                 assert_eq!(sm["metadata"]["labels"]["release"], "prom");
                 assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");

@@ -85,7 +85,11 @@ fn release_binary_has_no_fault_injection_hook() {
         contains(&bytes, b"linktoken-operator/"),
         "sanity: the release binary should carry its user agent"
     );
-    for needle in [&b"LINKTOKEN_TEST_PAUSE"[..], b"the issuing path will pause"] {
+    for needle in [
+        &b"LINKTOKEN_TEST_PAUSE"[..],
+        b"the issuing path will pause",
+        b"injected panic",
+    ] {
         assert!(
             !contains(&bytes, needle),
             "{} contains {:?}: the pause hook was compiled in",

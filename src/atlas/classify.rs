@@ -66,7 +66,10 @@ pub fn classify(err: &AtlasError, op: Operation) -> Classification {
         AtlasError::Api(f) => match f.status {
             401 => c(Reason::AtlasUnauthorized, RetryHint::SlowResync),
             403 => c(Reason::AtlasForbidden, RetryHint::SlowResync),
-            // The client turns 404 on DELETE into `AlreadyAbsent`; on POST it means the org.
+            // The client turns Atlas's own 404 on DELETE into `AlreadyAbsent`; a 404 that is
+            // not Atlas's ApiError (a gateway's) says nothing about the link: retry it.
+            404 if op != Operation::Create && !f.is_atlas_api_error() => unavailable(f.retry_after),
+            // On POST it means the org.
             404 => c(Reason::OrgNotFound, RetryHint::SlowResync),
             409 if op != Operation::Create => c(Reason::RevocationBlocked, RetryHint::Backoff),
             429 => rate_limited(f.retry_after),
@@ -163,6 +166,40 @@ mod tests {
             (
                 AtlasError::Api(Box::new(api(404))),
                 Create,
+                OrgNotFound,
+                SlowResync,
+            ),
+            // A 404 on DELETE that is not Atlas's ApiError (a gateway's): retried, never
+            // taken for "already revoked" or "no such org".
+            (
+                AtlasError::Api(Box::new(api(404))),
+                Delete,
+                AtlasUnavailable,
+                Backoff,
+            ),
+            (
+                AtlasError::Api(Box::new(api(404))),
+                Finalize,
+                RevocationBlocked,
+                Backoff,
+            ),
+            (
+                AtlasError::Api(Box::new(ApiFailure::from_api_body(
+                    404,
+                    br#"{"message":"no route"}"#,
+                    Some(s3),
+                ))),
+                Delete,
+                AtlasUnavailable,
+                After(s3),
+            ),
+            (
+                AtlasError::Api(Box::new(ApiFailure::from_api_body(
+                    404,
+                    br#"{"error":404,"errorCode":"RESOURCE_NOT_FOUND"}"#,
+                    None,
+                ))),
+                Delete,
                 OrgNotFound,
                 SlowResync,
             ),

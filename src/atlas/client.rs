@@ -21,7 +21,7 @@ use super::nonces::NonceCache;
 use super::oauth::{self, TokenCache};
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::{BearerToken, LinkTokenValue};
-use super::transport::{Incoming, Outgoing, round_trip};
+use super::transport::{Incoming, Limits, Outgoing, round_trip};
 
 /// The only resource version of the link-token operations. Sent as Accept, and as the
 /// Content-Type of the POST body; Atlas answers 406 to a missing or unknown version.
@@ -32,7 +32,7 @@ pub const MEDIA_TYPE: &str = "application/vnd.atlas.2023-01-01+json";
 pub enum DeleteOutcome {
     /// 2xx (204 in practice): the org's link and its API key are gone.
     Deleted,
-    /// 404: there was no link.
+    /// 404 from Atlas itself: there was no link.
     AlreadyAbsent,
 }
 
@@ -40,7 +40,7 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     token_url: Url,
-    max_body_bytes: usize,
+    limits: Limits,
     nonces: NonceCache,
     tokens: TokenCache,
 }
@@ -84,9 +84,17 @@ impl AtlasClient {
                 http,
                 base,
                 token_url,
-                max_body_bytes: config.max_body_bytes,
+                limits: Limits {
+                    max_body_bytes: config.max_body_bytes,
+                    max_retry_after: config.max_retry_after,
+                },
                 nonces: NonceCache::default(),
-                tokens: TokenCache::new(config.token_renew_before, config.token_failure_cooldown),
+                tokens: TokenCache::new(
+                    config.token_renew_before,
+                    config.token_failure_cooldown,
+                    config.max_retry_after,
+                    config.token_min_reuse,
+                ),
             }),
             observer: None,
         })
@@ -135,7 +143,9 @@ impl AtlasClient {
     }
 
     /// `DELETE /api/atlas/v2/orgs/{orgId}/liveMigrations/linkTokens`: 2xx -> `Deleted`,
-    /// 404 -> `AlreadyAbsent`, 409 -> `AtlasError::ActiveMigration`.
+    /// 404 with Atlas's ApiError body -> `AlreadyAbsent`, 409 -> `AtlasError::ActiveMigration`.
+    /// A 404 without that body (a gateway or proxy that never reached Atlas) proves nothing
+    /// about the link, so it stays an error (classified as retryable).
     pub async fn delete_link_token(
         &self,
         creds: &Credentials,
@@ -145,7 +155,7 @@ impl AtlasClient {
         let resp = self.send(creds, Method::DELETE, &url, None).await?;
         match (resp.status, resp.failure) {
             (_, None) => Ok(DeleteOutcome::Deleted),
-            (404, Some(_)) => Ok(DeleteOutcome::AlreadyAbsent),
+            (404, Some(f)) if f.is_atlas_api_error() => Ok(DeleteOutcome::AlreadyAbsent),
             (409, Some(f)) => Err(AtlasError::ActiveMigration(Box::new(f))),
             (_, Some(f)) => Err(AtlasError::Api(Box::new(f))),
         }
@@ -268,7 +278,7 @@ impl AtlasClient {
         let mint = || {
             oauth::mint(
                 &self.inner.http,
-                self.inner.max_body_bytes,
+                self.inner.limits,
                 self.observer.as_deref(),
                 &self.inner.token_url,
                 client_id,
@@ -305,7 +315,7 @@ impl AtlasClient {
         }
         round_trip(
             &self.inner.http,
-            self.inner.max_body_bytes,
+            self.inner.limits,
             self.observer.as_deref(),
             Outgoing {
                 method,
@@ -333,9 +343,11 @@ fn request_uri(url: &Url) -> String {
 }
 
 fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
-    let url =
-        Url::parse(raw.trim()).map_err(|e| AtlasError::Config(format!("base URL {raw:?}: {e}")))?;
-    let bad = |why: &str| Err(AtlasError::Config(format!("base URL {raw:?}: {why}")));
+    // Errors name the URL without any user info: a password typed into it must not be logged.
+    let shown = super::redact::redact_url_userinfo(raw.trim());
+    let url = Url::parse(raw.trim())
+        .map_err(|e| AtlasError::Config(format!("base URL {shown:?}: {e}")))?;
+    let bad = |why: &str| Err(AtlasError::Config(format!("base URL {shown:?}: {why}")));
     if !matches!(url.scheme(), "https" | "http") {
         return bad("scheme must be https (or http for a local simulator)");
     }
@@ -364,6 +376,21 @@ fn join(base: &Url, segments: &[&str]) -> Result<Url, AtlasError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_with_a_password_is_refused_without_echoing_it() {
+        for url in [
+            "https://user:hunter2pw@cloud.mongodb.com",
+            "ftp://user:hunter2pw@cloud.mongodb.com",
+            "https://user:hunter2pw@host:badport",
+        ] {
+            let e = AtlasClient::new(AtlasConfig::with_base_url(url)).unwrap_err();
+            let shown = e.to_string();
+            assert!(!shown.contains("hunter2pw"), "{shown}");
+            assert!(!format!("{e:?}").contains("hunter2pw"), "{e:?}");
+            assert!(shown.contains("base URL"), "{shown}");
+        }
+    }
 
     #[test]
     fn urls_keep_prefixes_and_validate_org_ids() {

@@ -23,6 +23,14 @@ pub struct AtlasConfig {
     /// After the token endpoint fails, callers sharing the credentials get the same error for
     /// this long (or for Retry-After, when given) instead of each minting again.
     pub token_failure_cooldown: Duration,
+    /// Longest `Retry-After` honoured (the operator's `--retry-max-delay`): a longer one, or
+    /// an absurd one, is clamped to this when the response is parsed.
+    pub max_retry_after: Duration,
+    /// Shortest time a minted bearer token is reused, whatever `expires_in` says: an endpoint
+    /// answering `expires_in: 0` must not make every request mint a token (the endpoint is rate
+    /// limited and an account holds at most 100 live tokens). If the token really dies sooner,
+    /// Atlas answers 401 and the client mints once more.
+    pub token_min_reuse: Duration,
 }
 
 impl Default for AtlasConfig {
@@ -35,6 +43,8 @@ impl Default for AtlasConfig {
             user_agent: default_user_agent(),
             token_renew_before: Duration::from_secs(600),
             token_failure_cooldown: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(300),
+            token_min_reuse: Duration::from_secs(30),
         }
     }
 }

@@ -44,9 +44,11 @@ pub struct ApiFailure {
     pub reason: Option<String>,
     pub parameters: Vec<serde_json::Value>,
     pub fields: Vec<FieldViolation>,
-    /// `Retry-After`, when sent (seconds or an HTTP date).
+    /// `Retry-After`, when sent (seconds or an HTTP date), clamped to the client's maximum.
     pub retry_after: Option<Duration>,
     pub body: BodyKind,
+    /// ApiError `error`: the HTTP status repeated in the body, as Atlas writes it.
+    pub error_status: Option<u16>,
 }
 
 /// ApiError, every field optional: in practice `errorCode`, `parameters` and others come back
@@ -54,6 +56,8 @@ pub struct ApiFailure {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiErrorBody {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
     #[serde(default)]
     error_code: Option<String>,
     #[serde(default)]
@@ -103,6 +107,11 @@ impl ApiFailure {
         match serde_json::from_slice::<ApiErrorBody>(body) {
             Ok(b) => {
                 f.body = BodyKind::Json;
+                f.error_status = b
+                    .error
+                    .as_ref()
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok());
                 f.error_code = b.error_code.filter(|s| !s.is_empty());
                 f.detail = b.detail.filter(|s| !s.is_empty()).map(clip);
                 f.reason = b.reason.filter(|s| !s.is_empty());
@@ -148,12 +157,23 @@ impl ApiFailure {
             parameters: Vec::new(),
             fields: Vec::new(),
             retry_after,
+            error_status: None,
             body: if body.iter().all(u8::is_ascii_whitespace) {
                 BodyKind::Empty
             } else {
                 BodyKind::NotJson
             },
         }
+    }
+}
+
+impl ApiFailure {
+    /// True when the body is Atlas's own ApiError (JSON repeating the status in `error`, or
+    /// naming an `errorCode`), not a page or JSON of some proxy or gateway in between. Atlas
+    /// sends `"errorCode": null` on some 404s, so the repeated status is what identifies it.
+    pub fn is_atlas_api_error(&self) -> bool {
+        self.body == BodyKind::Json
+            && (self.error_status == Some(self.status) || self.error_code.is_some())
     }
 }
 
@@ -304,15 +324,23 @@ impl AtlasError {
     }
 }
 
-/// Parses `Retry-After`: delta-seconds, or an HTTP date (converted to a delay from now).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+/// Parses `Retry-After`: delta-seconds, or an HTTP date (converted to a delay from now), never
+/// more than `max`. The header comes from the network: a value near `u64::MAX` seconds, a date
+/// in the year 9999 or a number too long for any integer type must neither overflow the time
+/// arithmetic that follows (a panic there ends the controller) nor hold an object for years.
+/// So every well-formed value is clamped here, once, to `max` (`--retry-max-delay`).
+pub(crate) fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for u64 is still "a very long time", not "no hint".
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(max));
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
+    let delta = when
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(chrono::Utc::now());
+    Some(delta.to_std().unwrap_or(Duration::ZERO).min(max))
 }
 
 #[cfg(test)]
@@ -388,6 +416,26 @@ mod tests {
     }
 
     #[test]
+    fn only_atlas_api_errors_are_recognised_as_such() {
+        let atlas = |b: &[u8]| ApiFailure::from_api_body(404, b, None).is_atlas_api_error();
+        // As recorded from the live service, with and without errorCode.
+        assert!(atlas(
+            br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"UNEXPECTED_ERROR","parameters":null,"reason":"Not Found"}"#
+        ));
+        assert!(atlas(
+            br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":null,"parameters":null,"reason":"Not Found"}"#
+        ));
+        assert!(atlas(br#"{"errorCode":"RESOURCE_NOT_FOUND"}"#));
+        // A gateway's 404: no body, HTML, or JSON of another shape.
+        assert!(!atlas(b""));
+        assert!(!atlas(b"<html>404 Not Found</html>"));
+        assert!(!atlas(br#"{"message":"Not Found"}"#));
+        assert!(!atlas(br#"{}"#));
+        assert!(!atlas(br#"{"error":"not_found"}"#));
+        assert!(!atlas(br#"{"error":502}"#));
+    }
+
+    #[test]
     fn long_details_are_clipped() {
         let body = format!(r#"{{"detail":"{}"}}"#, "x".repeat(5000));
         let f = ApiFailure::from_api_body(400, body.as_bytes(), None);
@@ -415,18 +463,45 @@ mod tests {
         assert_eq!(f.retry_after, Some(Duration::from_secs(3)));
     }
 
+    const MAX: Duration = Duration::from_secs(300);
+
     #[test]
     fn retry_after_forms() {
-        assert_eq!(parse_retry_after("55"), Some(Duration::from_secs(55)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("-3"), None);
+        assert_eq!(parse_retry_after("55", MAX), Some(Duration::from_secs(55)));
+        assert_eq!(parse_retry_after(" 0 ", MAX), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", MAX), None);
+        assert_eq!(parse_retry_after("-3", MAX), None);
+        assert_eq!(parse_retry_after("", MAX), None);
+        assert_eq!(parse_retry_after("1.5", MAX), None);
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", MAX),
             Some(Duration::ZERO)
         );
         let future = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
-        let d = parse_retry_after(&future).unwrap();
+        let d = parse_retry_after(&future, MAX).unwrap();
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_clamped_to_the_maximum() {
+        for v in [
+            "18446744073709551615",
+            "18446744073709551614",
+            "99999999999999999999999999999999",
+            "31536000000",
+            "301",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Sat, 01 Jan 2050 00:00:00 +0000",
+        ] {
+            assert_eq!(parse_retry_after(v, MAX), Some(MAX), "{v}");
+        }
+        assert_eq!(parse_retry_after("300", MAX), Some(MAX));
+        assert_eq!(
+            parse_retry_after("7", Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
+        // Whatever was parsed can be added to now and to a jitter without overflowing.
+        let d = parse_retry_after("18446744073709551615", MAX).unwrap();
+        let _ = std::time::Instant::now() + d + Duration::from_secs(2);
     }
 }

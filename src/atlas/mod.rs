@@ -8,7 +8,7 @@
 //! - `transport`: one HTTP round trip with a capped body, observed.
 //! - [`error`]: [`AtlasError`] and ApiError parsing; [`classify`](mod@classify): errors -> Ready
 //!   reasons.
-//! - `redact`: secret wrappers whose Debug/Display never show the value.
+//! - `redact`: secret wrappers whose Debug/Display never show the value; URL user info removal.
 pub mod classify;
 pub mod client;
 pub mod config;
@@ -27,4 +27,4 @@ pub use config::{AtlasConfig, DEFAULT_BASE_URL, default_user_agent};
 pub use credentials::{Credentials, CredentialsError, CredentialsKind, Fingerprint};
 pub use error::{ApiFailure, AtlasError, BodyKind, FieldViolation, TransportKind};
 pub use observer::{Endpoint, RequestObserver, RequestRecord};
-pub use redact::LinkTokenValue;
+pub use redact::{LinkTokenValue, redact_url_userinfo};

@@ -22,7 +22,7 @@ use super::credentials::Fingerprint;
 use super::error::AtlasError;
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::BearerToken;
-use super::transport::{Outgoing, round_trip};
+use super::transport::{Limits, Outgoing, round_trip};
 
 /// Lifetime assumed when the endpoint omits `expires_in` (Atlas documents 3600 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -51,14 +51,25 @@ pub(crate) struct TokenCache {
     slots: Mutex<HashMap<Fingerprint, Arc<tokio::sync::Mutex<Slot>>>>,
     renew_before: Duration,
     failure_cooldown: Duration,
+    /// Longest cool-down a failure's Retry-After may impose.
+    max_cooldown: Duration,
+    /// Shortest reuse of a minted token (see `AtlasConfig::token_min_reuse`).
+    min_reuse: Duration,
 }
 
 impl TokenCache {
-    pub(crate) fn new(renew_before: Duration, failure_cooldown: Duration) -> Self {
+    pub(crate) fn new(
+        renew_before: Duration,
+        failure_cooldown: Duration,
+        max_cooldown: Duration,
+        min_reuse: Duration,
+    ) -> Self {
         TokenCache {
             slots: Mutex::new(HashMap::new()),
             renew_before,
             failure_cooldown,
+            max_cooldown,
+            min_reuse,
         }
     }
 
@@ -99,20 +110,23 @@ impl TokenCache {
         match mint().await {
             Ok(m) => {
                 let now = Instant::now();
-                // Renew a margin before expiry, but never more than a third of the lifetime
-                // early, so a short-lived token is still reused for most of its life.
-                let margin = self.renew_before.min(m.lifetime / 3);
+                let (reuse, valid) = cache_lifetime(m.lifetime, self.renew_before, self.min_reuse);
                 slot.token = Some(Cached {
                     token: m.token.clone(),
-                    renew_at: now + (m.lifetime - margin),
-                    expires_at: now + m.lifetime,
+                    renew_at: later(now, reuse),
+                    expires_at: later(now, valid),
                 });
                 Ok((m.token, true))
             }
             Err(err) => {
                 let now = Instant::now();
-                let cooldown = err.retry_after().unwrap_or(self.failure_cooldown);
-                slot.failure = Some((now + cooldown, err.clone()));
+                // Retry-After is clamped when parsed; clamp again so no caller can make a
+                // remote value wedge these credentials.
+                let cooldown = err
+                    .retry_after()
+                    .unwrap_or(self.failure_cooldown)
+                    .min(self.max_cooldown);
+                slot.failure = Some((later(now, cooldown), err.clone()));
                 // Renewal failed but the old token still works: keep using it.
                 self.fallback(&slot, now).ok_or(err)
             }
@@ -136,6 +150,25 @@ impl TokenCache {
     }
 }
 
+/// How long a token with this lifetime is reused before renewal, and how long it may still be
+/// used when renewal fails: a margin before expiry, never more than a third of the lifetime
+/// early (a short-lived token is still reused for most of its life), and at least `min_reuse`.
+fn cache_lifetime(
+    lifetime: Duration,
+    renew_before: Duration,
+    min_reuse: Duration,
+) -> (Duration, Duration) {
+    let margin = renew_before.min(lifetime / 3);
+    let reuse = lifetime.saturating_sub(margin).max(min_reuse);
+    (reuse, lifetime.max(reuse))
+}
+
+/// `now + d`, saturating far in the future instead of panicking on overflow.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<String>,
@@ -148,7 +181,7 @@ struct TokenResponse {
 /// `POST {base}/api/oauth/token` with Basic auth and `grant_type=client_credentials`.
 pub(crate) async fn mint(
     http: &reqwest::Client,
-    max_body_bytes: usize,
+    limits: Limits,
     observer: Option<&dyn RequestObserver>,
     token_url: &Url,
     client_id: &str,
@@ -172,7 +205,7 @@ pub(crate) async fn mint(
     );
     let resp = round_trip(
         http,
-        max_body_bytes,
+        limits,
         observer,
         Outgoing {
             method: Method::POST,
@@ -233,13 +266,21 @@ mod tests {
     use crate::atlas::error::ApiFailure;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    const MAX: Duration = Duration::from_secs(300);
+    const MIN_REUSE: Duration = Duration::from_secs(30);
+
     fn fp() -> Fingerprint {
         Credentials::service_account("id", "secret").fingerprint()
     }
 
     #[tokio::test(start_paused = true)]
     async fn reuses_then_renews_before_expiry() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5));
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let mint = || async {
             let n = mints.fetch_add(1, Ordering::SeqCst);
@@ -262,7 +303,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_shared_for_the_cooldown_and_old_token_is_kept() {
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5));
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let mints = AtomicUsize::new(0);
         let fail = || async {
             mints.fetch_add(1, Ordering::SeqCst);
@@ -282,7 +328,12 @@ mod tests {
         assert_eq!(mints.load(Ordering::SeqCst), 2);
 
         // A token in its renewal window survives a failed renewal.
-        let cache = TokenCache::new(Duration::from_secs(600), Duration::from_secs(5));
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
         let ok = || async {
             Ok(Minted {
                 token: BearerToken::new("old"),
@@ -297,5 +348,74 @@ mod tests {
         cache.invalidate(&fp(), &t).await;
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(cache.get(&fp(), fail).await.is_err());
+    }
+
+    #[test]
+    fn tiny_lifetimes_are_reused_for_a_floor() {
+        let renew = Duration::from_secs(600);
+        assert_eq!(
+            cache_lifetime(Duration::ZERO, renew, MIN_REUSE),
+            (MIN_REUSE, MIN_REUSE)
+        );
+        assert_eq!(
+            cache_lifetime(Duration::from_secs(1), renew, MIN_REUSE),
+            (MIN_REUSE, MIN_REUSE)
+        );
+        assert_eq!(
+            cache_lifetime(Duration::from_secs(3600), renew, MIN_REUSE),
+            (Duration::from_secs(3000), Duration::from_secs(3600))
+        );
+        assert_eq!(
+            cache_lifetime(Duration::from_secs(90), renew, MIN_REUSE),
+            (Duration::from_secs(60), Duration::from_secs(90))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_in_zero_does_not_mint_per_call() {
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
+        let mints = AtomicUsize::new(0);
+        let mint = || async {
+            let n = mints.fetch_add(1, Ordering::SeqCst);
+            Ok(Minted {
+                token: BearerToken::new(format!("t{n}")),
+                lifetime: Duration::ZERO,
+            })
+        };
+        for _ in 0..10 {
+            cache.get(&fp(), mint).await.unwrap();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(mints.load(Ordering::SeqCst), 1, "one mint, reused");
+        tokio::time::advance(MIN_REUSE).await;
+        cache.get(&fp(), mint).await.unwrap();
+        assert_eq!(mints.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_retry_after_on_the_token_endpoint_neither_panics_nor_wedges() {
+        let cache = TokenCache::new(
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+            MAX,
+            MIN_REUSE,
+        );
+        let mints = AtomicUsize::new(0);
+        let fail = || async {
+            mints.fetch_add(1, Ordering::SeqCst);
+            // Not clamped at parse (as if built by hand): the cache clamps again.
+            Err::<Minted, _>(AtlasError::TokenEndpoint(Box::new(
+                ApiFailure::from_oauth_body(429, b"", Some(Duration::MAX)),
+            )))
+        };
+        assert!(cache.get(&fp(), fail).await.is_err());
+        tokio::time::advance(MAX + Duration::from_secs(1)).await;
+        assert!(cache.get(&fp(), fail).await.is_err());
+        assert_eq!(mints.load(Ordering::SeqCst), 2, "tried again after the cap");
     }
 }

@@ -89,6 +89,28 @@ impl fmt::Display for BearerToken {
     }
 }
 
+/// The URL text with anything between `://` and the last `@` of the authority replaced, so a
+/// password typed into the URL never reaches an error message or a log.
+pub fn redact_url_userinfo(s: &str) -> String {
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        // No scheme separator: still hide a `user:pass@` prefix.
+        return match s
+            .find(['/', '?', '#'])
+            .map_or(s, |end| &s[..end])
+            .rfind('@')
+        {
+            Some(at) => format!("[redacted]@{}", &s[at + 1..]),
+            None => s.to_string(),
+        };
+    };
+    let rest = &s[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}[redacted]@{}", &s[..start], &rest[at + 1..]),
+        None => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +135,20 @@ mod tests {
         }
         assert_eq!(token.expose(), "lt-very-secret");
         assert_eq!(bearer.expose(), "eyJ-secret-jwt");
+    }
+
+    #[test]
+    fn url_user_info_is_removed() {
+        assert_eq!(
+            redact_url_userinfo("https://u:p@h/x@y"),
+            "https://[redacted]@h/x@y"
+        );
+        assert_eq!(
+            redact_url_userinfo("https://a@b:pw@h:1?q"),
+            "https://[redacted]@h:1?q"
+        );
+        assert_eq!(redact_url_userinfo("https://h/x@y"), "https://h/x@y");
+        assert_eq!(redact_url_userinfo("u:pw@h"), "[redacted]@h");
+        assert_eq!(redact_url_userinfo("no url"), "no url");
     }
 }

@@ -27,16 +27,25 @@ pub(crate) struct Incoming {
     pub failure: Option<ApiFailure>,
 }
 
+/// Bounds of what a response may make us do.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Largest body read.
+    pub max_body_bytes: usize,
+    /// Longest `Retry-After` honoured; longer ones are clamped to it.
+    pub max_retry_after: std::time::Duration,
+}
+
 pub(crate) async fn round_trip(
     http: &reqwest::Client,
-    max_body_bytes: usize,
+    limits: Limits,
     observer: Option<&dyn RequestObserver>,
     req: Outgoing<'_>,
 ) -> Result<Incoming, AtlasError> {
     let started = Instant::now();
     let method_name = method_name(&req.method);
     let endpoint = req.endpoint;
-    let result = send(http, max_body_bytes, req).await;
+    let result = send(http, limits, req).await;
     let duration = started.elapsed();
     let (status, error_code) = match &result {
         Ok(r) => (
@@ -67,9 +76,10 @@ pub(crate) async fn round_trip(
 
 async fn send(
     http: &reqwest::Client,
-    max_body_bytes: usize,
+    limits: Limits,
     req: Outgoing<'_>,
 ) -> Result<Incoming, AtlasError> {
+    let max_body_bytes = limits.max_body_bytes;
     let endpoint = req.endpoint;
     let mut builder = http
         .request(req.method, req.url.clone())
@@ -109,7 +119,7 @@ async fn send(
         let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, limits.max_retry_after));
         match endpoint {
             Endpoint::LinkTokens => ApiFailure::from_api_body(status, &body, retry_after),
             Endpoint::OAuthToken => ApiFailure::from_oauth_body(status, &body, retry_after),

@@ -333,8 +333,13 @@ async fn atlas_failure(
             Some(backoff::exponential(n, &ctx.backoff, rand::random()))
         }
         RetryHint::After(d) => {
-            ctx.bump_attempts(&key);
-            Some(d + Duration::from_millis(rand::random_range(0..2000)))
+            let n = ctx.bump_attempts(&key);
+            Some(backoff::after_retry_after(
+                d,
+                backoff::exponential(n, &ctx.backoff, rand::random()),
+                &ctx.backoff,
+                Duration::from_millis(rand::random_range(0..2000)),
+            ))
         }
     };
     if let Some(delay) =
@@ -348,7 +353,8 @@ async fn atlas_failure(
                 reason: class.reason,
                 generation: obs.observed.generation,
                 credentials_version: obs.observed.credentials_version.clone(),
-                due: std::time::Instant::now() + delay,
+                rotate: obs.observed.rotate.clone(),
+                due: backoff::due_in(std::time::Instant::now(), delay),
             },
         );
     }

@@ -6,7 +6,7 @@
 //! - What only a user can fix is not polled: the watches on the LinkToken and its Secrets
 //!   bring it back; a few reasons also get the slow resync the contract asks for.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::Reason;
 
@@ -46,7 +46,9 @@ pub fn requeue_after(
             let exp = exponential(attempts, cfg, jitter);
             Some(match retry_after {
                 // Never earlier than Atlas asked; a little spread so a fleet does not return at once.
-                Some(ra) => ra + Duration::from_secs_f64(jitter * 2.0),
+                Some(ra) => {
+                    ra.saturating_add(Duration::from_secs_f64(jitter.clamp(0.0, 1.0) * 2.0))
+                }
                 None => exp,
             })
         }
@@ -61,6 +63,28 @@ pub fn requeue_after(
         Reason::OrgConflict | Reason::SecretConflict => Some(cfg.resync),
         Reason::AtlasRejected | Reason::CredentialsNotFound | Reason::CredentialsInvalid => None,
     }
+}
+
+/// The delay after a failure that carried Retry-After `ra`: never earlier than Atlas asked,
+/// never later than the retry cap (`--retry-max-delay`) whatever it asked, never sooner than
+/// `floor` (the exponential backoff of this failure streak, so `Retry-After: 0` answered again
+/// and again cannot make a hot loop), plus `spread` so a fleet does not come back at once.
+/// Retry-After is clamped when parsed already; clamping here again keeps this total for any
+/// input (no overflow, no hold of months).
+pub fn after_retry_after(
+    ra: Duration,
+    floor: Duration,
+    cfg: &BackoffConfig,
+    spread: Duration,
+) -> Duration {
+    ra.max(floor).min(cfg.max).saturating_add(spread)
+}
+
+/// `now + delay`, or a century from now if that does not fit in an `Instant` (never a panic).
+pub fn due_in(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// base * 2^(attempts-1), capped, then scaled into [0.8, 1.2) by the jitter.
@@ -120,6 +144,46 @@ mod tests {
         assert_eq!(d, Some(Duration::from_secs(120)), "even beyond the cap");
         let d = requeue_after(Reason::AtlasRateLimited, 3, None, &cfg(), 0.5);
         assert_eq!(d, Some(Duration::from_secs(8)), "no Retry-After: backoff");
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_capped_and_never_overflow() {
+        let spread = Duration::from_millis(1999);
+        for ra in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(10 * 365 * 24 * 3600),
+        ] {
+            let d = after_retry_after(ra, Duration::ZERO, &cfg(), spread);
+            assert_eq!(d, Duration::from_secs(60) + spread, "{ra:?}");
+            assert!(due_in(Instant::now(), d) > Instant::now());
+            let r = requeue_after(Reason::AtlasRateLimited, 1, Some(ra), &cfg(), 0.999);
+            assert!(r.is_some(), "{ra:?}");
+        }
+        assert_eq!(
+            after_retry_after(
+                Duration::from_secs(3),
+                Duration::from_secs(2),
+                &cfg(),
+                Duration::ZERO
+            ),
+            Duration::from_secs(3)
+        );
+        // Retry-After: 0, again and again: the streak's backoff still applies.
+        let zero = |n| {
+            after_retry_after(
+                Duration::ZERO,
+                exponential(n, &cfg(), 0.5),
+                &cfg(),
+                Duration::ZERO,
+            )
+        };
+        assert_eq!(zero(1), Duration::from_secs(2));
+        assert_eq!(zero(4), Duration::from_secs(16));
+        assert_eq!(zero(100), Duration::from_secs(60));
+        // An Instant cannot hold now + Duration::MAX: saturate instead of panicking.
+        let now = Instant::now();
+        assert!(due_in(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
 //! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -88,7 +90,12 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
                 report::write_status(ctx, lt, &status).await?;
                 let n = ctx.bump_attempts(&object_ref(lt));
                 let retry_after = match class.retry {
-                    RetryHint::After(d) => d,
+                    RetryHint::After(d) => backoff::after_retry_after(
+                        d,
+                        backoff::exponential(n, &ctx.backoff, rand::random()),
+                        &ctx.backoff,
+                        Duration::ZERO,
+                    ),
                     _ => backoff::exponential(n, &ctx.backoff, rand::random()),
                 };
                 return Err(Error::RevocationBlocked {

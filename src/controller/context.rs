@@ -47,6 +47,8 @@ pub struct RetryMemo {
     pub reason: Reason,
     pub generation: Option<i64>,
     pub credentials_version: Option<String>,
+    /// The rotate annotation at the failure: a new value is a user action, tried at once.
+    pub rotate: Option<String>,
     pub due: Instant,
 }
 
@@ -113,6 +115,42 @@ impl Context {
     /// Success (or the object is gone): forget failures.
     pub fn forget(&self, key: &ObjectRef<LinkToken>) {
         self.lock().remove(key);
+    }
+
+    /// An object is gone: drop everything kept about it (failure memory and its place in the
+    /// `linktoken_linktokens` gauge), so neither grows with objects that no longer exist.
+    pub fn vanished(&self, key: &ObjectRef<LinkToken>) {
+        self.forget(key);
+        self.metrics.track(
+            &format!(
+                "{}/{}",
+                key.namespace.as_deref().unwrap_or_default(),
+                key.name
+            ),
+            None,
+        );
+    }
+
+    /// Drops memory and gauge entries of objects in none of the caches (deleted while a watch
+    /// was down: the relist drops them without a delete event).
+    pub fn prune_vanished(&self) {
+        let present: std::collections::HashSet<ObjectRef<LinkToken>> = self
+            .stores
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|lt| ObjectRef::from_obj(lt.as_ref()))
+            .collect();
+        self.lock().retain(|k, _| present.contains(k));
+        let keys: std::collections::HashSet<String> = present
+            .iter()
+            .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))
+            .collect();
+        self.metrics.retain_tracked(|k| keys.contains(k));
+    }
+
+    /// Number of objects with failure memory (for tests).
+    pub fn memo_len(&self) -> usize {
+        self.lock().len()
     }
 
     /// True when the stalled memo is older than the slow resync.

@@ -93,6 +93,7 @@ pub struct RetryHold {
     pub reason: Reason,
     pub generation: Option<i64>,
     pub credentials_version: Option<String>,
+    pub rotate: Option<String>,
     /// Time left until the retry is due.
     pub remaining: std::time::Duration,
 }
@@ -375,12 +376,13 @@ fn check_stalled_attempt(o: &Observed) -> Option<Action> {
 }
 
 /// A 429 or 5xx is retried when its delay is over, not when some other event happens to
-/// trigger a reconcile first. A change of the spec or of the credentials is a user action
-/// and is tried at once.
+/// trigger a reconcile first. A change of the spec, of the credentials or of the rotate
+/// annotation is a user action and is tried at once.
 fn check_retry_hold(o: &Observed) -> Option<Action> {
     let hold = o.retry_hold.as_ref()?;
-    let unchanged =
-        hold.generation == o.generation && hold.credentials_version == o.credentials_version;
+    let unchanged = hold.generation == o.generation
+        && hold.credentials_version == o.credentials_version
+        && hold.rotate == o.rotate;
     (unchanged && !hold.remaining.is_zero()).then_some(Action::Hold {
         reason: hold.reason,
         after: hold.remaining,

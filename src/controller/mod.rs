@@ -119,13 +119,17 @@ pub async fn run(
         let linktokens = reflector::reflector(writer, watcher(lt_api, watcher::Config::default()))
             .default_backoff()
             .inspect(move |ev| {
-                if let Ok(watcher::Event::InitDone) = ev
-                    && let Some(flag) = ctx_for_wake.synced.get(scope_index)
-                {
-                    flag.store(true, Ordering::Release);
+                if let Ok(watcher::Event::InitDone) = ev {
+                    if let Some(flag) = ctx_for_wake.synced.get(scope_index) {
+                        flag.store(true, Ordering::Release);
+                    }
+                    // A relist drops objects deleted while the watch was down, without a
+                    // delete event: forget them too.
+                    ctx_for_wake.prune_vanished();
                 }
                 // The owner of an org went away: wake the others so one takes over now.
                 if let Ok(watcher::Event::Delete(gone)) = ev {
+                    ctx_for_wake.vanished(&ObjectRef::from_obj(gone));
                     for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
                         for tx in &senders {
                             let _ = tx.unbounded_send(r.clone());
@@ -168,6 +172,11 @@ impl Context {
     /// Every LinkToken of every watched scope.
     pub fn all_linktokens(&self) -> Vec<Arc<LinkToken>> {
         self.stores.iter().flat_map(|s| s.state()).collect()
+    }
+
+    /// True when some watched scope's cache holds this object.
+    pub fn in_cache(&self, key: &ObjectRef<LinkToken>) -> bool {
+        self.stores.iter().any(|s| s.get(key).is_some())
     }
 
     fn readers_for(&self, ns: &Option<String>) -> Store<LinkToken> {
@@ -255,6 +264,7 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
         .ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(fresh) = api.get_opt(&cached.name_any()).await? else {
+        ctx.vanished(&report::object_ref(cached));
         return Ok(Reconciled::Deleted(Action::await_change()));
     };
     let lt = &fresh;
@@ -262,6 +272,7 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
     if lt.metadata.deletion_timestamp.is_some() {
         if !has_finalizer {
+            ctx.vanished(&report::object_ref(lt));
             return Ok(Reconciled::Deleted(Action::await_change()));
         }
         let out = cleanup::cleanup(lt, ctx).await?;
@@ -318,6 +329,11 @@ fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
         // A conflict means the object changed under us; its watch event reconciles it anyway.
         Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
             Action::requeue(Duration::from_secs(1))
+        }
+        // The object went away meanwhile (its writes failed with 404): keep nothing about it.
+        _ if !ctx.in_cache(&report::object_ref(&lt)) => {
+            ctx.vanished(&report::object_ref(&lt));
+            Action::await_change()
         }
         _ => {
             let n = ctx.bump_attempts(&report::object_ref(&lt));

@@ -71,7 +71,9 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         reason: r.reason,
         generation: r.generation,
         credentials_version: r.credentials_version,
-        remaining: r.due - now,
+        rotate: r.rotate,
+        // Never hold longer than the retry cap, whatever was stored.
+        remaining: r.due.saturating_duration_since(now).min(ctx.backoff.max),
     });
     let last_stalled = memo.stalled.map(|s| StalledAttempt {
         reason: s.reason,

@@ -19,11 +19,13 @@ pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
 /// Flags of `linktoken-operator`. Parse with [`Flags::parse`] (exits with usage on error) or
 /// [`Flags::try_parse_from`] (tests).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "linktoken-operator", version, about, long_about = None)]
+// A flag given twice takes its last value, so a wrapper's defaults (a chart's, a test
+// harness's) can be overridden by appending, as with kube components' flags.
+#[command(name = "linktoken-operator", version, about, long_about = None, args_override_self = true)]
 pub struct Flags {
     /// Base URL of the Atlas Admin API (Atlas for Government: https://cloud.mongodbgov.com).
     /// Operator-wide on purpose: a LinkToken author must not be able to send credentials elsewhere.
-    #[arg(long, env = "LINKTOKEN_ATLAS_URL", default_value = DEFAULT_ATLAS_URL, value_parser = parse_atlas_url)]
+    #[arg(long, env = "LINKTOKEN_ATLAS_URL", default_value = DEFAULT_ATLAS_URL, value_parser = AtlasUrlParser)]
     pub atlas_url: url::Url,
 
     /// Comma-separated namespaces to watch; empty watches all namespaces.
@@ -80,6 +82,12 @@ pub struct Flags {
     #[arg(long, env = "LINKTOKEN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_positive_duration)]
     pub retry_max_delay: Duration,
 
+    /// Accept an `http://` --atlas-url for a host that is not loopback. Credentials (API key
+    /// digests, service-account secrets) and link tokens would cross the network in cleartext:
+    /// only for a simulator or a TLS-terminating sidecar on a trusted network.
+    #[arg(long, env = "LINKTOKEN_ALLOW_INSECURE_ATLAS_URL")]
+    pub allow_insecure_atlas_url: bool,
+
     /// How long in-flight reconciles may run after SIGTERM before the process exits anyway.
     /// Keep it below the pod's terminationGracePeriodSeconds (30s by default).
     #[arg(long, env = "LINKTOKEN_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
@@ -87,6 +95,24 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// Checks across flags that clap's per-flag parsers cannot: `http://` only for loopback
+    /// hosts unless `--allow-insecure-atlas-url`.
+    pub fn validate(&self) -> Result<(), String> {
+        check_atlas_url_scheme(&self.atlas_url, self.allow_insecure_atlas_url)
+    }
+
+    /// Parses the command line and validates it; prints usage and exits 2 on error.
+    pub fn parse_and_validate() -> Self {
+        let flags = Flags::parse();
+        if let Err(e) = flags.validate() {
+            use clap::CommandFactory;
+            Flags::command()
+                .error(clap::error::ErrorKind::ValueValidation, e)
+                .exit();
+        }
+        flags
+    }
+
     /// Namespace of the leader-election Lease: the flag, else the pod's own namespace.
     pub fn lease_namespace(&self) -> String {
         resolve_lease_namespace(
@@ -193,28 +219,78 @@ pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
 }
 
 /// The Atlas base URL: absolute http(s), no query or fragment (paths are appended to it).
+/// Errors never repeat a password (or user name) written into the URL.
 pub fn parse_atlas_url(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s.trim()).map_err(|e| format!("invalid Atlas URL {s:?}: {e}"))?;
+    let shown = crate::atlas::redact_url_userinfo(s.trim());
+    let u = url::Url::parse(s.trim()).map_err(|e| format!("invalid Atlas URL {shown:?}: {e}"))?;
     if u.scheme() != "https" && u.scheme() != "http" {
         return Err(format!(
-            "invalid Atlas URL {s:?}: scheme must be https (or http for a local simulator)"
+            "invalid Atlas URL {shown:?}: scheme must be https (or http for a local simulator)"
         ));
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err(format!("invalid Atlas URL {s:?}: missing host"));
-    }
-    if u.query().is_some() || u.fragment().is_some() {
-        return Err(format!(
-            "invalid Atlas URL {s:?}: must not have a query or fragment"
-        ));
+        return Err(format!("invalid Atlas URL {shown:?}: missing host"));
     }
     if !u.username().is_empty() || u.password().is_some() {
         // Credentials come from each LinkToken's Secret, never from the URL (it is logged).
         return Err(format!(
-            "invalid Atlas URL {s:?}: must not contain credentials"
+            "invalid Atlas URL {shown:?}: must not contain credentials"
+        ));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(format!(
+            "invalid Atlas URL {shown:?}: must not have a query or fragment"
         ));
     }
     Ok(u)
+}
+
+/// clap's own error for a rejected value repeats the value, which for a URL may carry a
+/// password: this parser reports `parse_atlas_url`'s (redacted) message only.
+#[derive(Clone, Copy, Debug)]
+pub struct AtlasUrlParser;
+
+impl clap::builder::TypedValueParser for AtlasUrlParser {
+    type Value = url::Url;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<url::Url, clap::Error> {
+        let fail = |m: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--atlas-url: {m}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| fail("invalid Atlas URL: not UTF-8".into()))?;
+        parse_atlas_url(s).map_err(fail)
+    }
+}
+
+/// `http://` sends every credential and link token in cleartext: accepted for loopback hosts
+/// (a simulator next to the operator) or when explicitly allowed.
+pub fn check_atlas_url_scheme(u: &url::Url, allow_insecure: bool) -> Result<(), String> {
+    if u.scheme() == "https" || allow_insecure || is_loopback_host(u) {
+        return Ok(());
+    }
+    Err(format!(
+        "--atlas-url {u} uses http:// for a host that is not loopback: credentials and link tokens would travel in cleartext; use https://, or set --allow-insecure-atlas-url if you really mean it"
+    ))
+}
+
+fn is_loopback_host(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// Comma list of namespaces; blanks are dropped so `""` and `a,,b` behave as users expect.
@@ -301,6 +377,8 @@ mod tests {
         assert_eq!(f.atlas_connect_timeout, Duration::from_secs(10));
         assert_eq!(f.atlas_request_timeout, Duration::from_secs(30));
         assert_eq!(f.shutdown_timeout, Duration::from_secs(25));
+        assert!(!f.allow_insecure_atlas_url);
+        assert_eq!(f.validate(), Ok(()));
     }
 
     #[test]
@@ -436,6 +514,58 @@ mod tests {
         assert!(e.contains("RFC 1123"), "{e}");
         let e = err_of(&["--leader-election-id=Bad Name"]);
         assert!(e.contains("subdomain"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let f = parse(&["--retry-max-delay=5s", "--retry-max-delay=10m"]).unwrap();
+        assert_eq!(f.retry_max_delay, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn atlas_url_passwords_are_never_echoed() {
+        for url in [
+            "https://user:hunter2secret@cloud.mongodb.com",
+            "https://user:hunter2secret@cloud.mongodb.com/?x=1",
+            "http://user:hunter2secret@10.0.0.1:8080/base",
+            "ftp://user:hunter2secret@cloud.mongodb.com",
+            "https://user:hunter2secret@",
+            "https://:hunter2secret@host:notaport",
+            "user:hunter2secret@cloud.mongodb.com",
+            "https://us@er:hunter2secret@cloud.mongodb.com",
+        ] {
+            let e = err_of(&[&format!("--atlas-url={url}")]);
+            assert!(!e.contains("hunter2secret"), "{url}: {e}");
+            assert!(e.contains("Atlas URL"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn http_is_only_for_loopback_unless_allowed() {
+        for ok in [
+            "https://cloud.mongodb.com",
+            "http://127.0.0.1:8090",
+            "http://127.1.2.3",
+            "http://[::1]:8090",
+            "http://localhost:8090",
+            "http://LOCALHOST",
+        ] {
+            let f = parse(&[&format!("--atlas-url={ok}")]).unwrap();
+            assert_eq!(f.validate(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://cloud.mongodb.com",
+            "http://10.0.0.1:8090",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "http://0.0.0.0:8090",
+        ] {
+            let f = parse(&[&format!("--atlas-url={bad}")]).unwrap();
+            let e = f.validate().unwrap_err();
+            assert!(e.contains("--allow-insecure-atlas-url"), "{bad}: {e}");
+            let f = parse(&[&format!("--atlas-url={bad}"), "--allow-insecure-atlas-url"]).unwrap();
+            assert_eq!(f.validate(), Ok(()), "{bad}");
+        }
     }
 
     #[test]

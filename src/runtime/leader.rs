@@ -303,6 +303,10 @@ async fn campaign(
         } else {
             config.renew_deadline
         };
+        // The renewal counts from when its request is sent, not from when the answer comes
+        // back: a standby starts its clock when it sees the new record, which can be any time
+        // after the write was sent, so a slow answer must not stretch our validity.
+        let attempt_sent = Instant::now();
         let outcome = if budget.is_zero() {
             Err("renew deadline reached".to_string())
         } else {
@@ -318,7 +322,7 @@ async fn campaign(
         let renewed = matches!(outcome, Ok(Attempt::Leading));
         match outcome {
             Ok(Attempt::Leading) => {
-                last_renewal = Instant::now();
+                last_renewal = attempt_sent;
                 if !was_leading {
                     tracing::info!(identity = %config.identity, lease = %config.lease_name, "became the leader");
                     leading.send_replace(true);

@@ -319,6 +319,20 @@ impl Metrics {
         }
     }
 
+    /// Forgets every tracked LinkToken whose key `keep` rejects (objects that vanished while
+    /// a watch was down, so no delete event ever came for them).
+    pub fn retain_tracked(&self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .tracked()
+            .keys()
+            .filter(|k| !keep(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.track(&key, None);
+        }
+    }
+
     /// The number of tracked LinkTokens per reason (what the gauge shows).
     pub fn linktokens_by_reason(&self) -> BTreeMap<Reason, i64> {
         let tracked = self.tracked();
@@ -466,6 +480,9 @@ mod tests {
         m.track("ns/b", Some(Reason::AtlasUnavailable));
         m.track("ns/b", None); // deleted
         m.track("ns/never-seen", None); // deleting an unknown key is harmless
+        m.track("ns/c", Some(Reason::OrgConflict));
+        m.retain_tracked(|k| k != "ns/c"); // vanished without a delete event
+        assert_eq!(m.linktokens_by_reason().get(&Reason::OrgConflict), None);
 
         let text = m.encode();
         for line in [

@@ -8,9 +8,11 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
+pub mod supervise;
 
 pub use flags::{BindAddress, Flags, LogFormat, WatchNamespaces};
 pub use leader::{LeaderConfig, LeaderElector, LeaderError};
 pub use metrics::Metrics;
 pub use server::{Readiness, Servers, serve};
 pub use shutdown::{Shutdown, ShutdownError, drain};
+pub use supervise::{Ended, supervise};

@@ -37,22 +37,35 @@ pub enum ServerError {
 }
 
 /// Readiness of the process for `/readyz`: false until [`Readiness::set_ready`] (caches synced,
-/// or standing by for the Lease). Cheap to clone; clones share the flag.
+/// or standing by for the Lease). It also carries liveness for `/healthz`: once
+/// [`Readiness::set_failed`] (the controller died), both probes fail for good. Cheap to clone;
+/// clones share the flags.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
 
 impl Readiness {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
     }
     pub fn set_not_ready(&self) {
-        self.0.store(false, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.is_failed()
+    }
+    /// The process can no longer do its job (its controller ended): `/healthz` fails from now
+    /// on, so a kubelet restarts it even if it did not manage to exit by itself.
+    pub fn set_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 }
 
@@ -172,13 +185,25 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Liveness: the process answers HTTP, which is all a restart could fix.
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
+/// Liveness: the process answers HTTP and its controller has not ended.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.readiness.is_failed() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the controller stopped\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
+    if state.readiness.is_failed() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the controller stopped\n",
+        )
+    } else if state.readiness.is_ready() {
         (StatusCode::OK, "ok\n")
     } else {
         (
@@ -201,5 +226,45 @@ mod tests {
         assert!(r.is_ready());
         r.set_not_ready();
         assert!(!c.is_ready());
+        c.set_ready();
+        assert!(!r.is_failed());
+        r.set_failed();
+        assert!(c.is_failed() && !c.is_ready(), "failed is never ready");
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_the_controller_failed() {
+        let readiness = Readiness::new();
+        readiness.set_ready();
+        let shutdown = Shutdown::new();
+        let servers = serve(
+            BindAddress::Disabled,
+            BindAddress::Addr("127.0.0.1:0".parse().unwrap()),
+            Metrics::new(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let addr = servers.probe_addr.unwrap();
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        readiness.set_failed();
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 503"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        shutdown.trigger();
+        servers.wait().await.unwrap();
     }
 }

@@ -119,3 +119,23 @@ Comma-separated, sorted, de-duplicated TCP ports the operator connects to: the A
 {{- $_ := set $ports $atlasPort true }}
 {{- keys $ports | sortAlpha | join "," }}
 {{- end }}
+
+{{/*
+Fails the render for an http:// atlasUrl whose host is not loopback, unless
+allowInsecureAtlasUrl is set: the operator would refuse to start with it anyway (credentials
+and link tokens would travel in cleartext), better to say so at install time.
+*/}}
+{{- define "linktoken-operator.checkAtlasUrl" -}}
+{{- $u := urlParse .Values.atlasUrl }}
+{{- if and (eq $u.scheme "http") (not .Values.allowInsecureAtlasUrl) }}
+{{- $host := $u.host }}
+{{- if hasPrefix "[" $host }}
+{{- $host = trimPrefix "[" (first (splitList "]" $host)) }}
+{{- else }}
+{{- $host = first (splitList ":" $host) }}
+{{- end }}
+{{- if not (or (eq (lower $host) "localhost") (hasPrefix "127." $host) (eq $host "::1")) }}
+{{- fail (printf "atlasUrl %s uses http:// for a host that is not loopback: credentials and link tokens would travel in cleartext; use https://, or set allowInsecureAtlasUrl: true" .Values.atlasUrl) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -422,6 +422,7 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
         reason: Reason::AtlasRateLimited,
         generation: Some(1),
         credentials_version: Some("7".into()),
+        rotate: None,
         remaining: std::time::Duration::from_secs(3),
     };
     let o = Observed {
@@ -465,6 +466,21 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
         ..fresh()
     };
     assert_eq!(decide(&creds_changed), issue(IssueWhy::NoToken, &[]));
+    // A rotate annotation set during a hold (even one from a long Retry-After) is a user
+    // action too: it must not wait for the hold.
+    let rotate_requested = Observed {
+        rotate: Some("now".into()),
+        retry_hold: Some(RetryHold {
+            remaining: std::time::Duration::from_secs(300),
+            ..hold.clone()
+        }),
+        ..fresh()
+    };
+    assert!(
+        matches!(decide(&rotate_requested), Action::Issue { .. }),
+        "{:?}",
+        decide(&rotate_requested)
+    );
 
     let ready_anyway = Observed {
         retry_hold: Some(hold),
