@@ -70,10 +70,16 @@ async fn wait(
     // for the slow resync if the deletion event was missed.
     let owner_leaving =
         reason == Reason::OrgConflict && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
+    // Credentials rechecks back off per object; a success (`forget`) starts them over.
+    let attempts = if backoff::credentials_may_fix(reason) {
+        ctx.bump_attempts(&object_ref(lt))
+    } else {
+        1
+    };
     let after = if owner_leaving {
         Some(Duration::from_secs(2))
     } else {
-        backoff::requeue_after(reason, 1, None, &ctx.backoff, rand::random())
+        backoff::requeue_after(reason, attempts, None, &ctx.backoff, rand::random())
     };
     Ok(Outcome {
         action: after.map_or_else(Action::await_change, Action::requeue),

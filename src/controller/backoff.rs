@@ -3,8 +3,12 @@
 //! - Transient Atlas trouble (5xx, timeouts, RevocationBlocked) backs off exponentially with
 //!   jitter, capped, so a sick Atlas is not hammered and a fleet does not retry in lockstep.
 //! - 429 waits at least Retry-After when Atlas sends one.
-//! - What only a user can fix is not polled: the watches on the LinkToken and its Secrets
-//!   bring it back; a few reasons also get the slow resync the contract asks for.
+//! - What only a change of the LinkToken can fix is not polled: its watch brings it back.
+//! - What a change of the credentials Secret can fix is rechecked on a timer that backs off
+//!   (base, doubling, capped at the retry cap): credentials Secrets are read by name, never
+//!   watched (so the operator lists and watches no Secret but its own token Secrets). A
+//!   recheck is two GETs; Atlas is called again only when the Secret changed, or at the slow
+//!   resync the contract asks for.
 
 use std::time::{Duration, Instant};
 
@@ -55,14 +59,30 @@ pub fn requeue_after(
         Reason::AtlasUnavailable | Reason::RevocationBlocked => {
             Some(exponential(attempts, cfg, jitter))
         }
-        // Contract: "slow resync" for these (credentials may be fixed in Atlas, not in the cluster).
-        Reason::AtlasUnauthorized | Reason::AtlasForbidden | Reason::OrgNotFound => {
-            Some(cfg.resync)
-        }
+        // Fixed by a new or corrected credentials Secret (not watched: see above), or in Atlas
+        // (the slow resync, decided in `decide`).
+        Reason::CredentialsNotFound
+        | Reason::CredentialsInvalid
+        | Reason::AtlasUnauthorized
+        | Reason::AtlasForbidden
+        | Reason::OrgNotFound => Some(exponential(attempts, cfg, jitter).min(cfg.resync)),
         // The owner's deletion triggers a takeover directly; the resync is a safety net.
         Reason::OrgConflict | Reason::SecretConflict => Some(cfg.resync),
-        Reason::AtlasRejected | Reason::CredentialsNotFound | Reason::CredentialsInvalid => None,
+        Reason::AtlasRejected => None,
     }
+}
+
+/// The failures a change of the credentials Secret can end: the operator rechecks them on a
+/// timer, since it does not watch credentials Secrets.
+pub fn credentials_may_fix(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::CredentialsNotFound
+            | Reason::CredentialsInvalid
+            | Reason::AtlasUnauthorized
+            | Reason::AtlasForbidden
+            | Reason::OrgNotFound
+    )
 }
 
 /// The delay after a failure that carried Retry-After `ra`: never earlier than Atlas asked,
@@ -188,24 +208,35 @@ mod tests {
 
     #[test]
     fn user_fixable_reasons_wait_for_a_change_or_a_slow_resync() {
+        assert_eq!(
+            requeue_after(Reason::AtlasRejected, 1, None, &cfg(), 0.5),
+            None,
+            "only a spec change fixes a rejected access list: the LinkToken watch brings it back"
+        );
+        assert_eq!(
+            requeue_after(Reason::OrgConflict, 1, None, &cfg(), 0.5),
+            Some(Duration::from_secs(600)),
+            "the owner's deletion wakes a waiting LinkToken; the resync is a safety net"
+        );
+    }
+
+    #[test]
+    fn credentials_failures_are_rechecked_on_a_backing_off_timer() {
         for r in [
-            Reason::AtlasRejected,
             Reason::CredentialsNotFound,
             Reason::CredentialsInvalid,
-        ] {
-            assert_eq!(requeue_after(r, 1, None, &cfg(), 0.5), None, "{r}");
-        }
-        for r in [
             Reason::AtlasUnauthorized,
             Reason::AtlasForbidden,
             Reason::OrgNotFound,
-            Reason::OrgConflict,
         ] {
-            assert_eq!(
-                requeue_after(r, 1, None, &cfg(), 0.5),
-                Some(Duration::from_secs(600)),
-                "{r}"
+            let at = |n| requeue_after(r, n, None, &cfg(), 0.0).expect("rechecked");
+            assert!(at(1) < at(3), "{r}: backs off");
+            assert!(
+                at(1) <= Duration::from_secs(2),
+                "{r}: the first recheck is quick"
             );
+            assert!(at(50) <= cfg().max, "{r}: capped at the retry cap");
+            assert!(at(50) <= cfg().resync, "{r}: never later than the resync");
         }
     }
 }

@@ -7,9 +7,11 @@
 //!
 //! Watches, per watched scope (all namespaces, or each of `--watch-namespaces`):
 //! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
-//! writes do not trigger reconciles), and the *metadata* of Secrets (never their data, so memory
-//! does not grow with the cluster's Secrets), mapped back to the LinkTokens that use them as
-//! credentials or token Secret. A deleted LinkToken wakes the others for its orgId (takeover).
+//! writes do not trigger reconciles), and the *metadata* of the token Secrets this operator
+//! wrote (label `app.kubernetes.io/managed-by=linktoken-operator`; never their data, never any
+//! other Secret), mapped back to their LinkTokens. Credentials Secrets are read by name on each
+//! reconcile and rechecked on a backing-off timer while they are the problem. A deleted
+//! LinkToken wakes the others for its orgId (takeover).
 pub mod act;
 pub mod backoff;
 pub mod cleanup;
@@ -109,44 +111,52 @@ pub async fn run(
     for ((ns, writer), wake_rx) in scopes.scopes.into_iter().zip(wake_receivers) {
         let client = ctx.client.clone();
         let lt_api: Api<LinkToken> = scoped(&client, &ns);
-        let secret_api: Api<PartialObjectMeta<Secret>> = match &ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let secret_api: Api<PartialObjectMeta<Secret>> = scoped(&client, &ns);
         let senders = wake_senders.clone();
         let ctx_for_wake = ctx.clone();
         let scope_index = ctx.scope_names.iter().position(|n| n == &ns).unwrap_or(0);
-        let linktokens = reflector::reflector(writer, watcher(lt_api, watcher::Config::default()))
-            .default_backoff()
-            .inspect(move |ev| {
-                if let Ok(watcher::Event::InitDone) = ev {
-                    if let Some(flag) = ctx_for_wake.synced.get(scope_index) {
-                        flag.store(true, Ordering::Release);
-                    }
-                    // A relist drops objects deleted while the watch was down, without a
-                    // delete event: forget them too.
-                    ctx_for_wake.prune_vanished();
+        // Lists may come from the API server's watch cache (any_semantic): every action is
+        // guarded by a fresh GET of the LinkToken, so a slightly old list costs nothing.
+        let linktokens = reflector::reflector(
+            writer,
+            watcher(lt_api, watcher::Config::default().any_semantic()),
+        )
+        .default_backoff()
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::InitDone) = ev {
+                if let Some(flag) = ctx_for_wake.synced.get(scope_index) {
+                    flag.store(true, Ordering::Release);
                 }
-                // The owner of an org went away: wake the others so one takes over now.
-                if let Ok(watcher::Event::Delete(gone)) = ev {
-                    ctx_for_wake.vanished(&ObjectRef::from_obj(gone));
-                    for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
-                        for tx in &senders {
-                            let _ = tx.unbounded_send(r.clone());
-                        }
+                // A relist drops objects deleted while the watch was down, without a
+                // delete event: forget them too.
+                ctx_for_wake.prune_vanished();
+            }
+            // The owner of an org went away: wake the others so one takes over now.
+            if let Ok(watcher::Event::Delete(gone)) = ev {
+                ctx_for_wake.vanished(&ObjectRef::from_obj(gone));
+                for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
+                    for tx in &senders {
+                        let _ = tx.unbounded_send(r.clone());
                     }
                 }
-            })
-            .applied_objects()
-            .predicate_filter(
-                predicates::generation
-                    .combine(predicates::annotations)
-                    .combine(predicates::finalizers),
-                Default::default(),
-            );
+            }
+        })
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers),
+            Default::default(),
+        );
         let reader = ctx.readers_for(&ns);
         let ctx_for_map = ctx.clone();
-        let secrets = watcher(secret_api, watcher::Config::default())
+        // Only the token Secrets this operator wrote (its managed-by label), metadata only:
+        // their deletion or tampering is drift to repair. Credentials Secrets are never listed
+        // or watched; each reconcile reads its one by name (see backoff::credentials_may_fix).
+        let token_secrets = watcher::Config::default()
+            .labels(&secret::managed_selector())
+            .any_semantic();
+        let secrets = watcher(secret_api, token_secrets)
             .default_backoff()
             .touched_objects();
         let controller = Controller::for_stream(linktokens, reader)
