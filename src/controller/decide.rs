@@ -115,6 +115,9 @@ pub struct Observed {
     pub previous_secret: Option<(String, SecretState)>,
     pub issued_for: Option<IssuedFor>,
     pub in_flight: Option<InFlight>,
+    /// Orgs where this LinkToken's status says a token may be live but another LinkToken
+    /// holds the live link (index::held_by_others): never DELETEd by this one.
+    pub held_by_others: Vec<String>,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
 }
@@ -168,6 +171,14 @@ pub enum Action {
     /// The Secret holds a token written by an interrupted issue after its POST: keep it and
     /// record it in status (no Atlas call).
     Adopt { token_key: String },
+    /// The spec moved away from orgs where a token of this LinkToken may be live: DELETE in
+    /// each of `revoke` (a 401/403 there is a warning, not a stall), skip `skip` (another
+    /// LinkToken holds the live link there), drop them from status, then look again. Comes
+    /// before the org check: an OrgConflict wait never keeps an old link live.
+    RevokePrevious {
+        revoke: Vec<String>,
+        skip: Vec<String>,
+    },
     /// A transient failure's retry is not due yet: no Atlas call; look again `after` (status
     /// already reports `reason`).
     Hold {
@@ -198,6 +209,9 @@ pub fn decide(o: &Observed) -> Action {
     if let Some(wait) = check_credentials(o) {
         return wait;
     }
+    if let Some(revoke) = check_previous_orgs(o) {
+        return check_retry_hold(o).unwrap_or(revoke);
+    }
     if let Some(wait) = check_org(o) {
         return wait;
     }
@@ -217,7 +231,10 @@ pub fn decide(o: &Observed) -> Action {
             }
             Action::Issue {
                 why,
-                revoke_orgs: orgs_that_may_hold_a_token(o),
+                revoke_orgs: may_hold(o)
+                    .into_iter()
+                    .filter(|org| !o.held_by_others.contains(org))
+                    .collect(),
             }
         }
         None => keep(o),
@@ -236,6 +253,21 @@ fn check_credentials(o: &Observed) -> Option<Action> {
             message: why.clone(),
         }),
     }
+}
+
+/// Orgs other than the spec's where a token of ours may be live: revoke them first.
+fn check_previous_orgs(o: &Observed) -> Option<Action> {
+    let previous: Vec<String> = may_hold(o)
+        .into_iter()
+        .filter(|org| *org != o.org_id)
+        .collect();
+    if previous.is_empty() {
+        return None;
+    }
+    let (skip, revoke) = previous
+        .into_iter()
+        .partition(|org| o.held_by_others.contains(org));
+    Some(Action::RevokePrevious { revoke, skip })
 }
 
 fn check_org(o: &Observed) -> Option<Action> {
@@ -387,20 +419,80 @@ fn check_retry_hold(o: &Observed) -> Option<Action> {
     })
 }
 
-/// Every org where a token of ours may be live: the one it was issued in, and the one of an
-/// interrupted issue. Each gets a DELETE before the next POST so no link is orphaned.
-fn orgs_that_may_hold_a_token(o: &Observed) -> Vec<String> {
+/// THE rule for "the orgs that may hold a token" of a LinkToken, shared by issuing, by the
+/// claim index and by deletion: the org its current token was issued in, and the org of an
+/// interrupted issue (its marker). Each gets a DELETE before the next POST, and on deletion,
+/// so no link is orphaned.
+pub fn orgs_that_may_hold_a_token(
+    issued_for: Option<&str>,
+    in_flight: Option<&str>,
+) -> Vec<String> {
     let mut orgs: Vec<String> = Vec::new();
-    let candidates = [
-        o.issued_for.as_ref().map(|i| i.org_id.clone()),
-        o.in_flight.as_ref().map(|f| f.org_id.clone()),
-    ];
-    for org in candidates.into_iter().flatten() {
-        if !orgs.contains(&org) {
-            orgs.push(org);
+    for org in [issued_for, in_flight].into_iter().flatten() {
+        if !orgs.iter().any(|o| o == org) {
+            orgs.push(org.to_string());
         }
     }
     orgs
+}
+
+fn may_hold(o: &Observed) -> Vec<String> {
+    orgs_that_may_hold_a_token(
+        o.issued_for.as_ref().map(|i| i.org_id.as_str()),
+        o.in_flight.as_ref().map(|f| f.org_id.as_str()),
+    )
+}
+
+/// What the finalizer sees of a LinkToken being deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanupObserved {
+    pub retain: bool,
+    /// status.issuedFor.orgId and status.inFlight.orgId.
+    pub issued_org: Option<String>,
+    pub in_flight_org: Option<String>,
+    /// Orgs where another LinkToken holds the live link (index::held_by_others).
+    pub held_by_others: Vec<String>,
+    pub credentials: CredentialsState,
+}
+
+/// The finalizer's next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CleanupStep {
+    /// deletionPolicy Retain: keep the token and its Secret (drop our ownerReference), let go.
+    /// `had_token`: a token may be live (worth a TokenRetained event).
+    Retain { had_token: bool },
+    /// Nothing of ours can be live in Atlas (never issued, or only waited on an OrgConflict):
+    /// let go without calling Atlas. `skipped`: orgs left alone because another LinkToken
+    /// holds the live link there (each named in a RevocationSkipped warning).
+    Release { skipped: Vec<String> },
+    /// A token may be live but the credentials cannot be read: warn (RevocationSkipped) and
+    /// let go, so deletion is never blocked by something only a user can fix.
+    SkipNoCredentials { orgs: Vec<String> },
+    /// DELETE in each of `revoke`, then let go; `skipped` as in Release.
+    Revoke {
+        revoke: Vec<String>,
+        skipped: Vec<String>,
+    },
+}
+
+/// The deletion contract (docs/lifecycle.md, "Deletion"), one rule per row of its table.
+pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
+    let orgs = orgs_that_may_hold_a_token(o.issued_org.as_deref(), o.in_flight_org.as_deref());
+    if o.retain {
+        return CleanupStep::Retain {
+            had_token: !orgs.is_empty(),
+        };
+    }
+    let (skipped, revoke): (Vec<String>, Vec<String>) = orgs
+        .into_iter()
+        .partition(|org| o.held_by_others.contains(org));
+    if revoke.is_empty() {
+        return CleanupStep::Release { skipped };
+    }
+    if o.credentials != CredentialsState::Valid {
+        return CleanupStep::SkipNoCredentials { orgs: revoke };
+    }
+    CleanupStep::Revoke { revoke, skipped }
 }
 
 fn keep(o: &Observed) -> Action {
