@@ -119,18 +119,16 @@ fn same(a: &LinkToken, b: &LinkToken) -> bool {
     a.metadata.uid == b.metadata.uid
 }
 
-/// Ownership of `lt`'s spec orgId as `decide` needs it. `lt` itself is counted as it is now
-/// (its credentials were just found valid), others as they last reported. The owner is named
-/// only when it lives in the same namespace: a namespace must not learn the names of
-/// another's objects.
+/// Ownership of `lt`'s spec orgId as `decide` needs it. `lt` itself competes at least with
+/// its spec claim (its credentials were just found valid), with its status claim only when
+/// everyone else would count it too (so a LinkToken whose credentials were fixed after a 401
+/// cannot use a stale marker to outrank the org's live owner). The owner is named only when
+/// it lives in the same namespace: a namespace must not learn the names of another's objects.
 pub fn ownership(all: &[Arc<LinkToken>], lt: &LinkToken) -> OrgOwnership {
     let org = lt.spec.org_id.as_str();
-    let mine = if status_orgs(lt).iter().any(|o| o == org)
-        && reported_reason(lt) != Some(Reason::OrgConflict)
-    {
-        ClaimBasis::Status
-    } else {
-        ClaimBasis::Spec
+    let mine = match claim(lt, org) {
+        Some(ClaimBasis::Status) => ClaimBasis::Status,
+        _ => ClaimBasis::Spec,
     };
     let winner = all
         .iter()
@@ -406,6 +404,28 @@ mod tests {
         // Deleting w must not DELETE in A: o holds the live link there.
         assert_eq!(held_by_others(&all, &all[0]), vec![A.to_string()]);
         assert!(held_by_others(&all, &all[1]).is_empty());
+    }
+
+    #[test]
+    fn a_stale_marker_of_failed_credentials_does_not_outrank_the_live_owner() {
+        // s (older) wrote a marker, then Atlas answered 401; r issued meanwhile. When s's
+        // credentials work again, s must wait, not POST a second link.
+        let s = with_status(
+            lt("evil", "s", A, "2026-11-28T09:00:00Z"),
+            None,
+            Some(A),
+            Some(Reason::AtlasUnauthorized),
+        );
+        let r = with_status(
+            lt("good", "r", A, "2026-11-28T10:00:00Z"),
+            Some(A),
+            None,
+            Some(Reason::TokenIssued),
+        );
+        let all = vec![s, r];
+        assert!(conflict(&all, 0));
+        assert!(!conflict(&all, 1));
+        assert_eq!(held_by_others(&all, &all[0]), vec![A.to_string()]);
     }
 
     #[test]
