@@ -315,14 +315,141 @@ async fn a_squatter_without_usable_credentials_does_not_block_a_real_linktoken()
     assert_one_live_link_per_org_and_ready_means_live(&env, &[&env.ns, &evil]).await;
 }
 
+/// kubectl with the cluster admin's kubeconfig; panics on failure, returns stdout.
+fn kubectl(c: &support::TestCluster, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut cmd = c.kubectl();
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The operator's ClusterRole rules (deploy/linktoken-operator.yaml), under a unique name.
+fn operator_cluster_role(name: &str) -> String {
+    format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {name}
+rules:
+  - apiGroups: ["atlasmigration.io"]
+    resources: ["linktokens"]
+    verbs: ["get", "list", "watch", "patch"]
+  - apiGroups: ["atlasmigration.io"]
+    resources: ["linktokens/status"]
+    verbs: ["patch"]
+  - apiGroups: ["atlasmigration.io"]
+    resources: ["linktokens/finalizers"]
+    verbs: ["update"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+"#
+    )
+}
+
+fn role_binding(ns: &str, role: &str, sa_ns: &str) -> String {
+    format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: linktoken-operator
+  namespace: {ns}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {role}
+subjects:
+  - kind: ServiceAccount
+    name: linktoken-operator
+    namespace: {sa_ns}
+"#
+    )
+}
+
+/// A kubeconfig whose only credential is a token of ServiceAccount linktoken-operator in
+/// `ns` (so the test controls what the operator may read, scope by scope).
+fn service_account_kubeconfig(
+    c: &support::TestCluster,
+    ns: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    kubectl(
+        c,
+        &["create", "serviceaccount", "linktoken-operator", "-n", ns],
+        None,
+    );
+    let token = kubectl(
+        c,
+        &[
+            "create",
+            "token",
+            "linktoken-operator",
+            "-n",
+            ns,
+            "--duration=1h",
+        ],
+        None,
+    );
+    let admin = kubectl(
+        c,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let admin: serde_json::Value = serde_json::from_str(&admin).expect("kubeconfig json");
+    let kc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"].clone()}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
+        "current-context": "sa",
+    });
+    let path = dir.join("operator.kubeconfig");
+    std::fs::write(&path, kc.to_string()).expect("write kubeconfig");
+    path
+}
+
 /// Two `--watch-namespaces` scopes, each with a LinkToken for the same org, created before
-/// the operator starts: ownership is decided only once both caches are synced, so exactly
-/// one link is issued and the other LinkToken waits.
+/// the operator starts; the second scope's cache syncs seconds after the first (its
+/// RoleBinding arrives late, as with a per-namespace rollout). Ownership is decided only once
+/// both caches are synced, so exactly one link is ever issued and the other LinkToken waits.
 #[tokio::test]
 async fn two_scopes_at_startup_with_the_same_org_make_exactly_one_live_link() {
     let c = require_cluster!();
     let mut env = Env::new(c, "claims-s1").await;
     let other = c.namespace("claims-s2").await;
+    let own = env.ns.clone();
     env.api_key_secret("creds").await;
     put_secret_in(
         &env,
@@ -331,16 +458,45 @@ async fn two_scopes_at_startup_with_the_same_org_make_exactly_one_live_link() {
         &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)],
     )
     .await;
-    // The newer one goes in the first scope: a scope that reconciled before the other's
-    // cache synced would see no rival and issue.
+    // The older one lives in the scope that syncs late: a scope that reconciled before the
+    // other's cache synced would see no rival and issue, and then the older one would too.
     linktoken_in(&env, &other, "first", ORG, "creds").await;
     next_second().await;
     env.linktoken("second", ORG, &["203.0.113.0/24"]).await;
 
-    let own = env.ns.clone();
-    start_operator_for(&mut env, &[&own, &other]);
+    let role = format!("linktoken-operator-{own}");
+    kubectl(
+        c,
+        &["apply", "-f", "-"],
+        Some(&operator_cluster_role(&role)),
+    );
+    kubectl(
+        c,
+        &["apply", "-f", "-"],
+        Some(&role_binding(&own, &role, &own)),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = service_account_kubeconfig(c, &own, dir.path());
+    env.ns = format!("{own},{other}");
+    let op = env.spawn_operator_with_kubeconfig(&kubeconfig, &[]);
+    env.ns = own.clone();
+    env.operator = Some(op);
+
+    // The first scope is synced, the second cannot even list: nothing may be issued yet.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        env.sim.state.live_links(ORG),
+        0,
+        "a LinkToken issued before every scope's cache was synced"
+    );
+    kubectl(
+        c,
+        &["apply", "-f", "-"],
+        Some(&role_binding(&other, &role, &own)),
+    );
+
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "one Ready, one OrgConflict",
         || async {
             let a = reason_in(&env, &other, "first").await?;
@@ -357,4 +513,5 @@ async fn two_scopes_at_startup_with_the_same_org_make_exactly_one_live_link() {
         "exactly one link was ever issued for the org"
     );
     assert_one_live_link_per_org_and_ready_means_live(&env, &[&own, &other]).await;
+    kubectl(c, &["delete", "clusterrole", &role], None);
 }
