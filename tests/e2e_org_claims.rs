@@ -216,6 +216,61 @@ async fn an_orgid_moved_into_a_conflicted_org_revokes_the_old_link_and_never_mak
     assert_one_live_link_per_org_and_ready_means_live(&env, &[&env.ns]).await;
 }
 
+/// X's credentials are switched to a key that owns only org B and its orgId moved to B: the
+/// revocation in A is refused (403). That is a RevocationSkipped warning naming A, not a
+/// Stalled loop: X lets A go and becomes Ready in B.
+#[tokio::test]
+async fn a_refused_revocation_in_the_previous_org_is_a_warning_not_a_stall() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "claims-403").await;
+    env.api_key_secret("creds").await;
+    env.add_api_key(
+        "pubonlyb",
+        "private-key-only-b",
+        ORG_B,
+        linktoken_operator::sim::ORG_OWNER,
+    );
+    env.start_operator(&[]);
+    env.linktoken("x", ORG, &["203.0.113.0/24"]).await;
+    env.wait_ready("x").await;
+    let old = env.token_in("x", "linkToken").await.expect("token");
+
+    env.update_secret_data(
+        "creds",
+        &[
+            ("publicApiKey", "pubonlyb"),
+            ("privateApiKey", "private-key-only-b"),
+        ],
+    )
+    .await;
+    env.patch_linktoken("x", serde_json::json!({"spec": {"orgId": ORG_B}}))
+        .await;
+    env.wait_event("x", "RevocationSkipped", "Warning", Duration::from_secs(30))
+        .await;
+    let new = env.wait_new_token("x", &old, Duration::from_secs(30)).await;
+    let lt = env.wait_ready("x").await;
+    assert_eq!(
+        lt.status
+            .and_then(|s| s.issued_for)
+            .map(|i| i.org_id)
+            .as_deref(),
+        Some(ORG_B)
+    );
+    assert!(live_in_sim(&env, &new).await);
+    let events = env.events("x").await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, _, note)| r == "RevocationSkipped" && note.contains(ORG)),
+        "the warning names the previous org: {events:?}"
+    );
+    let (_, stalled) = env.ready_message_and_stalled("x").await;
+    assert_ne!(stalled, "True");
+    assert_one_live_link_per_org_and_ready_means_live(&env, &[&env.ns]).await;
+    env.assert_no_secret_leaked(&[&old, &new, "private-key-only-b", PRIVATE_KEY])
+        .await;
+}
+
 /// A Secret in `ns`.
 async fn put_secret_in(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) {
     let api: Api<Secret> = Api::namespaced(env.client.clone(), ns);
