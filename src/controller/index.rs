@@ -101,9 +101,49 @@ fn order_key(lt: &LinkToken) -> (Option<jiff::Timestamp>, String, String, String
     )
 }
 
-fn rank(lt: &LinkToken, basis: ClaimBasis, other: &LinkToken, other_basis: ClaimBasis) -> Ordering {
+/// When `lt` last acted in `org` according to its status: the issue of its current token
+/// there, or the start of an issue there (its marker), whichever is later.
+fn last_activity(lt: &LinkToken, org: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let st = lt.status.as_ref()?;
+    let issued = st
+        .issued_for
+        .as_ref()
+        .filter(|i| i.org_id == org)
+        .and(st.issued_at.as_deref());
+    let started = st
+        .in_flight
+        .as_ref()
+        .filter(|f| f.org_id == org)
+        .map(|f| f.started_at.as_str());
+    [issued, started]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .max()
+}
+
+/// Orders two claims on `org`: Less means `lt` wins. Status before spec. Between two status
+/// claims (left behind by a race, or by an operator version that decided by age alone), the
+/// LinkToken that acted in the org last holds the live link (every issue revokes before it
+/// POSTs, so the latest POST is the live one); it must not be revoked by the other. Then age.
+fn rank(
+    lt: &LinkToken,
+    basis: ClaimBasis,
+    other: &LinkToken,
+    other_basis: ClaimBasis,
+    org: &str,
+) -> Ordering {
     basis
         .cmp(&other_basis)
+        .then_with(|| {
+            if basis == ClaimBasis::Status && other_basis == ClaimBasis::Status {
+                // Later first; a claim with no readable time ranks after one with a time.
+                std::cmp::Reverse(last_activity(lt, org))
+                    .cmp(&std::cmp::Reverse(last_activity(other, org)))
+            } else {
+                Ordering::Equal
+            }
+        })
         .then_with(|| order_key(lt).cmp(&order_key(other)))
 }
 
@@ -111,7 +151,7 @@ fn rank(lt: &LinkToken, basis: ClaimBasis, other: &LinkToken, other_basis: Claim
 pub fn org_owner<'a>(all: &'a [Arc<LinkToken>], org_id: &str) -> Option<&'a Arc<LinkToken>> {
     all.iter()
         .filter_map(|lt| claim(lt, org_id).map(|b| (lt, b)))
-        .min_by(|(a, ab), (b, bb)| rank(a, *ab, b, *bb))
+        .min_by(|(a, ab), (b, bb)| rank(a, *ab, b, *bb, org_id))
         .map(|(lt, _)| lt)
 }
 
@@ -134,8 +174,8 @@ pub fn ownership(all: &[Arc<LinkToken>], lt: &LinkToken) -> OrgOwnership {
         .iter()
         .filter(|o| !same(o, lt))
         .filter_map(|o| claim(o, org).map(|b| (o, b)))
-        .filter(|(o, b)| rank(o, *b, lt, mine) == Ordering::Less)
-        .min_by(|(a, ab), (b, bb)| rank(a, *ab, b, *bb));
+        .filter(|(o, b)| rank(o, *b, lt, mine, org) == Ordering::Less)
+        .min_by(|(a, ab), (b, bb)| rank(a, *ab, b, *bb, org));
     match winner {
         Some((owner, _)) => OrgOwnership::ConflictWith {
             same_namespace_name: (owner.namespace() == lt.namespace()).then(|| owner.name_any()),
@@ -157,7 +197,8 @@ pub fn held_by_others(all: &[Arc<LinkToken>], lt: &LinkToken) -> Vec<String> {
                 claim(o, org) == Some(ClaimBasis::Status)
                     && match mine {
                         Some(ClaimBasis::Status) => {
-                            rank(o, ClaimBasis::Status, lt, ClaimBasis::Status) == Ordering::Less
+                            rank(o, ClaimBasis::Status, lt, ClaimBasis::Status, org)
+                                == Ordering::Less
                         }
                         _ => true,
                     }
@@ -338,6 +379,40 @@ mod tests {
         let all = vec![x, all[1].clone()];
         assert!(!conflict(&all, 1));
         assert!(held_by_others(&all, &all[0]).is_empty());
+    }
+
+    #[test]
+    fn between_two_status_claims_the_latest_issuer_holds_the_link() {
+        // Left behind by an operator that decided by age alone: x (older) moved to B but its
+        // status still names A; y took A over and issued later. x must not revoke A.
+        let mut x = (*with_status(
+            lt("ns", "x", B, "2026-11-28T09:00:00Z"),
+            Some(A),
+            Some(B),
+            Some(Reason::AtlasUnavailable),
+        ))
+        .clone();
+        if let Some(st) = x.status.as_mut() {
+            st.issued_at = Some("2026-11-28T09:00:05Z".into());
+            if let Some(f) = st.in_flight.as_mut() {
+                f.started_at = "2026-11-28T12:00:00Z".into();
+            }
+        }
+        let mut y = (*with_status(
+            lt("ns", "y", A, "2026-11-28T10:00:00Z"),
+            Some(A),
+            None,
+            Some(Reason::TokenIssued),
+        ))
+        .clone();
+        if let Some(st) = y.status.as_mut() {
+            st.issued_at = Some("2026-11-28T11:00:00Z".into());
+        }
+        let all = vec![Arc::new(x), Arc::new(y)];
+        assert_eq!(held_by_others(&all, &all[0]), vec![A.to_string()]);
+        assert!(held_by_others(&all, &all[1]).is_empty());
+        assert!(!conflict(&all, 1), "y keeps A");
+        assert_eq!(org_owner(&all, A).map(|o| o.name_any()), Some("y".into()));
     }
 
     #[test]
