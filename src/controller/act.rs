@@ -193,6 +193,7 @@ async fn revoke_previous(
 ) -> Result<Outcome, Error> {
     let status = lt.status.clone().unwrap_or_default();
     let mut done: Vec<&String> = Vec::new();
+    let mut revoked = 0usize;
     if !revoke.is_empty() {
         let Some(creds) = obs.credentials.as_ref() else {
             // decide only revokes with valid credentials; stay total anyway.
@@ -206,7 +207,10 @@ async fn revoke_previous(
         };
         for org in revoke {
             match ctx.atlas.delete_link_token(creds, org).await {
-                Ok(_) => done.push(org),
+                Ok(_) => {
+                    revoked += 1;
+                    done.push(org);
+                }
                 // The credentials cannot act on the old org (any more): nothing this
                 // LinkToken can do there. Say so once and move on; a stall here would keep
                 // claiming the old org forever.
@@ -257,7 +261,7 @@ async fn revoke_previous(
     );
     let status = report::with_outcome(lt, status, Reason::Issuing, &message);
     report::write_status(ctx, lt, &status).await?;
-    if !revoke.is_empty() {
+    if revoked > 0 {
         ctx.metrics.token_revoked();
         report::publish(ctx, lt, EventType::Normal, "TokenRevoked", &message).await;
     }

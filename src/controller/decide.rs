@@ -2,9 +2,10 @@
 //!
 //! Nothing here does I/O. `observe` gathers an [`Observed`]; [`decide`] returns an [`Action`];
 //! `act` carries it out. The checks run in the order of the contract's issuing path:
-//! credentials -> org conflict -> Secret conflict -> is a (re)issue needed and why -> keep the
-//! Secret and status in shape. Each check is a small named function, so the tests read like
-//! the contract's tables.
+//! credentials -> revoke in orgs the spec moved away from -> org conflict -> Secret conflict ->
+//! is a (re)issue needed and why -> keep the Secret and status in shape. Each check is a small
+//! named function, so the tests read like the contract's tables. Deletion has its own pure
+//! decision, [`decide_cleanup`]; both use [`orgs_that_may_hold_a_token`].
 
 use crate::api::Reason;
 
