@@ -211,7 +211,11 @@ pub fn decide(o: &Observed) -> Action {
         return wait;
     }
     if let Some(revoke) = check_previous_orgs(o) {
-        return check_retry_hold(o).unwrap_or(revoke);
+        // A failed revocation there is not repeated before its delay, nor (another 4xx) with
+        // unchanged inputs.
+        return check_stalled_attempt(o)
+            .or_else(|| check_retry_hold(o))
+            .unwrap_or(revoke);
     }
     if let Some(wait) = check_org(o) {
         return wait;

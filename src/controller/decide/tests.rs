@@ -479,6 +479,28 @@ fn the_revocation_of_a_previous_org_waits_for_its_retry_delay() {
 }
 
 #[test]
+fn a_revocation_of_a_previous_org_atlas_rejected_is_not_repeated_with_the_same_inputs() {
+    let stalled = StalledAttempt {
+        reason: Reason::AtlasRejected,
+        generation: Some(1),
+        credentials_version: Some("7".into()),
+        rotate: None,
+        resync_due: false,
+    };
+    let o = Observed {
+        org_id: ORG2.into(),
+        last_stalled: Some(stalled.clone()),
+        ..ready()
+    };
+    assert_eq!(reason(&decide(&o)), Some(Reason::AtlasRejected));
+    let edited = Observed {
+        generation: Some(2),
+        ..o
+    };
+    assert_eq!(decide(&edited), revoke_previous(&[ORG], &[]));
+}
+
+#[test]
 fn an_issue_never_deletes_where_another_linktoken_holds_the_live_link() {
     let o = Observed {
         in_flight: Some(InFlight {
