@@ -283,12 +283,12 @@ fn check_org(o: &Observed) -> Option<Action> {
         } => {
             let who = match same_namespace_name {
                 Some(name) => format!("LinkToken {name}"),
-                None => "an older LinkToken in another namespace".into(),
+                None => "a LinkToken in another namespace".into(),
             };
             Some(Action::Wait {
                 reason: Reason::OrgConflict,
                 message: format!(
-                    "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one is deleted",
+                    "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one lets go of the org (deleted, or its orgId moved and its link there revoked)",
                     o.org_id
                 ),
             })
