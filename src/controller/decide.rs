@@ -119,6 +119,9 @@ pub struct Observed {
     /// Orgs where this LinkToken's status says a token may be live but another LinkToken
     /// holds the live link (index::held_by_others): never DELETEd by this one.
     pub held_by_others: Vec<String>,
+    /// This LinkToken's last reported reason says its credentials cannot act
+    /// (index::UNUSABLE), so other LinkTokens do not count its claim yet.
+    pub reported_unusable: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
 }
@@ -233,6 +236,9 @@ pub fn decide(o: &Observed) -> Action {
             }
             if let Some(hold) = check_retry_hold(o) {
                 return hold;
+            }
+            if let Some(announce) = check_claim_visible(o) {
+                return announce;
             }
             Action::Issue {
                 why,
@@ -397,6 +403,20 @@ fn current_token_location(o: &Observed) -> TokenLocation {
     } else {
         TokenLocation::Gone
     }
+}
+
+/// Others ignore this LinkToken's claim while its status says its credentials cannot act. Its
+/// credentials work now: report that first (Issuing, looked at again in a second) and issue
+/// only then, so a LinkToken deciding at the same moment sees the claim instead of issuing
+/// in the same org.
+fn check_claim_visible(o: &Observed) -> Option<Action> {
+    o.reported_unusable.then(|| Action::Wait {
+        reason: Reason::Issuing,
+        message: format!(
+            "the credentials are usable; claiming orgId {} before issuing",
+            o.org_id
+        ),
+    })
 }
 
 /// A failure only a user can fix is not retried while its inputs are unchanged.

@@ -105,6 +105,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
             started_at: f.started_at,
         }),
         held_by_others,
+        reported_unusable: !index::has_usable_credentials(lt),
         last_stalled,
         retry_hold,
     };

@@ -36,6 +36,7 @@ fn ready() -> Observed {
         }),
         in_flight: None,
         held_by_others: vec![],
+        reported_unusable: false,
         last_stalled: None,
         retry_hold: None,
     }
@@ -498,6 +499,20 @@ fn a_revocation_of_a_previous_org_atlas_rejected_is_not_repeated_with_the_same_i
         ..o
     };
     assert_eq!(decide(&edited), revoke_previous(&[ORG], &[]));
+}
+
+#[test]
+fn credentials_usable_again_announce_the_claim_before_issuing() {
+    let o = Observed {
+        reported_unusable: true,
+        ..fresh()
+    };
+    assert_eq!(reason(&decide(&o)), Some(Reason::Issuing));
+    let announced = Observed {
+        reported_unusable: false,
+        ..o
+    };
+    assert_eq!(decide(&announced), issue(IssueWhy::NoToken, &[]));
 }
 
 #[test]
