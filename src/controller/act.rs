@@ -33,6 +33,9 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
     match decide::decide(&obs.observed) {
         decide::Action::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
         decide::Action::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
+        decide::Action::RevokePrevious { revoke, skip } => {
+            revoke_previous(lt, ctx, &obs, &revoke, &skip).await
+        }
         decide::Action::Hold { reason, after } => {
             // Status already reports this failure; only the retry time is kept.
             ctx.metrics.track(&key_of(lt), Some(reason));
@@ -105,19 +108,9 @@ async fn issue(
         .await;
     };
     let org = lt.spec.org_id.clone();
+    // A marker for another org never reaches here: decide revokes previous orgs first
+    // (RevokePrevious), so replacing the marker loses no record of a live token.
     let mut status = lt.status.clone().unwrap_or_default();
-
-    // A marker left by an interrupted issue for another org is the only record of that org:
-    // revoke there before the marker is replaced.
-    if let Some(stale) = status
-        .in_flight
-        .as_ref()
-        .filter(|f| f.org_id != org)
-        .map(|f| f.org_id.clone())
-        && let Err(e) = ctx.atlas.delete_link_token(creds, &stale).await
-    {
-        return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await;
-    }
 
     // 1. The marker: from here on a token may exist in Atlas for this org.
     status.in_flight = Some(InFlight {
@@ -192,6 +185,99 @@ async fn issue(
     report::publish(ctx, lt, EventType::Normal, ev, &note).await;
     ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
     Ok(ready_outcome(ctx))
+}
+
+/// The spec moved away from orgs where a token of ours may be live: revoke there and drop
+/// them from status, so this LinkToken stops claiming them and stops DELETEing there (another
+/// LinkToken may take the org over and must not have its token revoked by our retries).
+async fn revoke_previous(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+    revoke: &[String],
+    skip: &[String],
+) -> Result<Outcome, Error> {
+    let status = lt.status.clone().unwrap_or_default();
+    let mut done: Vec<&String> = Vec::new();
+    let mut revoked = 0usize;
+    if !revoke.is_empty() {
+        let Some(creds) = obs.credentials.as_ref() else {
+            // decide only revokes with valid credentials; stay total anyway.
+            return wait(
+                lt,
+                ctx,
+                Reason::CredentialsNotFound,
+                "the credentials Secret is not readable",
+            )
+            .await;
+        };
+        for org in revoke {
+            match ctx.atlas.delete_link_token(creds, org).await {
+                Ok(_) => {
+                    revoked += 1;
+                    done.push(org);
+                }
+                // The credentials cannot act on the old org (any more): nothing this
+                // LinkToken can do there. Say so once and move on; a stall here would keep
+                // claiming the old org forever.
+                Err(e) if matches!(e.http_status(), Some(401 | 403 | 404)) => {
+                    let note = format!(
+                        "the link in the previous orgId {org} was not revoked: Atlas refused ({}); revoke it there if it still matters",
+                        e.user_message()
+                    );
+                    tracing::warn!(linktoken = %key_of(lt), org = %org, "revocation skipped: {note}");
+                    report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", &note).await;
+                    done.push(org);
+                }
+                Err(e) => return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await,
+            }
+        }
+    }
+    for org in skip {
+        let note = format!(
+            "the link in the previous orgId {org} was not revoked: another LinkToken holds the live link there"
+        );
+        report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", &note).await;
+        done.push(org);
+    }
+    let mut status = status;
+    if status
+        .issued_for
+        .as_ref()
+        .is_some_and(|i| done.contains(&&i.org_id))
+    {
+        // The token in the Secret is revoked (or belongs to an org we let go of): nothing is
+        // issued for this LinkToken any more.
+        status.issued_for = None;
+        status.issued_at = None;
+    }
+    if status
+        .in_flight
+        .as_ref()
+        .is_some_and(|f| done.contains(&&f.org_id))
+    {
+        status.in_flight = None;
+    }
+    status.atlas_error = None;
+    let orgs: Vec<&str> = done.iter().map(|o| o.as_str()).collect();
+    let message = format!(
+        "spec.orgId moved to {}: let go of the previous orgId {}",
+        lt.spec.org_id,
+        orgs.join(", ")
+    );
+    let status = report::with_outcome(lt, status, Reason::Issuing, &message);
+    report::write_status(ctx, lt, &status).await?;
+    if revoked > 0 {
+        ctx.metrics.token_revoked();
+        report::publish(ctx, lt, EventType::Normal, "TokenRevoked", &message).await;
+    }
+    ctx.forget(&object_ref(lt));
+    ctx.metrics.track(&key_of(lt), Some(Reason::Issuing));
+    // Look again at once (fresh read): claim the new org or wait for it.
+    Ok(Outcome {
+        action: Action::requeue(Duration::from_millis(100)),
+        reason: Reason::Issuing,
+    })
 }
 
 /// The Secret holds the token of an interrupted issue (written after its POST): record it.

@@ -1,5 +1,7 @@
-//! Deletion: the finalizer's job. `Retain` lets go without calling Atlas (and keeps the Secret);
-//! `Delete` revokes. Deletion is never blocked forever by something only a user can fix:
+//! Deletion: the finalizer's job. What to do is decided by the pure
+//! [`decide::decide_cleanup`] (table-tested); this file carries it out. `Retain` lets go
+//! without calling Atlas (and keeps the Secret); `Delete` revokes, but never in an org where
+//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never blocked forever by something only a user can fix:
 //! missing credentials, 401, 403 or another 4xx end in a `RevocationSkipped` warning and the
 //! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
 //! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
@@ -15,7 +17,9 @@ use kube::runtime::events::EventType;
 use super::act::Outcome;
 use super::backoff;
 use super::context::Context;
+use super::decide::{self, CleanupObserved, CleanupStep, CredentialsState};
 use super::error::Error;
+use super::index;
 use super::observe::read_credentials;
 use super::report::{self, key_of, object_ref};
 use super::secret;
@@ -25,50 +29,65 @@ use crate::atlas::{DeleteOutcome, Operation, RetryHint, classify};
 pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let status = lt.status.clone().unwrap_or_default();
-    // Orgs where a token of this LinkToken may be live. None: nothing to revoke (never issued,
-    // or it only ever waited on an OrgConflict, whose owner's token must not be touched).
-    let mut orgs: Vec<String> = Vec::new();
-    for o in [
-        status.issued_for.as_ref().map(|i| i.org_id.clone()),
-        status.in_flight.as_ref().map(|f| f.org_id.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !orgs.contains(&o) {
-            orgs.push(o);
-        }
-    }
+    let retain = lt.spec.deletion_policy == DeletionPolicy::Retain;
+    let issued_org = status.issued_for.as_ref().map(|i| i.org_id.clone());
+    let in_flight_org = status.in_flight.as_ref().map(|f| f.org_id.clone());
+    let held_by_others = index::held_by_others(&ctx.all_linktokens(), lt);
+    // The credentials are read only when something may have to be revoked.
+    let may_revoke = !retain
+        && decide::orgs_that_may_hold_a_token(issued_org.as_deref(), in_flight_org.as_deref())
+            .iter()
+            .any(|o| !held_by_others.contains(o));
+    let (credentials, creds) = if may_revoke {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let creds_secret = secrets
+            .get_opt(&lt.spec.credentials_secret_ref.name)
+            .await?;
+        let (state, creds, _) = read_credentials(creds_secret.as_ref());
+        (state, creds)
+    } else {
+        (CredentialsState::Missing, None)
+    };
+    let step = decide::decide_cleanup(&CleanupObserved {
+        retain,
+        issued_org,
+        in_flight_org,
+        held_by_others,
+        credentials,
+    });
 
-    if lt.spec.deletion_policy == DeletionPolicy::Retain {
-        orphan_token_secret(lt, ctx, &ns).await?;
-        if !orgs.is_empty() {
-            report::publish(
-                ctx,
-                lt,
-                EventType::Normal,
-                "TokenRetained",
-                "deletionPolicy is Retain: the link token stays valid in Atlas and its Secret is kept",
-            )
-            .await;
+    let (revoke, held) = match step {
+        CleanupStep::Retain { had_token } => {
+            orphan_token_secret(lt, ctx, &ns).await?;
+            if had_token {
+                report::publish(
+                    ctx,
+                    lt,
+                    EventType::Normal,
+                    "TokenRetained",
+                    "deletionPolicy is Retain: the link token stays valid in Atlas and its Secret is kept",
+                )
+                .await;
+            }
+            return Ok(released(ctx, lt));
         }
-        return Ok(released(ctx, lt));
-    }
-    if orgs.is_empty() {
-        return Ok(released(ctx, lt));
-    }
-
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let creds_secret = secrets
-        .get_opt(&lt.spec.credentials_secret_ref.name)
-        .await?;
-    let (_, creds, _) = read_credentials(creds_secret.as_ref());
+        CleanupStep::Release { skipped } => {
+            held_elsewhere(ctx, lt, &skipped).await;
+            return Ok(released(ctx, lt));
+        }
+        CleanupStep::SkipNoCredentials { orgs } => {
+            skipped(ctx, lt, &format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", "))).await;
+            return Ok(released(ctx, lt));
+        }
+        CleanupStep::Revoke { revoke, skipped } => (revoke, skipped),
+    };
+    held_elsewhere(ctx, lt, &held).await;
     let Some(creds) = creds else {
-        skipped(ctx, lt, "the credentials Secret is missing or invalid, so the link token could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters").await;
+        // decide_cleanup revokes only with valid credentials; stay total anyway.
         return Ok(released(ctx, lt));
     };
 
-    for org in &orgs {
+    for org in &revoke {
         match ctx.atlas.delete_link_token(&creds, org).await {
             Ok(DeleteOutcome::Deleted) | Ok(DeleteOutcome::AlreadyAbsent) => {}
             Err(e) => {
@@ -77,7 +96,7 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
                 if class.reason != Reason::RevocationBlocked
                     && class.reason != Reason::AtlasRateLimited
                 {
-                    skipped(ctx, lt, &format!("Atlas refused the revocation ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
+                    skipped(ctx, lt, &format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
                     return Ok(released(ctx, lt));
                 }
                 let mut status = status.clone();
@@ -115,6 +134,13 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     )
     .await;
     Ok(released(ctx, lt))
+}
+
+/// Orgs left alone because another LinkToken holds the live link there: say which.
+async fn held_elsewhere(ctx: &Context, lt: &LinkToken, orgs: &[String]) {
+    for org in orgs {
+        skipped(ctx, lt, &format!("the link in orgId {org} was not revoked: another LinkToken holds the live link there")).await;
+    }
 }
 
 fn released(ctx: &Context, lt: &LinkToken) -> Outcome {

@@ -2,9 +2,10 @@
 //!
 //! Nothing here does I/O. `observe` gathers an [`Observed`]; [`decide`] returns an [`Action`];
 //! `act` carries it out. The checks run in the order of the contract's issuing path:
-//! credentials -> org conflict -> Secret conflict -> is a (re)issue needed and why -> keep the
-//! Secret and status in shape. Each check is a small named function, so the tests read like
-//! the contract's tables.
+//! credentials -> revoke in orgs the spec moved away from -> org conflict -> Secret conflict ->
+//! is a (re)issue needed and why -> keep the Secret and status in shape. Each check is a small
+//! named function, so the tests read like the contract's tables. Deletion has its own pure
+//! decision, [`decide_cleanup`]; both use [`orgs_that_may_hold_a_token`].
 
 use crate::api::Reason;
 
@@ -116,6 +117,12 @@ pub struct Observed {
     pub previous_secret: Option<(String, SecretState)>,
     pub issued_for: Option<IssuedFor>,
     pub in_flight: Option<InFlight>,
+    /// Orgs where this LinkToken's status says a token may be live but another LinkToken
+    /// holds the live link (index::held_by_others): never DELETEd by this one.
+    pub held_by_others: Vec<String>,
+    /// This LinkToken's last reported reason says its credentials cannot act
+    /// (index::UNUSABLE), so other LinkTokens do not count its claim yet.
+    pub reported_unusable: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
 }
@@ -169,6 +176,14 @@ pub enum Action {
     /// The Secret holds a token written by an interrupted issue after its POST: keep it and
     /// record it in status (no Atlas call).
     Adopt { token_key: String },
+    /// The spec moved away from orgs where a token of this LinkToken may be live: DELETE in
+    /// each of `revoke` (a 401/403 there is a warning, not a stall), skip `skip` (another
+    /// LinkToken holds the live link there), drop them from status, then look again. Comes
+    /// before the org check: an OrgConflict wait never keeps an old link live.
+    RevokePrevious {
+        revoke: Vec<String>,
+        skip: Vec<String>,
+    },
     /// A transient failure's retry is not due yet: no Atlas call; look again `after` (status
     /// already reports `reason`).
     Hold {
@@ -199,6 +214,13 @@ pub fn decide(o: &Observed) -> Action {
     if let Some(wait) = check_credentials(o) {
         return wait;
     }
+    if let Some(revoke) = check_previous_orgs(o) {
+        // A failed revocation there is not repeated before its delay, nor (another 4xx) with
+        // unchanged inputs.
+        return check_stalled_attempt(o)
+            .or_else(|| check_retry_hold(o))
+            .unwrap_or(revoke);
+    }
     if let Some(wait) = check_org(o) {
         return wait;
     }
@@ -216,9 +238,15 @@ pub fn decide(o: &Observed) -> Action {
             if let Some(hold) = check_retry_hold(o) {
                 return hold;
             }
+            if let Some(announce) = check_claim_visible(o) {
+                return announce;
+            }
             Action::Issue {
                 why,
-                revoke_orgs: orgs_that_may_hold_a_token(o),
+                revoke_orgs: may_hold(o)
+                    .into_iter()
+                    .filter(|org| !o.held_by_others.contains(org))
+                    .collect(),
             }
         }
         None => keep(o),
@@ -239,6 +267,21 @@ fn check_credentials(o: &Observed) -> Option<Action> {
     }
 }
 
+/// Orgs other than the spec's where a token of ours may be live: revoke them first.
+fn check_previous_orgs(o: &Observed) -> Option<Action> {
+    let previous: Vec<String> = may_hold(o)
+        .into_iter()
+        .filter(|org| *org != o.org_id)
+        .collect();
+    if previous.is_empty() {
+        return None;
+    }
+    let (skip, revoke) = previous
+        .into_iter()
+        .partition(|org| o.held_by_others.contains(org));
+    Some(Action::RevokePrevious { revoke, skip })
+}
+
 fn check_org(o: &Observed) -> Option<Action> {
     match &o.org {
         OrgOwnership::Owner => None,
@@ -247,12 +290,12 @@ fn check_org(o: &Observed) -> Option<Action> {
         } => {
             let who = match same_namespace_name {
                 Some(name) => format!("LinkToken {name}"),
-                None => "an older LinkToken in another namespace".into(),
+                None => "a LinkToken in another namespace".into(),
             };
             Some(Action::Wait {
                 reason: Reason::OrgConflict,
                 message: format!(
-                    "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one is deleted",
+                    "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one lets go of the org (deleted, or its orgId moved and its link there revoked)",
                     o.org_id
                 ),
             })
@@ -363,6 +406,20 @@ fn current_token_location(o: &Observed) -> TokenLocation {
     }
 }
 
+/// Others ignore this LinkToken's claim while its status says its credentials cannot act. Its
+/// credentials work now: report that first (Issuing, looked at again in a second) and issue
+/// only then, so a LinkToken deciding at the same moment sees the claim instead of issuing
+/// in the same org.
+fn check_claim_visible(o: &Observed) -> Option<Action> {
+    o.reported_unusable.then(|| Action::Wait {
+        reason: Reason::Issuing,
+        message: format!(
+            "the credentials are usable; claiming orgId {} before issuing",
+            o.org_id
+        ),
+    })
+}
+
 /// A failure only a user can fix is not retried while its inputs are unchanged.
 fn check_stalled_attempt(o: &Observed) -> Option<Action> {
     let last = o.last_stalled.as_ref()?;
@@ -389,20 +446,80 @@ fn check_retry_hold(o: &Observed) -> Option<Action> {
     })
 }
 
-/// Every org where a token of ours may be live: the one it was issued in, and the one of an
-/// interrupted issue. Each gets a DELETE before the next POST so no link is orphaned.
-fn orgs_that_may_hold_a_token(o: &Observed) -> Vec<String> {
+/// THE rule for "the orgs that may hold a token" of a LinkToken, shared by issuing, by the
+/// claim index and by deletion: the org its current token was issued in, and the org of an
+/// interrupted issue (its marker). Each gets a DELETE before the next POST, and on deletion,
+/// so no link is orphaned.
+pub fn orgs_that_may_hold_a_token(
+    issued_for: Option<&str>,
+    in_flight: Option<&str>,
+) -> Vec<String> {
     let mut orgs: Vec<String> = Vec::new();
-    let candidates = [
-        o.issued_for.as_ref().map(|i| i.org_id.clone()),
-        o.in_flight.as_ref().map(|f| f.org_id.clone()),
-    ];
-    for org in candidates.into_iter().flatten() {
-        if !orgs.contains(&org) {
-            orgs.push(org);
+    for org in [issued_for, in_flight].into_iter().flatten() {
+        if !orgs.iter().any(|o| o == org) {
+            orgs.push(org.to_string());
         }
     }
     orgs
+}
+
+fn may_hold(o: &Observed) -> Vec<String> {
+    orgs_that_may_hold_a_token(
+        o.issued_for.as_ref().map(|i| i.org_id.as_str()),
+        o.in_flight.as_ref().map(|f| f.org_id.as_str()),
+    )
+}
+
+/// What the finalizer sees of a LinkToken being deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanupObserved {
+    pub retain: bool,
+    /// status.issuedFor.orgId and status.inFlight.orgId.
+    pub issued_org: Option<String>,
+    pub in_flight_org: Option<String>,
+    /// Orgs where another LinkToken holds the live link (index::held_by_others).
+    pub held_by_others: Vec<String>,
+    pub credentials: CredentialsState,
+}
+
+/// The finalizer's next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CleanupStep {
+    /// deletionPolicy Retain: keep the token and its Secret (drop our ownerReference), let go.
+    /// `had_token`: a token may be live (worth a TokenRetained event).
+    Retain { had_token: bool },
+    /// Nothing of ours can be live in Atlas (never issued, or only waited on an OrgConflict):
+    /// let go without calling Atlas. `skipped`: orgs left alone because another LinkToken
+    /// holds the live link there (each named in a RevocationSkipped warning).
+    Release { skipped: Vec<String> },
+    /// A token may be live but the credentials cannot be read: warn (RevocationSkipped) and
+    /// let go, so deletion is never blocked by something only a user can fix.
+    SkipNoCredentials { orgs: Vec<String> },
+    /// DELETE in each of `revoke`, then let go; `skipped` as in Release.
+    Revoke {
+        revoke: Vec<String>,
+        skipped: Vec<String>,
+    },
+}
+
+/// The deletion contract (docs/lifecycle.md, "Deletion"), one rule per row of its table.
+pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
+    let orgs = orgs_that_may_hold_a_token(o.issued_org.as_deref(), o.in_flight_org.as_deref());
+    if o.retain {
+        return CleanupStep::Retain {
+            had_token: !orgs.is_empty(),
+        };
+    }
+    let (skipped, revoke): (Vec<String>, Vec<String>) = orgs
+        .into_iter()
+        .partition(|org| o.held_by_others.contains(org));
+    if revoke.is_empty() {
+        return CleanupStep::Release { skipped };
+    }
+    if o.credentials != CredentialsState::Valid {
+        return CleanupStep::SkipNoCredentials { orgs: revoke };
+    }
+    CleanupStep::Revoke { revoke, skipped }
 }
 
 fn keep(o: &Observed) -> Action {

@@ -10,8 +10,10 @@
 //! writes do not trigger reconciles), and the *metadata* of the token Secrets this operator
 //! wrote (label `app.kubernetes.io/managed-by=linktoken-operator`; never their data, never any
 //! other Secret), mapped back to their LinkTokens. Credentials Secrets are read by name on each
-//! reconcile and rechecked on a backing-off timer while they are the problem. A deleted
-//! LinkToken wakes the others for its orgId (takeover).
+//! reconcile and rechecked on a backing-off timer while they are the problem. A LinkToken that
+//! lets go of an org (deleted, previous org revoked, credentials reported unusable) wakes the
+//! others waiting for it (takeover). No reconcile runs before every scope's cache is synced:
+//! org claims span the scopes.
 pub mod act;
 pub mod backoff;
 pub mod cleanup;
@@ -25,6 +27,7 @@ pub mod pause;
 pub mod report;
 pub mod secret;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -115,6 +118,12 @@ pub async fn run(
         let senders = wake_senders.clone();
         let ctx_for_wake = ctx.clone();
         let scope_index = ctx.scope_names.iter().position(|n| n == &ns).unwrap_or(0);
+        // The orgs each LinkToken of this scope claimed when last seen (by uid), so a claim
+        // that goes away (status change: a previous org revoked, credentials reported
+        // unusable) wakes the LinkTokens waiting for that org. Status writes do not trigger
+        // reconciles (see the predicate below), so without this a waiter would sleep until
+        // the slow resync.
+        let mut claims: HashMap<String, Vec<String>> = HashMap::new();
         // Lists may come from the API server's watch cache (any_semantic): every action is
         // guarded by a fresh GET of the LinkToken, so a slightly old list costs nothing.
         let linktokens = reflector::reflector(
@@ -131,10 +140,31 @@ pub async fn run(
                 // delete event: forget them too.
                 ctx_for_wake.prune_vanished();
             }
-            // The owner of an org went away: wake the others so one takes over now.
-            if let Ok(watcher::Event::Delete(gone)) = ev {
-                ctx_for_wake.vanished(&ObjectRef::from_obj(gone));
-                for r in index::same_org_others(&ctx_for_wake.all_linktokens(), gone) {
+            let released: Option<(&LinkToken, Vec<String>)> = match ev {
+                Ok(watcher::Event::Apply(lt) | watcher::Event::InitApply(lt)) => {
+                    let now = index::claimed_orgs(lt);
+                    let before = claims
+                        .insert(lt.uid().unwrap_or_default(), now.clone())
+                        .unwrap_or_default();
+                    let gone: Vec<String> =
+                        before.into_iter().filter(|o| !now.contains(o)).collect();
+                    (!gone.is_empty()).then_some((lt, gone))
+                }
+                // The owner of an org went away: forget it, and wake the others so one
+                // takes over now.
+                Ok(watcher::Event::Delete(lt)) => {
+                    ctx_for_wake.vanished(&ObjectRef::from_obj(lt));
+                    let mut gone = claims
+                        .remove(&lt.uid().unwrap_or_default())
+                        .unwrap_or_default();
+                    gone.extend(index::claimed_orgs(lt));
+                    gone.push(lt.spec.org_id.clone());
+                    Some((lt, gone))
+                }
+                _ => None,
+            };
+            if let Some((lt, orgs)) = released {
+                for r in index::waiting_for(&ctx_for_wake.all_linktokens(), &orgs, lt) {
                     for tx in &senders {
                         let _ = tx.unbounded_send(r.clone());
                     }
@@ -194,6 +224,11 @@ impl Context {
         self.stores[i].clone()
     }
 
+    /// True once every scope's cache has its first full list.
+    pub fn all_synced(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
     /// Resolves once every scope's cache has its first full list. Read from the watch
     /// streams (their InitDone event), not from `Store::wait_until_ready`: that signal wakes
     /// a single waiter, and the controller itself is already waiting on it.
@@ -234,6 +269,13 @@ fn error_metric(e: &Error) -> ReconcileResult {
 
 /// One reconcile: finalizer bookkeeping, then apply or cleanup; one log line per outcome.
 async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Ownership of an org is decided over every scope's LinkTokens: a scope whose cache is
+    // not synced yet would look empty, and a LinkToken could issue in an org another one
+    // already holds. Nothing runs before every scope is synced (no Atlas call, no write).
+    if !ctx.all_synced() {
+        tracing::debug!(linktoken = %report::key_of(&lt), "waiting for every watched scope's cache to sync");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let started = Instant::now();
     let key = report::key_of(&lt);
     let result = reconcile_inner(&lt, &ctx).await;

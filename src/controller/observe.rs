@@ -63,6 +63,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
 
     let all = ctx.all_linktokens();
     let org = index::ownership(&all, lt);
+    let held_by_others = index::held_by_others(&all, lt);
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
     let memo = ctx.memo(&ObjectRef::from_obj(lt));
@@ -105,6 +106,8 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
             org_id: f.org_id,
             started_at: f.started_at,
         }),
+        held_by_others,
+        reported_unusable: !index::has_usable_credentials(lt),
         last_stalled,
         retry_hold,
     };

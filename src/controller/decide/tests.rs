@@ -35,6 +35,8 @@ fn ready() -> Observed {
             token_sha256: Some(SHA.into()),
         }),
         in_flight: None,
+        held_by_others: vec![],
+        reported_unusable: false,
         last_stalled: None,
         retry_hold: None,
     }
@@ -125,12 +127,21 @@ fn the_issuing_table() {
             issue(IssueWhy::RotateRequested, &[ORG]),
         ),
         (
-            "orgId changed: the old org's link is revoked, the new org gets a POST",
+            "orgId changed: the old org's link is revoked first, on its own",
             Observed {
                 org_id: ORG2.into(),
                 ..ready()
             },
-            issue(IssueWhy::OrgChanged, &[ORG]),
+            revoke_previous(&[ORG], &[]),
+        ),
+        (
+            "orgId changed and the old org revoked: the new org gets a POST without a DELETE",
+            Observed {
+                org_id: ORG2.into(),
+                issued_for: None,
+                ..ready()
+            },
+            issue(IssueWhy::NoToken, &[]),
         ),
     ];
     for (what, observed, want) in cases {
@@ -406,7 +417,249 @@ fn an_interrupted_issue_in_another_org_revokes_both_orgs() {
         target_secret: SecretState::Absent,
         ..ready()
     };
-    assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[ORG, ORG2]));
+    assert_eq!(
+        decide(&o),
+        revoke_previous(&[ORG], &[]),
+        "the previous org first; the marker's org is revoked by the next issue"
+    );
+    let after = Observed {
+        issued_for: None,
+        ..o
+    };
+    assert_eq!(decide(&after), issue(IssueWhy::Interrupted, &[ORG2]));
+}
+
+fn revoke_previous(revoke: &[&str], skip: &[&str]) -> Action {
+    Action::RevokePrevious {
+        revoke: revoke.iter().map(|s| s.to_string()).collect(),
+        skip: skip.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn an_org_conflict_wait_never_keeps_the_old_link_live() {
+    // orgId moved into an org another LinkToken owns: revoke the old org before waiting.
+    let o = Observed {
+        org_id: ORG2.into(),
+        org: OrgOwnership::ConflictWith {
+            same_namespace_name: None,
+        },
+        ..ready()
+    };
+    assert_eq!(decide(&o), revoke_previous(&[ORG], &[]));
+    let revoked = Observed {
+        issued_for: None,
+        ..o
+    };
+    assert_eq!(reason(&decide(&revoked)), Some(Reason::OrgConflict));
+}
+
+#[test]
+fn a_previous_org_where_another_linktoken_holds_the_live_link_is_not_deleted() {
+    let o = Observed {
+        org_id: ORG2.into(),
+        held_by_others: vec![ORG.into()],
+        ..ready()
+    };
+    assert_eq!(decide(&o), revoke_previous(&[], &[ORG]));
+}
+
+#[test]
+fn the_revocation_of_a_previous_org_waits_for_its_retry_delay() {
+    let o = Observed {
+        org_id: ORG2.into(),
+        retry_hold: Some(RetryHold {
+            reason: Reason::AtlasUnavailable,
+            generation: Some(1),
+            credentials_version: Some("7".into()),
+            rotate: None,
+            remaining: std::time::Duration::from_secs(3),
+        }),
+        ..ready()
+    };
+    assert!(matches!(decide(&o), Action::Hold { .. }));
+}
+
+#[test]
+fn a_revocation_of_a_previous_org_atlas_rejected_is_not_repeated_with_the_same_inputs() {
+    let stalled = StalledAttempt {
+        reason: Reason::AtlasRejected,
+        generation: Some(1),
+        credentials_version: Some("7".into()),
+        rotate: None,
+        resync_due: false,
+    };
+    let o = Observed {
+        org_id: ORG2.into(),
+        last_stalled: Some(stalled.clone()),
+        ..ready()
+    };
+    assert_eq!(reason(&decide(&o)), Some(Reason::AtlasRejected));
+    let edited = Observed {
+        generation: Some(2),
+        ..o
+    };
+    assert_eq!(decide(&edited), revoke_previous(&[ORG], &[]));
+}
+
+#[test]
+fn credentials_usable_again_announce_the_claim_before_issuing() {
+    let o = Observed {
+        reported_unusable: true,
+        ..fresh()
+    };
+    assert_eq!(reason(&decide(&o)), Some(Reason::Issuing));
+    let announced = Observed {
+        reported_unusable: false,
+        ..o
+    };
+    assert_eq!(decide(&announced), issue(IssueWhy::NoToken, &[]));
+}
+
+#[test]
+fn an_issue_never_deletes_where_another_linktoken_holds_the_live_link() {
+    let o = Observed {
+        in_flight: Some(InFlight {
+            org_id: ORG.into(),
+            started_at: "2026-11-28T10:00:02Z".into(),
+        }),
+        held_by_others: vec![ORG.into()],
+        target_secret: SecretState::Absent,
+        issued_for: None,
+        ..ready()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[]));
+}
+
+#[test]
+fn the_orgs_that_may_hold_a_token() {
+    assert!(orgs_that_may_hold_a_token(None, None).is_empty());
+    assert_eq!(orgs_that_may_hold_a_token(Some(ORG), None), vec![ORG]);
+    assert_eq!(orgs_that_may_hold_a_token(None, Some(ORG)), vec![ORG]);
+    assert_eq!(orgs_that_may_hold_a_token(Some(ORG), Some(ORG)), vec![ORG]);
+    assert_eq!(
+        orgs_that_may_hold_a_token(Some(ORG), Some(ORG2)),
+        vec![ORG, ORG2]
+    );
+}
+
+/// One row per line of the deletion table in docs/lifecycle.md.
+#[test]
+fn the_deletion_table() {
+    let base = CleanupObserved {
+        retain: false,
+        issued_org: Some(ORG.into()),
+        in_flight_org: None,
+        held_by_others: vec![],
+        credentials: CredentialsState::Valid,
+    };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
+        (
+            "Retain with a token: keep it, let go",
+            CleanupObserved {
+                retain: true,
+                ..base.clone()
+            },
+            CleanupStep::Retain { had_token: true },
+        ),
+        (
+            "Retain, never issued: let go quietly",
+            CleanupObserved {
+                retain: true,
+                issued_org: None,
+                ..base.clone()
+            },
+            CleanupStep::Retain { had_token: false },
+        ),
+        (
+            "never issued (or only waited on an OrgConflict): no Atlas call",
+            CleanupObserved {
+                issued_org: None,
+                ..base.clone()
+            },
+            CleanupStep::Release { skipped: vec![] },
+        ),
+        (
+            "issued: DELETE in its org",
+            base.clone(),
+            CleanupStep::Revoke {
+                revoke: s(&[ORG]),
+                skipped: vec![],
+            },
+        ),
+        (
+            "interrupted issue only: DELETE in the marker's org",
+            CleanupObserved {
+                issued_org: None,
+                in_flight_org: Some(ORG2.into()),
+                ..base.clone()
+            },
+            CleanupStep::Revoke {
+                revoke: s(&[ORG2]),
+                skipped: vec![],
+            },
+        ),
+        (
+            "issued in one org, interrupted in another: DELETE in both",
+            CleanupObserved {
+                in_flight_org: Some(ORG2.into()),
+                ..base.clone()
+            },
+            CleanupStep::Revoke {
+                revoke: s(&[ORG, ORG2]),
+                skipped: vec![],
+            },
+        ),
+        (
+            "another LinkToken holds the live link in the org: never DELETE there",
+            CleanupObserved {
+                held_by_others: s(&[ORG]),
+                ..base.clone()
+            },
+            CleanupStep::Release { skipped: s(&[ORG]) },
+        ),
+        (
+            "one org held by another, one ours: DELETE only ours",
+            CleanupObserved {
+                in_flight_org: Some(ORG2.into()),
+                held_by_others: s(&[ORG]),
+                ..base.clone()
+            },
+            CleanupStep::Revoke {
+                revoke: s(&[ORG2]),
+                skipped: s(&[ORG]),
+            },
+        ),
+        (
+            "credentials missing: warn and let go",
+            CleanupObserved {
+                credentials: CredentialsState::Missing,
+                ..base.clone()
+            },
+            CleanupStep::SkipNoCredentials { orgs: s(&[ORG]) },
+        ),
+        (
+            "credentials invalid: warn and let go",
+            CleanupObserved {
+                credentials: CredentialsState::Invalid("x".into()),
+                ..base.clone()
+            },
+            CleanupStep::SkipNoCredentials { orgs: s(&[ORG]) },
+        ),
+        (
+            "credentials missing but nothing of ours to revoke: let go quietly",
+            CleanupObserved {
+                credentials: CredentialsState::Missing,
+                issued_org: None,
+                ..base.clone()
+            },
+            CleanupStep::Release { skipped: vec![] },
+        ),
+    ];
+    for (what, observed, want) in cases {
+        assert_eq!(decide_cleanup(&observed), want, "{what}");
+    }
 }
 
 #[test]
