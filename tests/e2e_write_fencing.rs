@@ -15,6 +15,8 @@ use linktoken_operator::controller::pause;
 use support::e2e::{Env, ORG, Operator, PRIVATE_KEY};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// How long the stale actor is held after its POST (long enough for the other to issue).
+const STALE_PAUSE: Duration = Duration::from_secs(20);
 
 /// An operator for this namespace that pauses at `point` of the issuing path for `dur`.
 fn paused_operator(env: &Env, point: &str, dur: &str) -> Operator {
@@ -105,12 +107,13 @@ async fn a_stale_actors_writes_fail_instead_of_overwriting_the_newer_actors_toke
     let mut env = Env::new(c, "e2e-fence-stale").await;
     env.api_key_secret("creds").await;
     // Actor A (think: a leader that lost its Lease) is held between its POST and its writes.
-    let mut stale = paused_operator(&env, "after-post", "20s");
+    let mut stale = paused_operator(&env, "after-post", &format!("{}s", STALE_PAUSE.as_secs()));
     env.linktoken("migration", ORG, &["203.0.113.0/24"]).await;
     support::eventually(WAIT, "A's token is minted", || async {
         (issued(&env) == 1).then_some(())
     })
     .await;
+    let stale_resumes = std::time::Instant::now() + STALE_PAUSE;
     let stale_token_sha = env.sim.state.snapshot().orgs[ORG].live_token_sha256[0].clone();
 
     // Actor B (the new leader) sees A's marker: it revokes first, then issues.
@@ -127,11 +130,7 @@ async fn a_stale_actors_writes_fail_instead_of_overwriting_the_newer_actors_toke
     let secret_before = env.secrets().get("migration").await.expect("secret");
 
     // A wakes up and tries to write its (revoked) token: both writes must fail.
-    support::eventually(WAIT, "A has resumed and given up", || async {
-        stale.logs().contains("reconcile failed").then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep_until((stale_resumes + Duration::from_secs(5)).into()).await;
     let lt = env.wait_ready("migration").await;
     assert_eq!(
         lt.status
@@ -155,6 +154,10 @@ async fn a_stale_actors_writes_fail_instead_of_overwriting_the_newer_actors_toke
     assert!(env.sim.state.is_token_live(&fresh), "B's token is live");
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.assert_at_most_one_link_per_org();
+    assert!(
+        stale.logs().contains("reconcile failed"),
+        "A's attempt failed (and was logged)"
+    );
     stale.kill();
     env.assert_no_secret_leaked(&[&fresh, PRIVATE_KEY]).await;
 }

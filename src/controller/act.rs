@@ -1,9 +1,15 @@
 //! Carries out what `decide` chose for a LinkToken that is not being deleted.
 //!
-//! The issuing order is the contract's crash-safe one: in-flight marker in status -> DELETE
-//! where a token may exist -> POST -> Secret at once -> status. A crash anywhere leaves the
-//! marker, and the next reconcile either adopts the stored token (written after the POST) or
-//! DELETEs before POSTing again, so at most one link per org stays live.
+//! The issuing order is the contract's crash-safe one: dry-run of the Secret write -> in-flight
+//! marker in status -> DELETE where a token may exist -> POST -> Secret at once -> status. A
+//! crash anywhere leaves the marker, and the next reconcile either adopts the stored token
+//! (written after the POST by the same attempt, for the same spec) or DELETEs before POSTing
+//! again, so at most one link per org stays live.
+//!
+//! Every write is fenced: status by the LinkToken's resourceVersion (the marker at the version
+//! read, the rest of the attempt at the version the marker write returned), the Secret by a
+//! create when it was absent or by its observed resourceVersion and uid. A stale actor's
+//! writes fail with 409 instead of overwriting a newer actor's.
 
 use std::time::Duration;
 
