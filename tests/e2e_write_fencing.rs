@@ -300,3 +300,96 @@ async fn a_resource_quota_forbidding_secrets_means_no_atlas_call_and_a_clear_rea
     assert_eq!(issued(&env), 1, "exactly one token was minted");
     env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
 }
+
+/// The preconditions the fencing relies on, checked on the real API server: a server-side apply
+/// of `status` carrying an old `metadata.resourceVersion` is refused with 409 (and one carrying
+/// the current version is accepted); a server-side apply of a Secret carrying an old
+/// resourceVersion is refused with 409 even when forced; a create of an existing Secret is
+/// refused with 409 AlreadyExists.
+#[tokio::test]
+async fn server_side_apply_with_a_stale_resource_version_is_refused() {
+    let c = require_cluster!();
+    let env = Env::new(c, "e2e-fence-rv").await;
+    let lt = env.linktoken("migration", ORG, &["203.0.113.0/24"]).await;
+    let old_rv = lt.metadata.resource_version.clone().expect("rv");
+    env.patch_linktoken(
+        "migration",
+        serde_json::json!({"metadata": {"labels": {"edited": "yes"}}}),
+    )
+    .await;
+    let status_at = |rv: String| {
+        serde_json::json!({
+            "apiVersion": "atlasmigration.io/v1alpha1",
+            "kind": "LinkToken",
+            "metadata": {"resourceVersion": rv},
+            "status": {"tokenSecretName": "written-by-a-stale-actor"},
+        })
+    };
+    let pp = PatchParams::apply("linktoken-operator").force();
+    let stale = env
+        .linktokens()
+        .patch_status("migration", &pp, &Patch::Apply(status_at(old_rv)))
+        .await;
+    assert!(
+        matches!(&stale, Err(kube::Error::Api(s)) if s.code == 409),
+        "a status apply at an old resourceVersion is refused: {stale:?}"
+    );
+    let now = env.get("migration").await.expect("LinkToken");
+    assert_eq!(
+        now.status.and_then(|s| s.token_secret_name),
+        None,
+        "nothing was written"
+    );
+    let current_rv = now.metadata.resource_version.clone().expect("rv");
+    env.linktokens()
+        .patch_status("migration", &pp, &Patch::Apply(status_at(current_rv)))
+        .await
+        .expect("a status apply at the current resourceVersion is accepted");
+
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("s".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("k".into(), ByteString(b"v1".to_vec()))])),
+        ..Default::default()
+    };
+    let created = env
+        .secrets()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create");
+    let again = env.secrets().create(&PostParams::default(), &secret).await;
+    assert!(
+        matches!(&again, Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{again:?}"
+    );
+    env.secrets()
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"k": "djI="}})),
+        )
+        .await
+        .expect("someone else edits the Secret");
+    let apply = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "s",
+            "resourceVersion": created.metadata.resource_version,
+            "uid": created.metadata.uid,
+        },
+        "data": {"k": "c3RhbGU="},
+    });
+    let stale = env.secrets().patch("s", &pp, &Patch::Apply(apply)).await;
+    assert!(
+        matches!(&stale, Err(kube::Error::Api(s)) if s.code == 409),
+        "a forced Secret apply at an old resourceVersion is refused: {stale:?}"
+    );
+    assert_eq!(
+        env.token_in("s", "k").await.as_deref(),
+        Some("v2"),
+        "the edit survives"
+    );
+}
