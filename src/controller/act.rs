@@ -159,13 +159,14 @@ async fn issue(
     // retry revokes and mints again. A dry-run with a placeholder token costs no Atlas call,
     // and its error message cannot echo a real token, so it can go into the Ready message.
     let placeholder = [b'x'; DRY_RUN_TOKEN_LEN];
+    let placeholder_attempt = "0".repeat(new_attempt_id().len());
     if let Err(e) = write_secret(
         lt,
         ctx,
         &target_name,
         &placeholder,
         &now_rfc3339(),
-        None,
+        Some(&placeholder_attempt),
         &plan,
         true,
     )
@@ -347,7 +348,9 @@ impl SecretRefusal {
                 SecretRefusal::Changed
             }
             Error::Kube(kube::Error::Api(s)) => {
-                SecretRefusal::Refused(format!("HTTP {} {}: {}", s.code, s.reason, s.message))
+                // A webhook's message can be long; the condition message has a size limit.
+                let message: String = s.message.chars().take(1024).collect();
+                SecretRefusal::Refused(format!("HTTP {} {}: {message}", s.code, s.reason))
             }
             other => SecretRefusal::Refused(other.to_string()),
         }
