@@ -393,3 +393,44 @@ async fn server_side_apply_with_a_stale_resource_version_is_refused() {
         "the edit survives"
     );
 }
+
+/// The Secret is created with a plain create (never taken over) and later updated with
+/// server-side apply: what the operator stops writing (a renamed key, a label dropped from
+/// the spec) must still disappear, as it did when every write was an apply.
+#[tokio::test]
+async fn fields_the_operator_stops_writing_leave_the_created_secret() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-fence-fields").await;
+    env.api_key_secret("creds").await;
+    env.start_operator(&[]);
+    env.apply_yaml(&support::e2e::linktoken_yaml(
+        "migration",
+        ORG,
+        &["203.0.113.0/24"],
+        "creds",
+        "  tokenSecret:\n    labels:\n      team: blue\n",
+    ))
+    .await;
+    env.wait_ready("migration").await;
+    let token = env.token_in("migration", "linkToken").await.expect("token");
+    let calls = env.atlas_calls();
+
+    env.patch_linktoken(
+        "migration",
+        serde_json::json!({"spec": {"tokenSecret": {"key": "token", "labels": null}}}),
+    )
+    .await;
+    support::eventually(WAIT, "the token under the new key only", || async {
+        let s = env.secrets().get("migration").await.ok()?;
+        let data = s.data.clone()?;
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        (data.get("token").map(|v| v.0.clone()) == Some(token.clone().into_bytes())
+            && !data.contains_key("linkToken")
+            && !labels.contains_key("team"))
+        .then_some(())
+    })
+    .await;
+    env.wait_ready("migration").await;
+    assert_eq!(env.atlas_calls(), calls, "no reissue for a key change");
+    env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
+}

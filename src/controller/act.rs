@@ -689,7 +689,10 @@ async fn write_secret(
                 dry_run,
                 field_manager: Some(FIELD_MANAGER.into()),
             };
-            api.create(&pp, &body).await?;
+            let created = api.create(&pp, &body).await?;
+            if !dry_run {
+                own_created_fields_as_applied(&api, &created).await;
+            }
         }
         SecretWrite::Update {
             resource_version,
@@ -710,6 +713,45 @@ async fn write_secret(
         }
     }
     Ok(())
+}
+
+/// A create records its fields under an `Update` entry of our field manager, and a later
+/// server-side apply (an `Apply` entry) cannot remove fields another entry owns: a renamed
+/// data key or a label dropped from `spec.tokenSecret` would stay forever. Turn the create's
+/// entry into an `Apply` entry (what `kubectl` does when it upgrades client-side apply,
+/// `k8s.io/client-go/util/csaupgrade`), fenced by the resourceVersion the create returned.
+/// Best effort: on failure the Secret is still correct, only such leftovers can remain.
+async fn own_created_fields_as_applied(api: &Api<Secret>, created: &Secret) {
+    let Some(mut entries) = created.metadata.managed_fields.clone() else {
+        return;
+    };
+    let mut changed = false;
+    for e in &mut entries {
+        if e.manager.as_deref() == Some(FIELD_MANAGER)
+            && e.operation.as_deref() == Some("Update")
+            && e.subresource.is_none()
+        {
+            e.operation = Some("Apply".into());
+            changed = true;
+        }
+    }
+    if !changed {
+        return;
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": created.metadata.resource_version,
+            "managedFields": entries,
+        }
+    });
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    if let Err(e) = api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+        tracing::debug!(secret = %name, error = %e, "could not convert the create's field ownership to apply");
+    }
 }
 
 /// After a `tokenSecret.name` change: delete the old Secret, only if we control it (the uid
