@@ -434,3 +434,65 @@ async fn fields_the_operator_stops_writing_leave_the_created_secret() {
     assert_eq!(env.atlas_calls(), calls, "no reissue for a key change");
     env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
 }
+
+/// As above, but revoking the token minted for the user's Secret fails once: the marker stays,
+/// and the next reconcile revokes before it settles on SecretConflict (no live link is left
+/// behind while the LinkToken waits).
+#[tokio::test]
+async fn a_failed_revocation_after_a_secret_conflict_is_retried_before_waiting() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-fence-abandon").await;
+    env.api_key_secret("creds").await;
+    env.fault(support::e2e::status_fault(
+        503,
+        "SERVICE_UNAVAILABLE",
+        Some("DELETE"),
+        Some(1),
+    ));
+    env.operator = Some(paused_operator(&env, "after-post", "8s"));
+    env.linktoken("migration", ORG, &[]).await;
+    support::eventually(WAIT, "the token is minted", || async {
+        (issued(&env) == 1).then_some(())
+    })
+    .await;
+    let theirs = Secret {
+        metadata: ObjectMeta {
+            name: Some("migration".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([("config".into(), "user-data".into())])),
+        ..Default::default()
+    };
+    let before = env
+        .secrets()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("create the user's Secret");
+    let lt = env
+        .wait_reason("migration", Reason::SecretConflict, WAIT)
+        .await;
+    assert!(
+        !in_flight(&lt),
+        "the marker is cleared once the token is revoked"
+    );
+    assert_eq!(env.sim.state.live_links(ORG), 0, "no live link is left");
+    assert_eq!(
+        env.sim.state.snapshot().orgs[ORG].revoked,
+        1,
+        "the minted token was revoked on the retry"
+    );
+    assert_eq!(
+        env.sim
+            .state
+            .calls("DELETE", linktoken_operator::sim::CallKind::LinkTokens, 503),
+        1,
+        "the first revocation failed (the fault was used)"
+    );
+    let after = env.secrets().get("migration").await.expect("secret");
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.data, before.data);
+    env.assert_quiet(Duration::from_secs(5)).await;
+}
