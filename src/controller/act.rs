@@ -179,7 +179,7 @@ async fn issue(
                 let message = format!(
                     "the API server refuses to write Secret {target_name} ({detail}); no token is issued until it can be written"
                 );
-                secret_write_failed(lt, ctx, obs, status, &message, lt.resource_version()).await
+                secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
             }
         };
     }
@@ -423,7 +423,7 @@ async fn secret_not_written(
             let message = format!(
                 "the API server refused to write Secret {name} after the token was issued ({detail}); the token will be revoked before the next attempt"
             );
-            secret_write_failed(lt, ctx, obs, marked, &message, rv).await
+            secret_write_failed(lt, ctx, marked, &message, rv).await
         }
     }
 }
@@ -432,7 +432,6 @@ async fn secret_not_written(
 async fn secret_write_failed(
     lt: &LinkToken,
     ctx: &Context,
-    _obs: &Observation,
     status: crate::api::LinkTokenStatus,
     message: &str,
     rv: Option<String>,
@@ -552,7 +551,7 @@ async fn keep(
                         "the API server refused to write Secret {} ({detail})",
                         obs.observed.target_secret_name
                     );
-                    secret_write_failed(lt, ctx, obs, status, &message, lt.resource_version()).await
+                    secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
                 }
             };
         }
