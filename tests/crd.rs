@@ -512,6 +512,11 @@ fn full_status() -> LinkTokenStatus {
         in_flight: Some(InFlight {
             org_id: ORG.into(),
             started_at: "2025-06-01T12:00:00Z".into(),
+            attempt_id: Some("7c3f0a9e2b5d4e61".into()),
+            access_list_sha256: Some(
+                "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+            ),
+            rotate: Some("1717243200".into()),
         }),
         atlas_error: Some(AtlasErrorStatus {
             http_status: Some(429),

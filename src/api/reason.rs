@@ -30,12 +30,16 @@ pub enum Reason {
     OrgConflict,
     /// The target Secret exists and is not controlled by this LinkToken.
     SecretConflict,
+    /// The API server refused to write the token Secret (ResourceQuota, an admission webhook,
+    /// invalid or oversized metadata). Found by a dry-run before Atlas is called, so no token
+    /// is minted for a Secret that cannot be written.
+    SecretWriteFailed,
     /// Deleting, but Atlas refuses (409 active migration) or is unavailable.
     RevocationBlocked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::TokenIssued,
         Reason::Issuing,
         Reason::CredentialsNotFound,
@@ -48,6 +52,7 @@ impl Reason {
         Reason::AtlasUnavailable,
         Reason::OrgConflict,
         Reason::SecretConflict,
+        Reason::SecretWriteFailed,
         Reason::RevocationBlocked,
     ];
 
@@ -65,6 +70,7 @@ impl Reason {
             Reason::AtlasUnavailable => "AtlasUnavailable",
             Reason::OrgConflict => "OrgConflict",
             Reason::SecretConflict => "SecretConflict",
+            Reason::SecretWriteFailed => "SecretWriteFailed",
             Reason::RevocationBlocked => "RevocationBlocked",
         }
     }

@@ -69,14 +69,32 @@ pub struct IssuedFor {
 }
 
 /// Crash-safety marker: an issue was started, so a token may exist in Atlas for this org.
+/// It also says which attempt it was and what that attempt was for, so that after a crash the
+/// token in the Secret is adopted only by the attempt that wrote it and only for the spec it
+/// was issued for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InFlight {
     /// Atlas organization the issue was started for.
     pub org_id: String,
 
-    /// When the issue was started (RFC 3339).
+    /// When the issue was started (RFC 3339). Informational only: never used to decide
+    /// adoption (clocks of different replicas disagree).
     pub started_at: String,
+
+    /// Random id of this issue attempt; the token Secret written by the attempt carries it in
+    /// the atlasmigration.io/attempt-id annotation. Absent in markers written by older
+    /// versions (such a marker is never adopted: the next issue revokes first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<String>,
+
+    /// Hex SHA-256 of the access list the attempt was issued with (sorted, deduplicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_list_sha256: Option<String>,
+
+    /// Value of the atlasmigration.io/rotate annotation the attempt was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate: Option<String>,
 }
 
 /// The last failed Atlas call, as Atlas reported it.

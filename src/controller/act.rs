@@ -1,21 +1,27 @@
 //! Carries out what `decide` chose for a LinkToken that is not being deleted.
 //!
-//! The issuing order is the contract's crash-safe one: in-flight marker in status -> DELETE
-//! where a token may exist -> POST -> Secret at once -> status. A crash anywhere leaves the
-//! marker, and the next reconcile either adopts the stored token (written after the POST) or
-//! DELETEs before POSTing again, so at most one link per org stays live.
+//! The issuing order is the contract's crash-safe one: dry-run of the Secret write -> in-flight
+//! marker in status -> DELETE where a token may exist -> POST -> Secret at once -> status. A
+//! crash anywhere leaves the marker, and the next reconcile either adopts the stored token
+//! (written after the POST by the same attempt, for the same spec) or DELETEs before POSTing
+//! again, so at most one link per org stays live.
+//!
+//! Every write is fenced: status by the LinkToken's resourceVersion (the marker at the version
+//! read, the rest of the attempt at the version the marker write returned), the Secret by a
+//! create when it was absent or by its observed resourceVersion and uid. A stale actor's
+//! writes fail with 409 instead of overwriting a newer actor's.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::backoff;
 use super::context::{Context, RetryMemo, StalledMemo};
-use super::decide::{self, IssueWhy, SecretSource};
+use super::decide::{self, IssueWhy, SecretSource, SecretState};
 use super::error::Error;
 use super::observe::Observation;
 use super::report::{self, key_of, now_rfc3339, object_ref};
@@ -45,6 +51,11 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
             })
         }
         decide::Action::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
+        decide::Action::Abandon {
+            revoke_orgs,
+            reason,
+            message,
+        } => abandon(lt, ctx, &obs, &revoke_orgs, reason, &message).await,
         decide::Action::Keep {
             source,
             rewrite_secret,
@@ -90,6 +101,37 @@ async fn wait(
     })
 }
 
+/// An interrupted issue that cannot complete: revoke where its token may be live, then drop
+/// the marker and wait. A failed DELETE keeps the marker (and retries with backoff).
+async fn abandon(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+    revoke_orgs: &[String],
+    reason: Reason,
+    message: &str,
+) -> Result<Outcome, Error> {
+    let status = lt.status.clone().unwrap_or_default();
+    if let Some(creds) = obs.credentials.as_ref() {
+        for o in revoke_orgs {
+            if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
+                let rv = lt.resource_version();
+                return atlas_failure(lt, ctx, obs, status, e, Operation::Delete, rv).await;
+            }
+        }
+    }
+    let mut status = status;
+    status.in_flight = None;
+    status.atlas_error = None;
+    let status = report::with_outcome(lt, status, reason, message);
+    report::outcome_event(ctx, lt, reason, message).await;
+    report::write_status(ctx, lt, &status).await?;
+    Ok(Outcome {
+        action: Action::requeue(ctx.backoff.resync),
+        reason,
+    })
+}
+
 async fn issue(
     lt: &LinkToken,
     ctx: &Context,
@@ -107,24 +149,76 @@ async fn issue(
         )
         .await;
     };
+    let Some(plan) = SecretWrite::plan(obs) else {
+        // decide waits on a foreign Secret; stay total anyway.
+        return wait(
+            lt,
+            ctx,
+            Reason::SecretConflict,
+            "the token Secret exists and is not controlled by this LinkToken",
+        )
+        .await;
+    };
     let org = lt.spec.org_id.clone();
-    // A marker for another org never reaches here: decide revokes previous orgs first
-    // (RevokePrevious), so replacing the marker loses no record of a live token.
+    let target_name = obs.observed.target_secret_name.clone();
     let mut status = lt.status.clone().unwrap_or_default();
 
-    // 1. The marker: from here on a token may exist in Atlas for this org.
+    // 0. Would the API server accept the Secret? A quota, an admission webhook or invalid
+    // metadata refusing it only after the POST would leave a minted org API key that every
+    // retry revokes and mints again. A dry-run with a placeholder token costs no Atlas call,
+    // and its error message cannot echo a real token, so it can go into the Ready message.
+    let placeholder = [b'x'; DRY_RUN_TOKEN_LEN];
+    let placeholder_attempt = "0".repeat(new_attempt_id().len());
+    if let Err(e) = write_secret(
+        lt,
+        ctx,
+        &target_name,
+        &placeholder,
+        &now_rfc3339(),
+        Some(&placeholder_attempt),
+        &plan,
+        true,
+    )
+    .await
+    {
+        return match SecretRefusal::of(&e) {
+            // The Secret changed since it was observed: look again (its event requeues too).
+            SecretRefusal::Changed => Err(e),
+            SecretRefusal::Refused(detail) => {
+                let message = format!(
+                    "the API server refuses to write Secret {target_name} ({detail}); no token is issued until it can be written"
+                );
+                secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
+            }
+        };
+    }
+
+    // A marker for another org never reaches here: decide revokes previous orgs first
+    // (RevokePrevious), so replacing the marker loses no record of a live token.
+
+    // 1. The marker: from here on a token may exist in Atlas for this org. It names this
+    // attempt and what it is for, so crash recovery adopts only this attempt's token and only
+    // for this spec; and it is written at the resourceVersion this reconcile read, so an actor
+    // working from an older read (a leader that lost its Lease) fails here, before any Atlas
+    // call.
+    let attempt_id = new_attempt_id();
     status.in_flight = Some(InFlight {
         org_id: org.clone(),
         started_at: now_rfc3339(),
+        attempt_id: Some(attempt_id.clone()),
+        access_list_sha256: Some(decide::access_list_sha256(&lt.spec.access_list_ips)),
+        rotate: obs.observed.rotate.clone(),
     });
     let status_marked = report::with_outcome(lt, status.clone(), Reason::Issuing, why.describe());
-    report::write_status(ctx, lt, &status_marked).await?;
+    let rv = lt.resource_version();
+    // Every later status write of this attempt is fenced by the version this write returns.
+    let rv = report::write_status_at(ctx, lt, &status_marked, rv.as_deref()).await?;
 
     super::pause::point("before-revoke").await;
     // 2. DELETE wherever a token of ours may be live (Atlas keeps one link per org).
     for o in revoke_orgs {
         if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
-            return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Delete).await;
+            return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Delete, rv).await;
         }
     }
 
@@ -136,23 +230,31 @@ async fn issue(
         .await
     {
         Ok(t) => t,
-        Err(e) => return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Create).await,
+        Err(e) => {
+            return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Create, rv).await;
+        }
     };
 
     super::pause::point("after-post").await;
-    // 4. The Secret, at once: the token exists nowhere else.
+    // 4. The Secret, at once: the token exists nowhere else. Created if it was observed
+    // absent (one that appeared meanwhile is not ours to take), else updated only if it is
+    // still the very object observed.
     let issued_at = now_rfc3339();
-    let target_name = obs.observed.target_secret_name.clone();
-    let force = secret::take_back_fields(&obs.observed.target_secret);
-    apply_secret(
+    if let Err(e) = write_secret(
         lt,
         ctx,
         &target_name,
         token.expose().as_bytes(),
         &issued_at,
-        force,
+        Some(&attempt_id),
+        &plan,
+        false,
     )
-    .await?;
+    .await
+    {
+        drop(token);
+        return secret_not_written(lt, ctx, obs, creds, status_marked, rv, &plan, e).await;
+    }
 
     super::pause::point("after-secret").await;
     // 5. Status: what the token was issued for; the marker goes.
@@ -169,7 +271,7 @@ async fn issue(
     });
     let message = "the token Secret holds a link token issued for the current spec";
     let done = report::with_outcome(lt, done, Reason::TokenIssued, message);
-    report::write_status(ctx, lt, &done).await?;
+    report::write_status_at(ctx, lt, &done, rv.as_deref()).await?;
     delete_previous_secret(lt, ctx, obs).await?;
 
     ctx.metrics.token_issued();
@@ -229,7 +331,10 @@ async fn revoke_previous(
                     report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", &note).await;
                     done.push(org);
                 }
-                Err(e) => return atlas_failure(lt, ctx, obs, status, e, Operation::Delete).await,
+                Err(e) => {
+                    let rv = lt.resource_version();
+                    return atlas_failure(lt, ctx, obs, status, e, Operation::Delete, rv).await;
+                }
             }
         }
     }
@@ -277,6 +382,165 @@ async fn revoke_previous(
     Ok(Outcome {
         action: Action::requeue(Duration::from_millis(100)),
         reason: Reason::Issuing,
+    })
+}
+
+/// Length of the placeholder token of the dry-run (longer than the tokens Atlas returns, so a
+/// size limit that passes the dry-run passes the real write).
+const DRY_RUN_TOKEN_LEN: usize = 2048;
+
+/// A random id for one issue attempt (128 bits, hex).
+fn new_attempt_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// How the token Secret is written, decided from what was observed.
+enum SecretWrite {
+    /// Observed absent: POST create, so a Secret that appeared since fails with 409
+    /// AlreadyExists instead of being taken over.
+    Create,
+    /// Ours: server-side apply carrying the observed resourceVersion and uid, so a Secret
+    /// changed, deleted or replaced since fails with 409 instead of being clobbered.
+    Update {
+        resource_version: String,
+        uid: String,
+    },
+}
+
+impl SecretWrite {
+    /// None for a Secret that is not ours (never written).
+    fn plan(obs: &Observation) -> Option<SecretWrite> {
+        match &obs.observed.target_secret {
+            SecretState::Absent => Some(SecretWrite::Create),
+            SecretState::Ours(_) => {
+                let meta = &obs.target.as_ref()?.metadata;
+                Some(SecretWrite::Update {
+                    resource_version: meta.resource_version.clone()?,
+                    uid: meta.uid.clone()?,
+                })
+            }
+            SecretState::Foreign => None,
+        }
+    }
+}
+
+/// Why the API server did not write the token Secret.
+enum SecretRefusal {
+    /// It changed since observed (409: it appeared, or its resourceVersion moved on), or is
+    /// gone or replaced (404; 422 on the immutable uid).
+    Changed,
+    /// Refused on its merits (quota, webhook, invalid or oversized): "HTTP code Reason: message".
+    Refused(String),
+}
+
+impl SecretRefusal {
+    fn of(e: &Error) -> SecretRefusal {
+        match e {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                SecretRefusal::Changed
+            }
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 && s.message.contains("uid") => {
+                SecretRefusal::Changed
+            }
+            Error::Kube(kube::Error::Api(s)) => {
+                // A webhook's message can be long; the condition message has a size limit.
+                let message: String = s.message.chars().take(1024).collect();
+                SecretRefusal::Refused(format!("HTTP {} {}: {message}", s.code, s.reason))
+            }
+            other => SecretRefusal::Refused(other.to_string()),
+        }
+    }
+
+    /// The status code and reason only: the API server's message about a write that held a
+    /// real token is not repeated (an admission webhook's message could quote the object).
+    fn short(e: &Error) -> String {
+        match e {
+            Error::Kube(kube::Error::Api(s)) => format!("HTTP {} {}", s.code, s.reason),
+            _ => "no response from the API server".to_string(),
+        }
+    }
+}
+
+/// The Secret write after the POST failed: the minted token is stored nowhere.
+#[allow(clippy::too_many_arguments)]
+async fn secret_not_written(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+    creds: &crate::atlas::Credentials,
+    marked: crate::api::LinkTokenStatus,
+    rv: Option<String>,
+    plan: &SecretWrite,
+    err: Error,
+) -> Result<Outcome, Error> {
+    let name = &obs.observed.target_secret_name;
+    match (SecretRefusal::of(&err), plan) {
+        (SecretRefusal::Changed, SecretWrite::Create) => {
+            // Someone created the Secret while the POST was in flight. Whose is it?
+            let api: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &lt.namespace().unwrap_or_default());
+            let uid = lt.uid().unwrap_or_default();
+            let now = api.get_opt(name).await?;
+            if now
+                .as_ref()
+                .is_some_and(|s| secret::is_controlled_by(s, &uid))
+            {
+                // Another actor of ours (a newer leader) wrote it: its token may be the live
+                // link, so no DELETE here. The marker stays; the next reconcile sorts it out.
+                return Err(err);
+            }
+            // A user's or a tool's Secret: never taken over. The token just minted would be
+            // a live org API key that nobody holds: revoke it now.
+            if let Err(e) = ctx.atlas.delete_link_token(creds, &lt.spec.org_id).await {
+                return atlas_failure(lt, ctx, obs, marked, e, Operation::Delete, rv).await;
+            }
+            let mut status = marked;
+            status.in_flight = None;
+            let message = format!(
+                "Secret {name} appeared while the token was being issued and is not controlled by this LinkToken; it is never overwritten, and the token just issued was revoked. Delete it or set spec.tokenSecret.name"
+            );
+            let status = report::with_outcome(lt, status, Reason::SecretConflict, &message);
+            report::outcome_event(ctx, lt, Reason::SecretConflict, &message).await;
+            report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
+            Ok(Outcome {
+                action: Action::requeue(ctx.backoff.resync),
+                reason: Reason::SecretConflict,
+            })
+        }
+        // Our Secret changed since observed (a stale actor, or an edit meanwhile): no write,
+        // no DELETE (the newer state may hold the live link). The marker stays and forces a
+        // DELETE before the next POST.
+        (SecretRefusal::Changed, SecretWrite::Update { .. }) => Err(err),
+        (SecretRefusal::Refused(_), _) => {
+            // The same write passed the dry-run, so this is rare (a webhook that changed its
+            // mind, quota used up meanwhile).
+            let detail = SecretRefusal::short(&err);
+            let message = format!(
+                "the API server refused to write Secret {name} after the token was issued ({detail}); the token will be revoked before the next attempt"
+            );
+            secret_write_failed(lt, ctx, marked, &message, rv).await
+        }
+    }
+}
+
+/// Reports a refused Secret write (SecretWriteFailed) and retries with backoff.
+async fn secret_write_failed(
+    lt: &LinkToken,
+    ctx: &Context,
+    status: crate::api::LinkTokenStatus,
+    message: &str,
+    rv: Option<String>,
+) -> Result<Outcome, Error> {
+    let reason = Reason::SecretWriteFailed;
+    let status = report::with_outcome(lt, status, reason, message);
+    report::outcome_event(ctx, lt, reason, message).await;
+    report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
+    let n = ctx.bump_attempts(&object_ref(lt));
+    let after = backoff::exponential(n, &ctx.backoff, rand::random());
+    tracing::info!(linktoken = %key_of(lt), reason = %reason, retry_in = ?after, "token Secret not writable");
+    Ok(Outcome {
+        action: Action::requeue(after),
+        reason,
     })
 }
 
@@ -352,15 +616,40 @@ async fn keep(
             .and_then(|d| d.get(key))
             .map(|v| v.0.clone())
             .unwrap_or_default();
-        apply_secret(
+        let Some(plan) = SecretWrite::plan(obs) else {
+            // decide waits on a foreign Secret; stay total anyway.
+            return wait(
+                lt,
+                ctx,
+                Reason::SecretConflict,
+                "the token Secret exists and is not controlled by this LinkToken",
+            )
+            .await;
+        };
+        if let Err(e) = write_secret(
             lt,
             ctx,
             &obs.observed.target_secret_name,
             &value,
             &issued_at,
-            secret::take_back_fields(&obs.observed.target_secret),
+            None,
+            &plan,
+            false,
         )
-        .await?;
+        .await
+        {
+            return match SecretRefusal::of(&e) {
+                SecretRefusal::Changed => Err(e),
+                SecretRefusal::Refused(_) => {
+                    let detail = SecretRefusal::short(&e);
+                    let message = format!(
+                        "the API server refused to write Secret {} ({detail})",
+                        obs.observed.target_secret_name
+                    );
+                    secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
+                }
+            };
+        }
     }
     if delete_previous {
         delete_previous_secret(lt, ctx, obs).await?;
@@ -397,6 +686,7 @@ async fn atlas_failure(
     status: crate::api::LinkTokenStatus,
     err: AtlasError,
     op: Operation,
+    rv: Option<String>,
 ) -> Result<Outcome, Error> {
     let class = classify(&err, op);
     let message = err.user_message();
@@ -404,7 +694,7 @@ async fn atlas_failure(
     status.atlas_error = Some(report::atlas_error_status(&err));
     let status = report::with_outcome(lt, status, class.reason, &message);
     report::outcome_event(ctx, lt, class.reason, &message).await;
-    report::write_status(ctx, lt, &status).await?;
+    report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
     let key = object_ref(lt);
     let after = match class.retry {
         RetryHint::WaitForChange | RetryHint::SlowResync => {
@@ -458,14 +748,19 @@ async fn atlas_failure(
     })
 }
 
-/// Server-side apply of the whole token Secret (labels, annotations, ownerReference, data).
-async fn apply_secret(
+/// Writes the whole token Secret (labels, annotations, ownerReference, data) as `plan` says:
+/// create, or server-side apply fenced by the observed resourceVersion and uid. With `dry_run`
+/// the API server runs every check (admission, quota, validation) and stores nothing.
+#[allow(clippy::too_many_arguments)]
+async fn write_secret(
     lt: &LinkToken,
     ctx: &Context,
     name: &str,
     token: &[u8],
     issued_at: &str,
-    force: bool,
+    attempt_id: Option<&str>,
+    plan: &SecretWrite,
+    dry_run: bool,
 ) -> Result<(), Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let owner = lt
@@ -484,19 +779,79 @@ async fn apply_secret(
         owner,
         user_labels: ts.and_then(|t| t.labels.as_ref()),
         user_annotations: ts.and_then(|t| t.annotations.as_ref()),
+        attempt_id,
     };
-    let mut body = serde_json::to_value(desired.build())?;
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("apiVersion".into(), "v1".into());
-        obj.insert("kind".into(), "Secret".into());
-    }
+    let mut body = desired.build();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // Forced only on a Secret we control (see `secret::take_back_fields`); otherwise a field
-    // another manager owns fails the apply instead of being taken.
-    let mut pp = PatchParams::apply(FIELD_MANAGER);
-    pp.force = force;
-    api.patch(name, &pp, &Patch::Apply(&body)).await?;
+    match plan {
+        SecretWrite::Create => {
+            let pp = PostParams {
+                dry_run,
+                field_manager: Some(FIELD_MANAGER.into()),
+            };
+            let created = api.create(&pp, &body).await?;
+            if !dry_run {
+                own_created_fields_as_applied(&api, &created).await;
+            }
+        }
+        SecretWrite::Update {
+            resource_version,
+            uid,
+        } => {
+            body.metadata.resource_version = Some(resource_version.clone());
+            body.metadata.uid = Some(uid.clone());
+            let mut value = serde_json::to_value(&body)?;
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("apiVersion".into(), "v1".into());
+                obj.insert("kind".into(), "Secret".into());
+            }
+            // Forced: the Secret is ours (see `secret::take_back_fields`), and the preconditions
+            // make sure it is still the very object observed.
+            let mut pp = PatchParams::apply(FIELD_MANAGER).force();
+            pp.dry_run = dry_run;
+            api.patch(name, &pp, &Patch::Apply(&value)).await?;
+        }
+    }
     Ok(())
+}
+
+/// A create records its fields under an `Update` entry of our field manager, and a later
+/// server-side apply (an `Apply` entry) cannot remove fields another entry owns: a renamed
+/// data key or a label dropped from `spec.tokenSecret` would stay forever. Turn the create's
+/// entry into an `Apply` entry (what `kubectl` does when it upgrades client-side apply,
+/// `k8s.io/client-go/util/csaupgrade`), fenced by the resourceVersion the create returned.
+/// Best effort: on failure the Secret is still correct, only such leftovers can remain.
+async fn own_created_fields_as_applied(api: &Api<Secret>, created: &Secret) {
+    let Some(mut entries) = created.metadata.managed_fields.clone() else {
+        return;
+    };
+    let mut changed = false;
+    for e in &mut entries {
+        if e.manager.as_deref() == Some(FIELD_MANAGER)
+            && e.operation.as_deref() == Some("Update")
+            && e.subresource.is_none()
+        {
+            e.operation = Some("Apply".into());
+            changed = true;
+        }
+    }
+    if !changed {
+        return;
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": created.metadata.resource_version,
+            "managedFields": entries,
+        }
+    });
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    if let Err(e) = api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+        tracing::debug!(secret = %name, error = %e, "could not convert the create's field ownership to apply");
+    }
 }
 
 /// After a `tokenSecret.name` change: delete the old Secret, only if we control it (the uid

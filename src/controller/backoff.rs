@@ -56,7 +56,9 @@ pub fn requeue_after(
                 None => exp,
             })
         }
-        Reason::AtlasUnavailable | Reason::RevocationBlocked => {
+        // A refused Secret write may clear on its own (a webhook back up, quota freed by
+        // others): retried with backoff; the dry-run costs no Atlas call.
+        Reason::AtlasUnavailable | Reason::RevocationBlocked | Reason::SecretWriteFailed => {
             Some(exponential(attempts, cfg, jitter))
         }
         // Fixed by a new or corrected credentials Secret (not watched: see above), or in Atlas

@@ -42,8 +42,8 @@ pub enum SecretState {
 pub struct OwnedSecret {
     /// sha256 of each data value that could be the token, by key.
     pub value_hashes: Vec<(String, String)>,
-    /// The `atlasmigration.io/issued-at` annotation (RFC 3339), if any.
-    pub issued_at: Option<String>,
+    /// The `atlasmigration.io/attempt-id` annotation: the issue attempt that wrote the token.
+    pub attempt_id: Option<String>,
     /// True when labels, annotations and the data key already match the desired Secret.
     pub metadata_current: bool,
 }
@@ -67,11 +67,13 @@ pub struct IssuedFor {
     pub token_sha256: Option<String>,
 }
 
-/// The crash-safety marker (a copy of `status.inFlight`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The crash-safety marker (a copy of `status.inFlight`): which attempt, and what it was for.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct InFlight {
     pub org_id: String,
-    pub started_at: String,
+    pub attempt_id: Option<String>,
+    pub access_list_sha256: Option<String>,
+    pub rotate: Option<String>,
 }
 
 /// The outcome of an earlier failed attempt that only a user action can fix, remembered so a
@@ -172,6 +174,14 @@ pub enum Action {
     Issue {
         why: IssueWhy,
         revoke_orgs: Vec<String>,
+    },
+    /// An interrupted issue cannot be completed (its target Secret is not ours): DELETE in each
+    /// of `revoke_orgs` (its token may be live there and is stored nowhere), clear the marker,
+    /// then report `reason` and wait like [`Action::Wait`].
+    Abandon {
+        revoke_orgs: Vec<String>,
+        reason: Reason,
+        message: String,
     },
     /// The Secret holds a token written by an interrupted issue after its POST: keep it and
     /// record it in status (no Atlas call).
@@ -304,29 +314,43 @@ fn check_org(o: &Observed) -> Option<Action> {
 }
 
 fn check_target_secret(o: &Observed) -> Option<Action> {
-    (o.target_secret == SecretState::Foreign).then(|| Action::Wait {
-        reason: Reason::SecretConflict,
-        message: format!(
-            "Secret {} exists and is not controlled by this LinkToken; it is never overwritten. Delete it or set spec.tokenSecret.name",
-            o.target_secret_name
-        ),
+    if o.target_secret != SecretState::Foreign {
+        return None;
+    }
+    let reason = Reason::SecretConflict;
+    let message = format!(
+        "Secret {} exists and is not controlled by this LinkToken; it is never overwritten. Delete it or set spec.tokenSecret.name",
+        o.target_secret_name
+    );
+    // A marker here means a token may have been minted for a Secret that turned out to be
+    // someone else's (it appeared during the POST, and revoking at once failed): revoke it
+    // before waiting, or it would stay live while this LinkToken waits.
+    Some(match &o.in_flight {
+        Some(f) => Action::Abandon {
+            revoke_orgs: vec![f.org_id.clone()],
+            reason,
+            message,
+        },
+        None => Action::Wait { reason, message },
     })
 }
 
 /// After a crash between writing the Secret and writing status, the Secret holds the token of
 /// the interrupted issue: every issue DELETEs before its POST, so that token is the one live
-/// link and re-issuing would only churn. A Secret written before the marker was set holds an
-/// older, already revoked token and is not adopted.
+/// link and re-issuing would only churn. It is adopted only under [`adoptable`]; otherwise the
+/// issue is redone (DELETE, then POST), which also revokes the stored token.
 fn check_interrupted_issue(o: &Observed) -> Option<Action> {
     let flight = o.in_flight.as_ref()?;
-    if flight.org_id != o.org_id {
-        return None;
-    }
     let SecretState::Ours(s) = &o.target_secret else {
         return None;
     };
-    let issued_at = s.issued_at.as_deref()?;
-    if !timestamp_not_before(issued_at, &flight.started_at) {
+    if !adoptable(
+        flight,
+        s.attempt_id.as_deref(),
+        &o.org_id,
+        &o.access_list,
+        o.rotate.as_deref(),
+    ) {
         return None;
     }
     let (key, _) = s
@@ -336,6 +360,48 @@ fn check_interrupted_issue(o: &Observed) -> Option<Action> {
     Some(Action::Adopt {
         token_key: key.clone(),
     })
+}
+
+/// The adoption rule. The stored token is adopted only when
+/// - the Secret was written by *this* attempt (its attempt-id annotation equals the marker's):
+///   a Secret written before the marker holds an older token that the attempt's DELETE has
+///   revoked, and a Secret another actor wrote belongs to another attempt; and
+/// - the attempt was for the current spec (org, access-list hash, rotate value): after a spec
+///   change while the operator was down, adopting would report Ready with a token issued for
+///   the old access list, or silently drop a requested rotation.
+///
+/// No timestamps: clocks of different replicas (and of the API server) disagree. A marker
+/// without an attempt id (written by an older version) is never adopted.
+pub fn adoptable(
+    marker: &InFlight,
+    secret_attempt_id: Option<&str>,
+    org_id: &str,
+    access_list: &[String],
+    rotate: Option<&str>,
+) -> bool {
+    let Some(attempt) = marker.attempt_id.as_deref() else {
+        return false;
+    };
+    secret_attempt_id == Some(attempt)
+        && marker.org_id == org_id
+        && marker.access_list_sha256.as_deref() == Some(access_list_sha256(access_list).as_str())
+        && marker.rotate.as_deref() == rotate
+}
+
+/// Hex SHA-256 of an access list as a set (sorted, deduplicated, each entry followed by `\n`), so the
+/// marker can say what an attempt was for without repeating the list.
+pub fn access_list_sha256(list: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v: Vec<&str> = list.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut h = Sha256::new();
+    for entry in v {
+        // Each entry terminated, so [] and [""] differ.
+        h.update(entry.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
 }
 
 /// The policy chain: the first reason that calls for a new token wins.
@@ -553,17 +619,6 @@ fn same_set(a: &[String], b: &[String]) -> bool {
     b.sort();
     b.dedup();
     a == b
-}
-
-/// `a >= b` for RFC 3339 timestamps; unparseable means "no".
-fn timestamp_not_before(a: &str, b: &str) -> bool {
-    match (
-        chrono::DateTime::parse_from_rfc3339(a),
-        chrono::DateTime::parse_from_rfc3339(b),
-    ) {
-        (Ok(a), Ok(b)) => a >= b,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -334,6 +334,7 @@ mod tests {
             in_flight: in_flight.map(|o| crate::api::InFlight {
                 org_id: o.into(),
                 started_at: "2026-11-28T10:00:00Z".into(),
+                ..Default::default()
             }),
             ..Default::default()
         };

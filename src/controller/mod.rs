@@ -331,16 +331,22 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
         remove_finalizer(lt, ctx).await?;
         return Ok(Reconciled::Deleted(out.action));
     }
-    if !has_finalizer {
-        add_finalizer(lt, ctx).await?;
-    }
+    // Status writes are fenced by the resourceVersion read here, so act on the object as the
+    // finalizer patch returned it.
+    let with_finalizer;
+    let lt = if has_finalizer {
+        lt
+    } else {
+        with_finalizer = add_finalizer(lt, ctx).await?;
+        &with_finalizer
+    };
     let obs = observe::observe(lt, ctx).await?;
     act::apply(lt, ctx, obs).await.map(Reconciled::Live)
 }
 
 /// Merge patches carrying the resourceVersion: the API server refuses them if the object
 /// changed meanwhile (the next event retries), so another writer's finalizer is never lost.
-async fn add_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
+async fn add_finalizer(lt: &LinkToken, ctx: &Context) -> Result<LinkToken, Error> {
     let mut list = lt.finalizers().to_vec();
     list.push(FINALIZER.to_string());
     patch_finalizers(lt, ctx, list).await
@@ -356,23 +362,28 @@ async fn remove_finalizer(lt: &LinkToken, ctx: &Context) -> Result<(), Error> {
     match patch_finalizers(lt, ctx, list).await {
         // Already gone: nothing left to do.
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
-        other => other,
+        other => other.map(|_| ()),
     }
 }
 
-async fn patch_finalizers(lt: &LinkToken, ctx: &Context, list: Vec<String>) -> Result<(), Error> {
+async fn patch_finalizers(
+    lt: &LinkToken,
+    ctx: &Context,
+    list: Vec<String>,
+) -> Result<LinkToken, Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
         "metadata": { "finalizers": list, "resourceVersion": lt.resource_version() }
     });
-    api.patch(
-        &lt.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    let patched = api
+        .patch(
+            &lt.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(patched)
 }
 
 fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {

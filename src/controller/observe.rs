@@ -104,7 +104,9 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         }),
         in_flight: status.in_flight.map(|f| decide::InFlight {
             org_id: f.org_id,
-            started_at: f.started_at,
+            attempt_id: f.attempt_id,
+            access_list_sha256: f.access_list_sha256,
+            rotate: f.rotate,
         }),
         held_by_others,
         reported_unusable: !index::has_usable_credentials(lt),
@@ -181,6 +183,7 @@ fn secret_metadata_current(lt: &LinkToken, s: &Secret, key: &str, issued_at: Opt
         owner,
         user_labels: ts.and_then(|t| t.labels.as_ref()),
         user_annotations: ts.and_then(|t| t.annotations.as_ref()),
+        attempt_id: None,
     };
     desired.is_current(s)
 }

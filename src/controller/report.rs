@@ -1,5 +1,5 @@
-//! Reporting an outcome: status (server-side apply of the whole status, skipped when nothing
-//! changed), events (only when the Ready reason changes, so retries do not flood), metrics.
+//! Reporting an outcome: status (server-side apply of the whole status with a resourceVersion
+//! precondition, skipped when nothing changed), events (only when the Ready reason changes, so retries do not flood), metrics.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -45,29 +45,51 @@ pub fn with_outcome(
 }
 
 /// Writes `status` unless it equals the current one (conditions compare without their
-/// timestamps, which `with_outcome` keeps when nothing changed).
+/// timestamps, which `with_outcome` keeps when nothing changed), fenced by the resourceVersion
+/// `lt` was read at.
 pub async fn write_status(
     ctx: &Context,
     lt: &LinkToken,
     status: &LinkTokenStatus,
 ) -> Result<(), Error> {
-    if lt.status.as_ref() == Some(status) {
-        return Ok(());
+    let rv = lt.resource_version();
+    write_status_at(ctx, lt, status, rv.as_deref()).await?;
+    Ok(())
+}
+
+/// Writes `status` with server-side apply carrying `metadata.resourceVersion`: the API server
+/// refuses the write (409) when the LinkToken changed since that version. This fences a stale
+/// actor (a leader that lost its Lease, a reconcile working from an old read): its write fails
+/// instead of overwriting what a newer actor recorded, e.g. erasing its in-flight marker.
+/// Returns the resourceVersion after the write (the given one when nothing was written), the
+/// precondition of the next write of the same reconcile.
+pub async fn write_status_at(
+    ctx: &Context,
+    lt: &LinkToken,
+    status: &LinkTokenStatus,
+    resource_version: Option<&str>,
+) -> Result<Option<String>, Error> {
+    if lt.status.as_ref() == Some(status) && resource_version == lt.resource_version().as_deref() {
+        return Ok(resource_version.map(str::to_string));
     }
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": LinkToken::api_version(&()),
         "kind": LinkToken::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &lt.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+    if let Some(rv) = resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    let written = api
+        .patch_status(
+            &lt.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(written.resource_version())
 }
 
 /// The Ready reason currently recorded on the object.

@@ -1,7 +1,9 @@
 //! The token Secret contract (section 3): name, labels, annotations, ownership, hash.
 //!
 //! Everything here is pure: it builds the desired Secret and reads what matters out of an
-//! observed one. Writing happens in `act` with server-side apply under [`FIELD_MANAGER`].
+//! observed one. Writing happens in `act` under [`FIELD_MANAGER`]: a Secret observed absent is
+//! created (POST, so one that appeared meanwhile is a conflict, never taken over); our own is
+//! updated with server-side apply carrying the observed resourceVersion and uid.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,9 @@ pub const LINKTOKEN_LABEL: &str = "atlasmigration.io/linktoken";
 pub const ORG_ID_ANNOTATION: &str = "atlasmigration.io/org-id";
 pub const ISSUED_AT_ANNOTATION: &str = "atlasmigration.io/issued-at";
 pub const TOKEN_SHA256_ANNOTATION: &str = "atlasmigration.io/token-sha256";
+/// The issue attempt that wrote the token (equal to `status.inFlight.attemptId` of that
+/// attempt): crash recovery adopts the stored token only when they match.
+pub const ATTEMPT_ID_ANNOTATION: &str = "atlasmigration.io/attempt-id";
 
 /// The label selector of every Secret this operator writes (what its Secret watch lists).
 pub fn managed_selector() -> String {
@@ -57,6 +62,8 @@ pub struct DesiredSecret<'a> {
     pub owner: OwnerReference,
     pub user_labels: Option<&'a BTreeMap<String, String>>,
     pub user_annotations: Option<&'a BTreeMap<String, String>>,
+    /// The issue attempt writing this token; None when the Secret is only kept in shape.
+    pub attempt_id: Option<&'a str>,
 }
 
 impl DesiredSecret<'_> {
@@ -77,6 +84,9 @@ impl DesiredSecret<'_> {
         annotations.insert(ORG_ID_ANNOTATION.into(), self.org_id.into());
         annotations.insert(ISSUED_AT_ANNOTATION.into(), self.issued_at.into());
         annotations.insert(TOKEN_SHA256_ANNOTATION.into(), token_sha256(self.token));
+        if let Some(a) = self.attempt_id {
+            annotations.insert(ATTEMPT_ID_ANNOTATION.into(), a.into());
+        }
         annotations
     }
 
@@ -143,14 +153,14 @@ pub fn observe(
                 .collect()
         })
         .unwrap_or_default();
-    let issued_at = secret
+    let attempt_id = secret
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(ISSUED_AT_ANNOTATION).cloned());
+        .and_then(|a| a.get(ATTEMPT_ID_ANNOTATION).cloned());
     SecretState::Ours(OwnedSecret {
         value_hashes,
-        issued_at,
+        attempt_id,
         metadata_current: desired_metadata_current,
     })
 }
@@ -210,6 +220,7 @@ mod tests {
             owner: owner(),
             user_labels: labels,
             user_annotations: None,
+            attempt_id: Some("attempt-1"),
         }
     }
 
@@ -265,6 +276,23 @@ mod tests {
         assert_eq!(
             s.metadata.owner_references.unwrap()[0].controller,
             Some(true)
+        );
+    }
+
+    #[test]
+    fn the_secret_carries_the_attempt_id_that_crash_recovery_matches() {
+        let s = desired(None).build();
+        match observe(Some(&s), "uid-1", true) {
+            SecretState::Ours(o) => assert_eq!(o.attempt_id.as_deref(), Some("attempt-1")),
+            other => panic!("{other:?}"),
+        }
+        let kept = DesiredSecret {
+            attempt_id: None,
+            ..desired(None)
+        };
+        assert!(
+            !kept.annotations().contains_key(ATTEMPT_ID_ANNOTATION),
+            "keeping a Secret in shape writes no attempt id"
         );
     }
 

@@ -5,11 +5,22 @@ use super::*;
 const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
 const ORG2: &str = "aaaaaaaaaaaaaaaaaaaaaaaa";
 const SHA: &str = "1111";
+const ATTEMPT: &str = "attempt-1";
+
+/// The marker of attempt `ATTEMPT`, issued for the spec of [`ready`].
+fn marker(org: &str) -> InFlight {
+    InFlight {
+        org_id: org.into(),
+        attempt_id: Some(ATTEMPT.into()),
+        access_list_sha256: Some(access_list_sha256(&["10.0.0.0/24".to_string()])),
+        rotate: None,
+    }
+}
 
 fn owned(key: &str, sha: &str) -> SecretState {
     SecretState::Ours(OwnedSecret {
         value_hashes: vec![(key.into(), sha.into())],
-        issued_at: Some("2026-11-28T10:00:01.000Z".into()),
+        attempt_id: Some(ATTEMPT.into()),
         metadata_current: true,
     })
 }
@@ -75,10 +86,7 @@ fn the_issuing_table() {
         (
             "interrupted before anything was stored: DELETE first",
             Observed {
-                in_flight: Some(InFlight {
-                    org_id: ORG.into(),
-                    started_at: "2026-11-28T10:00:00Z".into(),
-                }),
+                in_flight: Some(marker(ORG)),
                 ..fresh()
             },
             issue(IssueWhy::Interrupted, &[ORG]),
@@ -176,7 +184,7 @@ fn metadata_changes_rewrite_the_secret_without_reissuing() {
     let mut o = ready();
     o.target_secret = SecretState::Ours(OwnedSecret {
         value_hashes: vec![("linkToken".into(), SHA.into())],
-        issued_at: None,
+        attempt_id: None,
         metadata_current: false,
     });
     assert_eq!(
@@ -377,10 +385,7 @@ fn a_user_fixable_failure_is_not_retried_with_the_same_inputs() {
 fn crash_after_the_secret_before_status_adopts_the_stored_token() {
     let o = Observed {
         issued_for: None,
-        in_flight: Some(InFlight {
-            org_id: ORG.into(),
-            started_at: "2026-11-28T10:00:00.500Z".into(),
-        }),
+        in_flight: Some(marker(ORG)),
         target_secret: owned("linkToken", "3333"),
         ..ready()
     };
@@ -395,11 +400,12 @@ fn crash_after_the_secret_before_status_adopts_the_stored_token() {
 #[test]
 fn a_secret_older_than_the_marker_holds_a_revoked_token_and_is_not_adopted() {
     // Crash after the DELETE of a rotation, before the POST: the Secret still holds the old,
-    // now revoked, token. It must be replaced, never reported Ready.
+    // now revoked, token (written by an earlier attempt). It must be replaced, never reported
+    // Ready.
     let o = Observed {
         in_flight: Some(InFlight {
-            org_id: ORG.into(),
-            started_at: "2026-11-28T10:00:02Z".into(),
+            attempt_id: Some("attempt-2".into()),
+            ..marker(ORG)
         }),
         ..ready()
     };
@@ -410,10 +416,7 @@ fn a_secret_older_than_the_marker_holds_a_revoked_token_and_is_not_adopted() {
 fn an_interrupted_issue_in_another_org_revokes_both_orgs() {
     let o = Observed {
         org_id: ORG2.into(),
-        in_flight: Some(InFlight {
-            org_id: ORG2.into(),
-            started_at: "2026-11-28T10:00:02Z".into(),
-        }),
+        in_flight: Some(marker(ORG2)),
         target_secret: SecretState::Absent,
         ..ready()
     };
@@ -521,7 +524,9 @@ fn an_issue_never_deletes_where_another_linktoken_holds_the_live_link() {
     let o = Observed {
         in_flight: Some(InFlight {
             org_id: ORG.into(),
-            started_at: "2026-11-28T10:00:02Z".into(),
+            attempt_id: Some("a1".into()),
+            access_list_sha256: None,
+            rotate: None,
         }),
         held_by_others: vec![ORG.into()],
         target_secret: SecretState::Absent,
@@ -743,4 +748,189 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
         matches!(decide(&ready_anyway), Action::Keep { .. }),
         "only issuing waits; a current token is kept"
     );
+}
+
+/// One row of the adoption table: the marker, the Secret's attempt annotation, the spec now.
+struct AdoptCase {
+    what: &'static str,
+    marker: InFlight,
+    secret_attempt: Option<&'static str>,
+    org: &'static str,
+    access: Vec<&'static str>,
+    rotate: Option<&'static str>,
+    adopt: bool,
+}
+
+#[test]
+fn the_adoption_rule_marker_against_secret_annotation() {
+    let m = marker(ORG);
+    let row = |what, marker: InFlight, secret_attempt, org, access, rotate, adopt| AdoptCase {
+        what,
+        marker,
+        secret_attempt,
+        org,
+        access,
+        rotate,
+        adopt,
+    };
+    let list = vec!["10.0.0.0/24"];
+    let cases = vec![
+        row(
+            "same attempt, same spec",
+            m.clone(),
+            Some(ATTEMPT),
+            ORG,
+            list.clone(),
+            None,
+            true,
+        ),
+        row(
+            "Secret of another attempt",
+            m.clone(),
+            Some("attempt-0"),
+            ORG,
+            list.clone(),
+            None,
+            false,
+        ),
+        row(
+            "Secret without an attempt id",
+            m.clone(),
+            None,
+            ORG,
+            list.clone(),
+            None,
+            false,
+        ),
+        row(
+            "marker without an attempt id (older version)",
+            InFlight {
+                attempt_id: None,
+                ..m.clone()
+            },
+            None,
+            ORG,
+            list.clone(),
+            None,
+            false,
+        ),
+        row(
+            "access list changed since the attempt",
+            m.clone(),
+            Some(ATTEMPT),
+            ORG,
+            vec!["10.0.1.0/24"],
+            None,
+            false,
+        ),
+        row(
+            "rotation requested since the attempt",
+            m.clone(),
+            Some(ATTEMPT),
+            ORG,
+            list.clone(),
+            Some("r2"),
+            false,
+        ),
+        row(
+            "org changed since the attempt",
+            m.clone(),
+            Some(ATTEMPT),
+            ORG2,
+            list.clone(),
+            None,
+            false,
+        ),
+        row(
+            "same access list, duplicated",
+            m.clone(),
+            Some(ATTEMPT),
+            ORG,
+            vec!["10.0.0.0/24", "10.0.0.0/24"],
+            None,
+            true,
+        ),
+        row(
+            "marker without what it was for",
+            InFlight {
+                access_list_sha256: None,
+                ..m.clone()
+            },
+            Some(ATTEMPT),
+            ORG,
+            list.clone(),
+            None,
+            false,
+        ),
+    ];
+    for c in cases {
+        let access: Vec<String> = c.access.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            adoptable(&c.marker, c.secret_attempt, c.org, &access, c.rotate),
+            c.adopt,
+            "{}",
+            c.what
+        );
+    }
+}
+
+#[test]
+fn a_spec_change_while_down_after_the_secret_write_reissues_instead_of_adopting() {
+    // Crash after the Secret write, then the access list was edited: the stored token was
+    // issued for the old list. It is not adopted; the issue is redone with a DELETE first.
+    let o = Observed {
+        issued_for: None,
+        in_flight: Some(marker(ORG)),
+        target_secret: owned("linkToken", "3333"),
+        access_list: vec!["10.9.9.0/24".into()],
+        ..ready()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::Interrupted, &[ORG]));
+
+    let rotated = Observed {
+        issued_for: None,
+        in_flight: Some(marker(ORG)),
+        target_secret: owned("linkToken", "3333"),
+        rotate: Some("now".into()),
+        ..ready()
+    };
+    assert_eq!(decide(&rotated), issue(IssueWhy::Interrupted, &[ORG]));
+}
+
+#[test]
+fn access_list_hash_is_order_and_duplicate_insensitive() {
+    let a = access_list_sha256(&["b".to_string(), "a".to_string()]);
+    let b = access_list_sha256(&["a".to_string(), "b".to_string(), "a".to_string()]);
+    assert_eq!(a, b);
+    assert_ne!(a, access_list_sha256(&["a".to_string()]));
+    assert_ne!(
+        access_list_sha256(&[]),
+        access_list_sha256(&["".to_string()])
+    );
+}
+
+#[test]
+fn a_foreign_secret_with_a_marker_revokes_the_marked_org_before_waiting() {
+    let o = Observed {
+        issued_for: None,
+        in_flight: Some(marker(ORG)),
+        target_secret: SecretState::Foreign,
+        ..ready()
+    };
+    match decide(&o) {
+        Action::Abandon {
+            revoke_orgs,
+            reason,
+            ..
+        } => {
+            assert_eq!(revoke_orgs, vec![ORG.to_string()]);
+            assert_eq!(reason, Reason::SecretConflict);
+        }
+        other => panic!("{other:?}"),
+    }
+    let no_marker = Observed {
+        in_flight: None,
+        ..o
+    };
+    assert_eq!(reason(&decide(&no_marker)), Some(Reason::SecretConflict));
 }
