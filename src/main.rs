@@ -47,9 +47,18 @@ async fn main() -> ExitCode {
 
 async fn run(flags: Flags) -> Result<(), String> {
     let version = env!("CARGO_PKG_VERSION");
-    let client = kube::Client::try_default()
+    let mut kube_config = kube::Config::infer()
         .await
         .map_err(|e| format!("Kubernetes client: {e}"))?;
+    // Named in the API server's audit log and metrics, so a cluster admin can see exactly
+    // which requests are the operator's.
+    let user_agent = format!("linktoken-operator/{version}");
+    kube_config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_str(&user_agent).map_err(|e| format!("user agent: {e}"))?,
+    ));
+    let client =
+        kube::Client::try_from(kube_config).map_err(|e| format!("Kubernetes client: {e}"))?;
     let server = client
         .apiserver_version()
         .await

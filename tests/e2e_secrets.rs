@@ -246,3 +246,68 @@ async fn rotated_credentials_are_used_by_the_next_issue_without_a_reissue_of_the
     env.assert_no_secret_leaked(&[&old, &new, PRIVATE_KEY, CLIENT_SECRET])
         .await;
 }
+
+/// What the operator reads of the cluster's Secrets, from kube-apiserver's audit log: it lists
+/// and watches only its own token Secrets (by the managed-by label), never credentials Secrets
+/// or anyone else's; yet it still finds a credentials Secret created after its LinkToken, by
+/// reading it by name.
+#[tokio::test]
+async fn the_operator_lists_and_watches_only_its_own_token_secrets() {
+    let c = require_cluster!();
+    let Some(audit_log) = c.audit_log.clone() else {
+        eprintln!("\n!!!!!!!! SKIPPED: a shared control plane has no audit log here\n");
+        return;
+    };
+    let mut env = Env::new(c, "e2e-secret-reads").await;
+    env.put_secret("unrelated", &[("password", "not-for-the-operator")])
+        .await;
+    env.start_operator(&[]);
+    // The LinkToken first: its credentials Secret appears later (a GitOps order).
+    env.linktoken("migration", ORG, &[]).await;
+    env.wait_reason("migration", Reason::CredentialsNotFound, WAIT)
+        .await;
+    env.api_key_secret("creds").await;
+    env.wait_ready("migration").await;
+
+    let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dlinktoken-operator";
+    let reads: Vec<(String, String)> =
+        testkit::eventually(WAIT, "the operator's Secret watch", || {
+            let audit_log = audit_log.clone();
+            async move {
+                let text = std::fs::read_to_string(&audit_log).ok()?;
+                let reads: Vec<(String, String)> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter(|e| {
+                        e["userAgent"]
+                            .as_str()
+                            .is_some_and(|ua| ua.starts_with("linktoken-operator/"))
+                            && e["objectRef"]["resource"] == "secrets"
+                    })
+                    .map(|e| {
+                        (
+                            e["verb"].as_str().unwrap_or_default().to_string(),
+                            e["requestURI"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                reads
+                    .iter()
+                    .any(|(verb, _)| verb == "watch")
+                    .then_some(reads)
+            }
+        })
+        .await;
+    for (verb, uri) in &reads {
+        assert!(
+            uri.contains(selector),
+            "the operator ran {verb} {uri} without its managed-by selector"
+        );
+        // Every operator of this test process runs with --watch-namespaces (other tests run
+        // theirs beside this one): none may list Secrets cluster-wide.
+        assert!(
+            uri.starts_with("/api/v1/namespaces/"),
+            "an operator watching namespaces listed Secrets cluster-wide: {verb} {uri}"
+        );
+    }
+}

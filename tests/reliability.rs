@@ -373,6 +373,7 @@ async fn apiserver_then_etcd_restart_while_50_issue_all_converge_without_leaks()
     let cluster: &'static TestCluster = Box::leak(Box::new(TestCluster {
         kubeconfig: cp.kubeconfig_path().to_path_buf(),
         tools: shared.tools.clone(),
+        audit_log: Some(cp.audit_log_path()),
     }));
     let (cfg, orgs) = sim_with_orgs(50);
     let env = Env::with_sim_config(cluster, "rel-restart", cfg).await;

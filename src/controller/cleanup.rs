@@ -33,13 +33,38 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     let issued_org = status.issued_for.as_ref().map(|i| i.org_id.clone());
     let in_flight_org = status.in_flight.as_ref().map(|f| f.org_id.clone());
     let held_by_others = index::held_by_others(&ctx.all_linktokens(), lt);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // With Retain, an unfinished issue's token is kept only if the token Secret holds it (the
+    // attempt id it was written with matches the marker); otherwise it is an orphan.
+    let in_flight_recorded = match (&status.in_flight, retain) {
+        (Some(marker), true) => {
+            let name = status
+                .token_secret_name
+                .clone()
+                .unwrap_or_else(|| lt.spec.token_secret_name(&lt.name_any()));
+            let written = secrets.get_opt(&name).await?;
+            let attempt = written
+                .as_ref()
+                .filter(|s| {
+                    lt.uid()
+                        .is_some_and(|uid| secret::is_controlled_by(s, &uid))
+                })
+                .and_then(|s| s.annotations().get(secret::ATTEMPT_ID_ANNOTATION).cloned());
+            marker.attempt_id.is_some() && attempt == marker.attempt_id
+        }
+        _ => false,
+    };
     // The credentials are read only when something may have to be revoked.
-    let may_revoke = !retain
-        && decide::orgs_that_may_hold_a_token(issued_org.as_deref(), in_flight_org.as_deref())
+    let may_revoke = if retain {
+        in_flight_org
+            .as_ref()
+            .is_some_and(|o| !in_flight_recorded && !held_by_others.contains(o))
+    } else {
+        decide::orgs_that_may_hold_a_token(issued_org.as_deref(), in_flight_org.as_deref())
             .iter()
-            .any(|o| !held_by_others.contains(o));
+            .any(|o| !held_by_others.contains(o))
+    };
     let (credentials, creds) = if may_revoke {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let creds_secret = secrets
             .get_opt(&lt.spec.credentials_secret_ref.name)
             .await?;
@@ -54,10 +79,17 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
         in_flight_org,
         held_by_others,
         credentials,
+        in_flight_recorded,
     });
 
     let (revoke, held) = match step {
-        CleanupStep::Retain { had_token } => {
+        CleanupStep::Retain {
+            had_token,
+            revoke_orphan,
+        } => {
+            if let Some(org) = revoke_orphan {
+                revoke_unfinished_issue(ctx, lt, creds.as_ref(), &org).await;
+            }
             orphan_token_secret(lt, ctx, &ns).await?;
             if had_token {
                 report::publish(
@@ -134,6 +166,36 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     )
     .await;
     Ok(released(ctx, lt))
+}
+
+/// Retain, but an interrupted issue may have minted a token no Secret holds: nobody can use it
+/// and nobody would ever revoke it. Best effort: a refusal is a warning, deletion goes on.
+async fn revoke_unfinished_issue(
+    ctx: &Context,
+    lt: &LinkToken,
+    creds: Option<&crate::atlas::Credentials>,
+    org: &str,
+) {
+    let Some(creds) = creds else {
+        skipped(ctx, lt, &format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds, and the credentials Secret is missing or invalid, so it was not revoked; revoke it in Atlas if it matters")).await;
+        return;
+    };
+    match ctx.atlas.delete_link_token(creds, org).await {
+        Ok(_) => {
+            ctx.metrics.token_revoked();
+            report::publish(
+                ctx,
+                lt,
+                EventType::Normal,
+                "TokenRevoked",
+                &format!("revoked the link token of an unfinished issue in orgId {org}: no Secret held it (deletionPolicy Retain keeps only the token in the Secret)"),
+            )
+            .await;
+        }
+        Err(e) => {
+            skipped(ctx, lt, &format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds; Atlas refused its revocation ({}); revoke it there if it matters", e.user_message())).await;
+        }
+    }
 }
 
 /// Orgs left alone because another LinkToken holds the live link there: say which.

@@ -546,14 +546,23 @@ pub struct CleanupObserved {
     /// Orgs where another LinkToken holds the live link (index::held_by_others).
     pub held_by_others: Vec<String>,
     pub credentials: CredentialsState,
+    /// The token Secret holds the token of the in-flight attempt (its attempt-id annotation
+    /// matches the marker): that token is somebody's to use, not an orphan.
+    pub in_flight_recorded: bool,
 }
 
 /// The finalizer's next step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CleanupStep {
     /// deletionPolicy Retain: keep the token and its Secret (drop our ownerReference), let go.
-    /// `had_token`: a token may be live (worth a TokenRetained event).
-    Retain { had_token: bool },
+    /// `had_token`: a token may be live (worth a TokenRetained event). `revoke_orphan`: an
+    /// unfinished issue may have minted a token that no Secret holds, so nobody can use it and
+    /// nobody would ever revoke it: revoke it first (best effort: a refusal is a warning, never
+    /// a block).
+    Retain {
+        had_token: bool,
+        revoke_orphan: Option<String>,
+    },
     /// Nothing of ours can be live in Atlas (never issued, or only waited on an OrgConflict):
     /// let go without calling Atlas. `skipped`: orgs left alone because another LinkToken
     /// holds the live link there (each named in a RevocationSkipped warning).
@@ -572,8 +581,13 @@ pub enum CleanupStep {
 pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
     let orgs = orgs_that_may_hold_a_token(o.issued_org.as_deref(), o.in_flight_org.as_deref());
     if o.retain {
+        let revoke_orphan = o
+            .in_flight_org
+            .clone()
+            .filter(|org| !o.in_flight_recorded && !o.held_by_others.contains(org));
         return CleanupStep::Retain {
             had_token: !orgs.is_empty(),
+            revoke_orphan,
         };
     }
     let (skipped, revoke): (Vec<String>, Vec<String>) = orgs

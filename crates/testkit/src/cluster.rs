@@ -20,6 +20,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub struct TestCluster {
     pub kubeconfig: PathBuf,
     pub tools: Tools,
+    /// kube-apiserver's audit log of Secret lists and watches; None for a shared control
+    /// plane this process did not start.
+    pub audit_log: Option<PathBuf>,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -69,6 +72,7 @@ fn init() -> Result<TestCluster, String> {
         return Ok(TestCluster {
             kubeconfig: PathBuf::from(kc),
             tools,
+            audit_log: None,
         });
     }
     let started = Instant::now();
@@ -80,12 +84,17 @@ fn init() -> Result<TestCluster, String> {
         cp.dir().display()
     );
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
+    let audit_log = cp.audit_log_path();
     *OWNED.lock().unwrap_or_else(|p| p.into_inner()) = Some(cp);
     // SAFETY: registering a plain extern "C" function; it runs once at process exit.
     unsafe {
         libc::atexit(stop_owned);
     }
-    Ok(TestCluster { kubeconfig, tools })
+    Ok(TestCluster {
+        kubeconfig,
+        tools,
+        audit_log: Some(audit_log),
+    })
 }
 
 extern "C" fn stop_owned() {

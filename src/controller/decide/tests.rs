@@ -557,6 +557,7 @@ fn the_deletion_table() {
         in_flight_org: None,
         held_by_others: vec![],
         credentials: CredentialsState::Valid,
+        in_flight_recorded: false,
     };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
@@ -566,7 +567,10 @@ fn the_deletion_table() {
                 retain: true,
                 ..base.clone()
             },
-            CleanupStep::Retain { had_token: true },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: None,
+            },
         ),
         (
             "Retain, never issued: let go quietly",
@@ -575,7 +579,48 @@ fn the_deletion_table() {
                 issued_org: None,
                 ..base.clone()
             },
-            CleanupStep::Retain { had_token: false },
+            CleanupStep::Retain {
+                had_token: false,
+                revoke_orphan: None,
+            },
+        ),
+        (
+            "Retain with an unfinished issue whose token no Secret holds: revoke the orphan, keep the rest",
+            CleanupObserved {
+                retain: true,
+                in_flight_org: Some(ORG2.into()),
+                ..base.clone()
+            },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: Some(ORG2.into()),
+            },
+        ),
+        (
+            "Retain with an unfinished issue whose token the Secret holds: keep it",
+            CleanupObserved {
+                retain: true,
+                in_flight_org: Some(ORG2.into()),
+                in_flight_recorded: true,
+                ..base.clone()
+            },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: None,
+            },
+        ),
+        (
+            "Retain with an unfinished issue in an org another LinkToken holds: never DELETE there",
+            CleanupObserved {
+                retain: true,
+                in_flight_org: Some(ORG2.into()),
+                held_by_others: s(&[ORG2]),
+                ..base.clone()
+            },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: None,
+            },
         ),
         (
             "never issued (or only waited on an OrgConflict): no Atlas call",

@@ -196,6 +196,11 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// kube-apiserver's audit log (JSON lines): every list and watch of Secrets.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     pub fn api_url(&self) -> &str {
         &self.api_url
     }
@@ -323,6 +328,17 @@ impl ControlPlane {
                     .arg("--service-cluster-ip-range=10.0.0.0/24")
                     .arg("--allow-privileged=true")
                     .arg("--profiling=false")
+                    // Who listed and watched Secrets, with which selector: tests prove from it
+                    // what the operator reads (audit-policy.yaml logs only that).
+                    .arg(format!(
+                        "--audit-policy-file={}",
+                        d.join("audit-policy.yaml").display()
+                    ))
+                    .arg(format!(
+                        "--audit-log-path={}",
+                        d.join("audit.log").display()
+                    ))
+                    .arg("--audit-log-format=json")
                     .arg("--v=0");
                 cmd
             }
@@ -411,6 +427,13 @@ fn write_static_files(dir: &Path) -> Result<(), Error> {
         format!("{ADMIN_TOKEN},linktoken-admin,linktoken-admin,\"system:masters\"\n"),
     )
     .map_err(|e| Error::io("write tokens.csv", e))?;
+    // Only the requests a test asks about: list and watch of Secrets, at Metadata level (the
+    // request line, user and user agent; never a Secret's data).
+    std::fs::write(
+        dir.join("audit-policy.yaml"),
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n  verbs: [\"list\", \"watch\"]\n  resources:\n  - group: \"\"\n    resources: [\"secrets\"]\n- level: None\n",
+    )
+    .map_err(|e| Error::io("write audit-policy.yaml", e))?;
     let key_path = dir.join("sa.key");
     if !key_path.exists() {
         // ECDSA P-256 in PKCS#8 PEM: kube-apiserver signs and verifies service-account tokens
