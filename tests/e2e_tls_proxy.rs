@@ -226,6 +226,11 @@ async fn https_proxy_carries_every_atlas_call_through_connect() {
         log.iter().any(|l| l == &tunnel),
         "the proxy log should show {tunnel:?}: {log:#?}"
     );
+    // Out of a cluster (a kubeconfig), the Kubernetes connection takes HTTPS_PROXY too.
+    assert!(
+        log.iter().any(|l| l.starts_with("CONNECT 127.0.0.1:")),
+        "the API server connection should be tunnelled as well: {log:#?}"
+    );
     assert!(
         !log.iter().any(|l| l.starts_with("REFUSED")),
         "only CONNECT tunnels are expected: {log:#?}"

@@ -500,6 +500,20 @@ mod tests {
         assert!(!elect_false.unwrap().leader_elect);
     }
 
+    #[test]
+    fn an_empty_ca_file_is_refused_naming_the_flag() {
+        // Set but empty is a mistake in whatever rendered it (a chart value left blank), not
+        // "no CA file": the operator would otherwise fail later on every https call.
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: every test that reads these variables holds ENV_LOCK, as this one does.
+        unsafe { std::env::set_var("LINKTOKEN_ATLAS_CA_FILE", "") };
+        let f = parse_raw(&[]);
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("LINKTOKEN_ATLAS_CA_FILE") };
+        let e = f.unwrap_err().to_string();
+        assert!(e.contains("--atlas-ca-file"), "{e}");
+    }
+
     fn err_of(args: &[&str]) -> String {
         parse(args).unwrap_err().to_string()
     }
