@@ -85,6 +85,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         connect_timeout: flags.atlas_connect_timeout,
         request_timeout: flags.atlas_request_timeout,
         max_retry_after: flags.retry_max_delay,
+        ca_file: flags.atlas_ca_file.clone(),
         ..AtlasConfig::with_base_url(flags.atlas_url.clone())
     })
     .map_err(|e| e.to_string())?

@@ -1,8 +1,10 @@
 //! The link-token client: URLs, media types, authentication flows and response mapping.
 //!
 //! Shared by all reconciles (cheap to clone: one `Arc`). Proxy support is reqwest's default:
-//! `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` from the environment are honoured.
-//! Redirects are not followed, so an Authorization header never travels to another host.
+//! `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` (upper or lower case) from the
+//! environment are honoured; loopback is not exempt, only what `NO_PROXY` lists bypasses the
+//! proxy. Roots: see [`super::tls`]. Redirects are not followed, so an Authorization header
+//! never travels to another host.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use super::nonces::NonceCache;
 use super::oauth::{self, TokenCache};
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::{BearerToken, LinkTokenValue};
+use super::tls::TrustRoots;
 use super::transport::{Incoming, Limits, Outgoing, round_trip};
 
 /// The only resource version of the link-token operations. Sent as Accept, and as the
@@ -71,8 +74,27 @@ impl AtlasClient {
     pub fn new(config: AtlasConfig) -> Result<Self, AtlasError> {
         let base = parse_base_url(&config.base_url)?;
         let token_url = join(&base, &["api", "oauth", "token"])?;
-        let http = reqwest::Client::builder()
+        let trust = TrustRoots::load(config.ca_file.as_deref(), base.scheme() == "https")
+            .map_err(|e| AtlasError::Config(e.to_string()))?;
+        tracing::info!(
+            platform_roots = trust.platform,
+            platform_skipped = trust.platform_skipped,
+            ca_file_roots = trust.ca_file,
+            "Atlas TLS roots loaded"
+        );
+        if !trust.platform_errors.is_empty() {
+            tracing::warn!(errors = ?trust.platform_errors, "reading the platform's CA store failed in part");
+        }
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            // Only the roots chosen above, whatever reqwest features another crate enables.
+            .tls_built_in_root_certs(false);
+        for cert in &trust.certs {
+            let cert = reqwest::Certificate::from_der(cert.as_ref())
+                .map_err(|e| AtlasError::Config(format!("root certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(config.user_agent.clone())

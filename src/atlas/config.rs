@@ -1,6 +1,7 @@
 //! Client configuration. The base URL is operator configuration only (never per resource), so a
 //! resource author cannot send an org's credentials to a host of their choosing.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default Atlas (commercial). Atlas for Government is `https://cloud.mongodbgov.com`.
@@ -31,6 +32,8 @@ pub struct AtlasConfig {
     /// limited and an account holds at most 100 live tokens). If the token really dies sooner,
     /// Atlas answers 401 and the client mints once more.
     pub token_min_reuse: Duration,
+    /// PEM certificates trusted as roots in addition to the platform's (`--atlas-ca-file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AtlasConfig {
@@ -45,6 +48,7 @@ impl Default for AtlasConfig {
             token_failure_cooldown: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(300),
             token_min_reuse: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - `digest` / `nonces`: Digest challenge parsing, response hashing, nonce reuse.
 //! - `oauth`: bearer-token minting and the single-flight token cache.
 //! - `transport`: one HTTP round trip with a capped body, observed.
+//! - [`tls`]: the roots the client trusts (the platform's, plus `--atlas-ca-file`).
 //! - [`error`]: [`AtlasError`] and ApiError parsing; [`classify`](mod@classify): errors -> Ready
 //!   reasons.
 //! - `redact`: secret wrappers whose Debug/Display never show the value; URL user info removal.
@@ -19,6 +20,7 @@ mod nonces;
 mod oauth;
 pub mod observer;
 mod redact;
+pub mod tls;
 mod transport;
 
 pub use classify::{Classification, Operation, RetryHint, classify};
@@ -28,3 +30,4 @@ pub use credentials::{Credentials, CredentialsError, CredentialsKind, Fingerprin
 pub use error::{ApiFailure, AtlasError, BodyKind, FieldViolation, TransportKind};
 pub use observer::{Endpoint, RequestObserver, RequestRecord};
 pub use redact::{LinkTokenValue, redact_url_userinfo};
+pub use tls::{TrustError, TrustRoots};

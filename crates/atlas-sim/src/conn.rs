@@ -101,6 +101,12 @@ pub struct ConnMeta {
 }
 
 impl ConnMeta {
+    pub(crate) fn of(stream: &KillableStream) -> Self {
+        ConnMeta {
+            killed: stream.killed.clone(),
+        }
+    }
+
     /// Marks the connection for closing; the response being produced is never sent.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
@@ -109,8 +115,6 @@ impl ConnMeta {
 
 impl Connected<IncomingStream<'_, KillableListener>> for ConnMeta {
     fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        ConnMeta {
-            killed: stream.io().killed.clone(),
-        }
+        ConnMeta::of(stream.io())
     }
 }

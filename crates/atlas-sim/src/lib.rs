@@ -19,6 +19,7 @@ pub mod ratelimit;
 mod reply;
 mod server;
 pub mod state;
+mod tls;
 
 pub use config::{
     ApiKeyConfig, ConfigError, ORG_OWNER, OrgConfig, OrgRoles, RateLimitConfig,
@@ -27,3 +28,4 @@ pub use config::{
 pub use faults::{CallKind, FaultKind, FaultSpec, FaultTarget};
 pub use server::{SimError, SimHandle, SimServer};
 pub use state::{AdminError, SimState, StateSnapshot, TokenStatus};
+pub use tls::{SimTls, TlsError};

@@ -1,7 +1,9 @@
 //! Wiring: the Atlas router (with the per-call log/counter/fault layer), the admin router,
 //! and the in-process server handle.
 
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,12 +23,15 @@ use super::conn::{ConnMeta, KillableListener};
 use super::faults::{CallInfo, CallKind, FaultKind, FaultSpec};
 use super::reply::{Dropped, ErrorCode, FaultApplied, Format, Reply};
 use super::state::SimState;
+use super::tls::{SimTls, TlsListener};
 use super::{admin, handlers, oauth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -35,6 +40,9 @@ pub enum SimError {
 }
 
 pub struct SimServer;
+
+/// The Atlas port's server, plain or TLS.
+type AtlasServe = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 
 /// A running simulator. Dropping it stops the servers too (without waiting).
 pub struct SimHandle {
@@ -82,6 +90,27 @@ impl SimServer {
         atlas_addr: SocketAddr,
         admin_addr: SocketAddr,
     ) -> Result<SimHandle, SimError> {
+        Self::start_with(config, atlas_addr, admin_addr, None).await
+    }
+
+    /// Like [`SimServer::start`], but the Atlas port speaks TLS with `tls`'s certificate
+    /// (the admin port stays plain HTTP: it is the test's, not the client's). `atlas_url` is
+    /// then `https://localhost:<port>`.
+    pub async fn start_tls(
+        config: SimConfig,
+        atlas_addr: SocketAddr,
+        admin_addr: SocketAddr,
+        tls: &SimTls,
+    ) -> Result<SimHandle, SimError> {
+        Self::start_with(config, atlas_addr, admin_addr, Some(tls)).await
+    }
+
+    async fn start_with(
+        config: SimConfig,
+        atlas_addr: SocketAddr,
+        admin_addr: SocketAddr,
+        tls: Option<&SimTls>,
+    ) -> Result<SimHandle, SimError> {
         let state = SimState::new(&config)?;
         let bind = |addr: SocketAddr| async move {
             let listener = TcpListener::bind(addr)
@@ -96,11 +125,33 @@ impl SimServer {
         let (admin_listener, admin_local) = bind(admin_addr).await?;
         let (tx, rx) = watch::channel(false);
 
-        let atlas = axum::serve(
-            KillableListener::new(atlas_listener),
-            atlas_router(state.clone()).into_make_service_with_connect_info::<ConnMeta>(),
-        )
-        .with_graceful_shutdown(wait_for_shutdown(rx.clone()));
+        let killable = KillableListener::new(atlas_listener);
+        let router = atlas_router(state.clone());
+        let atlas_url = match tls {
+            None => format!("http://{atlas_local}"),
+            Some(_) => format!("https://localhost:{}", atlas_local.port()),
+        };
+        let atlas: AtlasServe = match tls {
+            None => Box::pin(
+                axum::serve(
+                    killable,
+                    router.into_make_service_with_connect_info::<ConnMeta>(),
+                )
+                .with_graceful_shutdown(wait_for_shutdown(rx.clone()))
+                .into_future(),
+            ),
+            Some(tls) => Box::pin(
+                axum::serve(
+                    TlsListener::new(killable, tls).map_err(|source| SimError::Bind {
+                        addr: atlas_addr,
+                        source,
+                    })?,
+                    router.into_make_service_with_connect_info::<ConnMeta>(),
+                )
+                .with_graceful_shutdown(wait_for_shutdown(rx.clone()))
+                .into_future(),
+            ),
+        };
         let admin = axum::serve(admin_listener, admin::router(state.clone()))
             .with_graceful_shutdown(wait_for_shutdown(rx));
         let tasks = vec![
@@ -116,7 +167,7 @@ impl SimServer {
             }),
         ];
         Ok(SimHandle {
-            atlas_url: format!("http://{atlas_local}"),
+            atlas_url,
             admin_url: format!("http://{admin_local}"),
             atlas_addr: atlas_local,
             admin_addr: admin_local,
