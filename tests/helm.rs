@@ -269,6 +269,15 @@ fn chart_lints_clean() {
         "replicas=3,watchNamespaces={a,b},serviceMonitor.enabled=true,networkPolicy.enabled=true",
     ]);
     run_ok(cmd, None);
+    let mut cmd = Command::new(&helm);
+    cmd.args(["lint", "--strict"]).arg(chart()).args([
+        "--set",
+        "serviceAccount.automount=false,rbac.aggregateClusterRoles=false,\
+         extraVolumes[0].name=ca,extraVolumes[0].configMap.name=ca,\
+         extraVolumeMounts[0].name=ca,extraVolumeMounts[0].mountPath=/etc/ca,\
+         extraArgs={--atlas-ca-file=/etc/ca/ca.crt}",
+    ]);
+    run_ok(cmd, None);
 }
 
 /// values.schema.json (and the template's own checks) turn bad values into install-time
