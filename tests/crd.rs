@@ -696,18 +696,74 @@ async fn kubectl_get_shows_the_printer_columns() {
         ["printed", "True", "TokenIssued", ORG, "atlas-link", "ok"],
         "{stdout}"
     );
-    // The category: `kubectl get atlas` lists LinkTokens (beside the Atlas Kubernetes
-    // Operator's resources, where installed).
+    // The category: `kubectl get atlas` lists LinkTokens beside the Atlas Kubernetes
+    // Operator's resources, whose CRDs use the category `atlas` too. A stand-in kind in a
+    // test-owned group plays AtlasProject, so a cluster with the real operator is not touched.
+    let stand_in = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: atlasprojects.ako-stand-in.linktoken.test
+spec:
+  group: ako-stand-in.linktoken.test
+  names: {kind: AtlasProject, plural: atlasprojects, singular: atlasproject, categories: [atlas]}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+    let out = run(c.kubectl().args(["apply", "-f", "-"]), Some(stand_in));
+    assert!(out.status.success(), "{}", text(&out));
     let out = run(
-        c.kubectl().args(["get", "atlas", "-n", &ns, "-o", "name"]),
+        c.kubectl().args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/atlasprojects.ako-stand-in.linktoken.test",
+        ]),
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
+    let project = "apiVersion: ako-stand-in.linktoken.test/v1\nkind: AtlasProject\nmetadata:\n  name: project\n";
+    let out = run(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        Some(project),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // A fresh discovery cache: categories are resolved from discovery, which kubectl caches
+    // on disk across calls.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        c.kubectl()
+            .args(["get", "atlas", "-n", &ns, "-o", "name", "--cache-dir"])
+            .arg(cache.path()),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    listed.sort();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "linktoken.atlasmigration.io/printed",
+        listed,
+        [
+            "atlasproject.ako-stand-in.linktoken.test/project",
+            "linktoken.atlasmigration.io/printed"
+        ],
         "{}",
         text(&out)
+    );
+    let _ = run(
+        c.kubectl().args([
+            "delete",
+            "--wait=false",
+            "crd/atlasprojects.ako-stand-in.linktoken.test",
+        ]),
+        None,
     );
     // The short name, the plural and the kind all resolve.
     for resource in ["linktokens", "linktoken", "linktokens.atlasmigration.io"] {
