@@ -1048,10 +1048,11 @@ async fn standard_view_and_edit_roles_cover_link_tokens() {
         c.kubectl_cmd(&["create", "-n", &ns, "--as", &editor, "-f", "-"]),
         Some(&manifest),
     );
-    let listed = run_ok(
-        c.kubectl_cmd(&["get", "atlas", "-n", &ns, "--as", &viewer, "-o", "name"]),
-        None,
-    );
+    // A fresh discovery cache: kubectl resolves the category from (cached) discovery.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut get = c.kubectl_cmd(&["get", "atlas", "-n", &ns, "--as", &viewer, "-o", "name"]);
+    get.arg("--cache-dir").arg(cache.path());
+    let listed = run_ok(get, None);
     assert_eq!(listed.trim(), "linktoken.atlasmigration.io/tenant");
 
     // Cluster-scoped: remove them so other tests see the standard roles unchanged.
