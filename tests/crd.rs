@@ -1,7 +1,8 @@
 //! The LinkToken CRD on a real API server: the examples are accepted, invalid objects are
 //! rejected by the API server itself (schema and CEL, not the controller) with a message that
-//! names the field, the status schema holds everything the controller writes, and
-//! `kubectl get lt` shows the printer columns.
+//! names the field, the status schema holds everything the controller writes (timestamps as
+//! RFC 3339 date-times), and `kubectl get lt` (and `kubectl get atlas`) shows the printer
+//! columns.
 use testkit::require_cluster;
 
 use std::io::Write;
@@ -567,6 +568,34 @@ async fn status_subresource_holds_every_status_field() {
     let got = api.get_status("s").await.expect("get");
     assert_eq!(got.status.as_ref(), Some(&status));
 
+    // Timestamps are date-times: a client writing anything else is refused by the API server,
+    // so readers (and the Issued column) can rely on RFC 3339.
+    for (field, bad) in [
+        ("issuedAt", json!({"issuedAt": "yesterday"})),
+        (
+            "inFlight.startedAt",
+            json!({"inFlight": {"orgId": ORG, "startedAt": "noon"}}),
+        ),
+    ] {
+        let patch = json!({
+            "apiVersion": "atlasmigration.io/v1alpha1",
+            "kind": "LinkToken",
+            "status": bad,
+        });
+        let err = api
+            .patch_status(
+                "s",
+                &PatchParams::apply("bad-clock").force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .expect_err("a timestamp that is not a date-time must be refused");
+        assert!(
+            err.to_string().contains(field) && err.to_string().contains("date-time"),
+            "{field}: {err}"
+        );
+    }
+
     // Conditions are a map keyed by type: another manager applying only Ready takes over that
     // entry in place and leaves Reconciling and Stalled alone.
     let ready_only = json!({
@@ -643,6 +672,98 @@ async fn kubectl_get_shows_the_printer_columns() {
         lines[1][..5],
         ["printed", "True", "TokenIssued", ORG, "atlas-link"],
         "{stdout}"
+    );
+    // `-o wide` adds the Ready message and when the token was issued.
+    let out = run(
+        c.kubectl().args(["get", "lt", "-n", &ns, "-o", "wide"]),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME", "READY", "REASON", "ORG", "SECRET", "MESSAGE", "ISSUED", "AGE"
+        ],
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1][..6],
+        ["printed", "True", "TokenIssued", ORG, "atlas-link", "ok"],
+        "{stdout}"
+    );
+    // The category: `kubectl get atlas` lists LinkTokens beside the Atlas Kubernetes
+    // Operator's resources, whose CRDs use the category `atlas` too. A stand-in kind in a
+    // test-owned group plays AtlasProject, so a cluster with the real operator is not touched.
+    let stand_in = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: atlasprojects.ako-stand-in.linktoken.test
+spec:
+  group: ako-stand-in.linktoken.test
+  names: {kind: AtlasProject, plural: atlasprojects, singular: atlasproject, categories: [atlas]}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+    let out = run(c.kubectl().args(["apply", "-f", "-"]), Some(stand_in));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(
+        c.kubectl().args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/atlasprojects.ako-stand-in.linktoken.test",
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let project = "apiVersion: ako-stand-in.linktoken.test/v1\nkind: AtlasProject\nmetadata:\n  name: project\n";
+    let out = run(
+        c.kubectl().args(["apply", "-n", &ns, "-f", "-"]),
+        Some(project),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // A fresh discovery cache: categories are resolved from discovery, which kubectl caches
+    // on disk across calls.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        c.kubectl()
+            .args(["get", "atlas", "-n", &ns, "-o", "name", "--cache-dir"])
+            .arg(cache.path()),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "atlasproject.ako-stand-in.linktoken.test/project",
+            "linktoken.atlasmigration.io/printed"
+        ],
+        "{}",
+        text(&out)
+    );
+    let _ = run(
+        c.kubectl().args([
+            "delete",
+            "--wait=false",
+            "crd/atlasprojects.ako-stand-in.linktoken.test",
+        ]),
+        None,
     );
     // The short name, the plural and the kind all resolve.
     for resource in ["linktokens", "linktoken", "linktokens.atlasmigration.io"] {

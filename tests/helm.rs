@@ -159,6 +159,68 @@ fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// True for the ClusterRoles that extend Kubernetes' standard roles (not the operator's own).
+fn is_aggregated(o: &Value) -> bool {
+    o["metadata"]["labels"].as_object().is_some_and(|l| {
+        l.keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+    })
+}
+
+/// The operator's own ClusterRoles (the aggregated view/edit roles left out).
+fn operator_cluster_roles(objs: &[Value]) -> Vec<&Value> {
+    find(objs, "ClusterRole")
+        .into_iter()
+        .filter(|o| !is_aggregated(o))
+        .collect()
+}
+
+/// The aggregated ClusterRoles as (name suffix, aggregation labels set to "true", grants).
+fn aggregated_roles(objs: &[Value]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out: Vec<_> = find(objs, "ClusterRole")
+        .into_iter()
+        .filter(|o| is_aggregated(o))
+        .map(|o| {
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            let suffix = name.rsplit('-').next().unwrap_or_default().to_string();
+            let labels = o["metadata"]["labels"]
+                .as_object()
+                .expect("labels")
+                .iter()
+                .filter(|(k, v)| k.starts_with("rbac.authorization.k8s.io/") && *v == "true")
+                .map(|(k, _)| {
+                    k.trim_start_matches("rbac.authorization.k8s.io/")
+                        .to_string()
+                })
+                .collect();
+            (suffix, labels, grants(&o["rules"]))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `group/resource:verb` for every combination a rule list grants, sorted.
+fn grants(rules: &Value) -> Vec<String> {
+    let mut grants = Vec::new();
+    for r in rules.as_array().expect("rules") {
+        for g in r["apiGroups"].as_array().expect("groups") {
+            for res in r["resources"].as_array().expect("resources") {
+                for v in r["verbs"].as_array().expect("verbs") {
+                    grants.push(format!(
+                        "{}/{}:{}",
+                        g.as_str().unwrap_or_default(),
+                        res.as_str().unwrap_or_default(),
+                        v.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    grants.sort();
+    grants
+}
+
 /// The operator container's env as name -> value (downward-API entries as "fieldRef:PATH").
 fn container_env(deploy: &Value) -> BTreeMap<String, String> {
     deploy["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -207,6 +269,15 @@ fn chart_lints_clean() {
         "replicas=3,watchNamespaces={a,b},serviceMonitor.enabled=true,networkPolicy.enabled=true",
     ]);
     run_ok(cmd, None);
+    let mut cmd = Command::new(&helm);
+    cmd.args(["lint", "--strict"]).arg(chart()).args([
+        "--set",
+        "serviceAccount.automount=false,rbac.aggregateClusterRoles=false,\
+         extraVolumes[0].name=ca,extraVolumes[0].configMap.name=ca,\
+         extraVolumeMounts[0].name=ca,extraVolumeMounts[0].mountPath=/etc/ca,\
+         extraArgs={--atlas-ca-file=/etc/ca/ca.crt}",
+    ]);
+    run_ok(cmd, None);
 }
 
 /// values.schema.json (and the template's own checks) turn bad values into install-time
@@ -246,6 +317,28 @@ fn bad_values_are_rejected() {
             "serviceMonitor:\n  enabled: true\nmetrics:\n  service:\n    enabled: false\n",
             "metrics.service.enabled",
         ),
+        // The conventions of cert-manager's and external-secrets' charts, typed.
+        ("enabled: \"yes\"\n", "enabled"),
+        ("revisionHistoryLimit: -1\n", "revisionHistoryLimit"),
+        ("serviceAccount:\n  automount: \"no\"\n", "automount"),
+        (
+            "rbac:\n  aggregateClusterRoles: 1\n",
+            "aggregateClusterRoles",
+        ),
+        ("extraArgs: --concurrency=2\n", "extraArgs"),
+        ("extraArgs: [2]\n", "extraArgs"),
+        ("extraEnv:\n  - value: x\n", "extraEnv"),
+        ("extraVolumes:\n  - configMap: {name: ca}\n", "extraVolumes"),
+        ("extraVolumeMounts:\n  - name: ca\n", "mountPath"),
+        ("serviceMonitor:\n  namespace: Monitoring\n", "namespace"),
+        (
+            "serviceMonitor:\n  relabelings: {action: drop}\n",
+            "relabelings",
+        ),
+        (
+            "serviceMonitor:\n  metricRelabelings: [drop]\n",
+            "metricRelabelings",
+        ),
     ];
     let mut failures = Vec::new();
     for (values, mention) in cases {
@@ -260,6 +353,16 @@ fn bad_values_are_rejected() {
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
     // And the good ones pass.
     template(&helm, "lt", "linktoken-system", "replicas: 2\n").expect("replicas 2");
+    // An umbrella chart's `condition: linktoken-operator.enabled` passes `enabled` down.
+    for enabled in ["true", "false"] {
+        template(
+            &helm,
+            "lt",
+            "linktoken-system",
+            &format!("enabled: {enabled}\n"),
+        )
+        .unwrap_or_else(|e| panic!("enabled: {enabled}: {e}"));
+    }
     template(
         &helm,
         "lt",
@@ -322,7 +425,7 @@ fn deploy_manifests_match_the_chart() {
         "restricted"
     );
     one(&objs, "Deployment");
-    one(&objs, "ClusterRole");
+    assert_eq!(operator_cluster_roles(&objs).len(), 1);
 }
 
 /// Default values: what the chart renders and why, object by object.
@@ -339,6 +442,8 @@ fn default_values_render_a_restricted_least_privilege_operator() {
         got,
         [
             "ClusterRole//linktoken-operator",
+            "ClusterRole//linktoken-operator-edit",
+            "ClusterRole//linktoken-operator-view",
             "ClusterRoleBinding//linktoken-operator",
             "Deployment/ops/linktoken-operator",
             "Role/ops/linktoken-operator-leader-election",
@@ -351,9 +456,16 @@ fn default_values_render_a_restricted_least_privilege_operator() {
 
     let d = one(&objs, "Deployment");
     assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 5);
     assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "linktoken-operator");
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert!(pod["volumes"].is_null(), "no volumes by default");
+    assert_eq!(
+        one(&objs, "ServiceAccount")["automountServiceAccountToken"],
+        true
+    );
     let c = &pod["containers"][0];
     assert_eq!(
         c["image"],
@@ -374,6 +486,7 @@ fn default_values_render_a_restricted_least_privilege_operator() {
     assert_eq!(env["LINKTOKEN_LOG_FORMAT"], "json");
     assert!(!env.contains_key("LINKTOKEN_ALLOW_INSECURE_ATLAS_URL"));
     assert!(c["args"].is_null());
+    assert!(c["volumeMounts"].is_null());
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let ports: Vec<_> = c["ports"]
@@ -399,28 +512,10 @@ fn default_values_render_a_restricted_least_privilege_operator() {
     assert!(c["resources"]["limits"]["memory"].is_string());
 
     // RBAC: no wildcard, no cluster-scoped resource, no verb the operator never calls.
-    let rules = one(&objs, "ClusterRole")["rules"]
-        .as_array()
-        .expect("rules")
-        .clone();
-    let mut grants = Vec::new();
-    for r in &rules {
-        for g in r["apiGroups"].as_array().expect("groups") {
-            for res in r["resources"].as_array().expect("resources") {
-                for v in r["verbs"].as_array().expect("verbs") {
-                    grants.push(format!(
-                        "{}/{}:{}",
-                        g.as_str().unwrap_or_default(),
-                        res.as_str().unwrap_or_default(),
-                        v.as_str().unwrap_or_default()
-                    ));
-                }
-            }
-        }
-    }
-    grants.sort();
+    let operator_roles = operator_cluster_roles(&objs);
+    assert_eq!(operator_roles.len(), 1);
     assert_eq!(
-        grants,
+        grants(&operator_roles[0]["rules"]),
         [
             "/secrets:create",
             "/secrets:delete",
@@ -436,6 +531,43 @@ fn default_values_render_a_restricted_least_privilege_operator() {
             "atlasmigration.io/linktokens:watch",
             "events.k8s.io/events:create",
             "events.k8s.io/events:patch",
+        ]
+    );
+    // Aggregated into the standard roles: view reads LinkTokens, edit and admin manage them;
+    // nobody but the operator writes their status.
+    assert_eq!(
+        aggregated_roles(&objs),
+        [
+            (
+                "edit".to_string(),
+                vec![
+                    "aggregate-to-admin".to_string(),
+                    "aggregate-to-edit".to_string()
+                ],
+                vec![
+                    "atlasmigration.io/linktokens:create".to_string(),
+                    "atlasmigration.io/linktokens:delete".to_string(),
+                    "atlasmigration.io/linktokens:deletecollection".to_string(),
+                    "atlasmigration.io/linktokens:patch".to_string(),
+                    "atlasmigration.io/linktokens:update".to_string(),
+                ]
+            ),
+            (
+                "view".to_string(),
+                vec![
+                    "aggregate-to-admin".to_string(),
+                    "aggregate-to-edit".to_string(),
+                    "aggregate-to-view".to_string()
+                ],
+                vec![
+                    "atlasmigration.io/linktokens/status:get".to_string(),
+                    "atlasmigration.io/linktokens/status:list".to_string(),
+                    "atlasmigration.io/linktokens/status:watch".to_string(),
+                    "atlasmigration.io/linktokens:get".to_string(),
+                    "atlasmigration.io/linktokens:list".to_string(),
+                    "atlasmigration.io/linktokens:watch".to_string(),
+                ]
+            ),
         ]
     );
     let lease_rules = &one(&objs, "Role")["rules"];
@@ -524,7 +656,8 @@ async fn value_sets_render_objects_the_api_server_accepts() {
             "defaults",
             String::new(),
             Box::new(|objs: &[Value]| {
-                one(objs, "ClusterRole");
+                assert_eq!(operator_cluster_roles(objs).len(), 1);
+                assert_eq!(aggregated_roles(objs).len(), 2);
                 assert!(find(objs, "PodDisruptionBudget").is_empty());
             }),
         ),
@@ -534,7 +667,9 @@ async fn value_sets_render_objects_the_api_server_accepts() {
             Box::new({
                 let (a, b, ns) = (team_a.clone(), team_b.clone(), ns.clone());
                 move |objs: &[Value]| {
-                    assert!(find(objs, "ClusterRole").is_empty(), "no ClusterRole");
+                    assert!(operator_cluster_roles(objs).is_empty(), "no ClusterRole");
+                    // Tenants' view/edit roles still cover LinkTokens in their namespaces.
+                    assert_eq!(aggregated_roles(objs).len(), 2);
                     assert!(find(objs, "ClusterRoleBinding").is_empty());
                     let mut roles: Vec<_> = find(objs, "Role")
                         .iter()
@@ -617,6 +752,79 @@ logFormat: text
                 assert_eq!(t["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
                 assert_eq!(t["spec"]["tolerations"][0]["key"], "dedicated");
                 assert!(t["spec"]["affinity"]["nodeAffinity"].is_object());
+            }),
+        ),
+        (
+            "ecosystem conventions: extra args/env/volumes, automount off, monitor placement",
+            format!(
+                r#"
+enabled: true
+revisionHistoryLimit: 2
+serviceAccount: {{automount: false}}
+rbac: {{aggregateClusterRoles: false}}
+args: ["--concurrency=2"]
+extraArgs: ["--resync-interval=5m"]
+env: [{{name: LEGACY, value: "1"}}]
+extraEnv:
+  - {{name: HTTPS_PROXY, value: "http://proxy.infra:3128"}}
+  - {{name: NO_PROXY, value: "10.0.0.0/8,.svc,.cluster.local"}}
+extraVolumes:
+  - {{name: corporate-ca, configMap: {{name: corporate-ca}}}}
+extraVolumeMounts:
+  - {{name: corporate-ca, mountPath: /etc/linktoken/ca, readOnly: true}}
+serviceMonitor:
+  enabled: true
+  namespace: {team_a}
+  relabelings: [{{action: replace, targetLabel: team, replacement: migrations}}]
+  metricRelabelings: [{{action: drop, sourceLabels: [__name__], regex: "go_.*"}}]
+"#
+            ),
+            Box::new({
+                let (a, ns) = (team_a.clone(), ns.clone());
+                move |objs: &[Value]| {
+                    assert!(aggregated_roles(objs).is_empty(), "aggregateClusterRoles: false");
+                    let d = one(objs, "Deployment");
+                    assert_eq!(d["spec"]["revisionHistoryLimit"], 2);
+                    let pod = &d["spec"]["template"]["spec"];
+                    let c = &pod["containers"][0];
+                    // The old names keep working; the extra lists come after them.
+                    assert_eq!(c["args"], json!(["--concurrency=2", "--resync-interval=5m"]));
+                    let env = container_env(d);
+                    assert_eq!(env["LEGACY"], "1");
+                    assert_eq!(env["HTTPS_PROXY"], "http://proxy.infra:3128");
+                    assert_eq!(env["NO_PROXY"], "10.0.0.0/8,.svc,.cluster.local");
+                    // Automount off: nothing implicit, the same credentials mounted explicitly
+                    // where the in-cluster client reads them.
+                    assert_eq!(one(objs, "ServiceAccount")["automountServiceAccountToken"], false);
+                    assert_eq!(pod["automountServiceAccountToken"], false);
+                    let volumes: Vec<_> = pod["volumes"]
+                        .as_array()
+                        .expect("volumes")
+                        .iter()
+                        .map(|v| v["name"].as_str().unwrap_or_default())
+                        .collect();
+                    assert_eq!(volumes, ["kube-api-access", "corporate-ca"]);
+                    let sources = &pod["volumes"][0]["projected"]["sources"];
+                    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+                    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+                    assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
+                    let mounts: Vec<_> = c["volumeMounts"]
+                        .as_array()
+                        .expect("volumeMounts")
+                        .iter()
+                        .map(|m| m["mountPath"].as_str().unwrap_or_default())
+                        .collect();
+                    assert_eq!(
+                        mounts,
+                        ["/var/run/secrets/kubernetes.io/serviceaccount", "/etc/linktoken/ca"]
+                    );
+                    let sm = one(objs, "ServiceMonitor");
+                    assert_eq!(sm["metadata"]["namespace"], a.as_str());
+                    assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"], json!([ns]));
+                    let ep = &sm["spec"]["endpoints"][0];
+                    assert_eq!(ep["relabelings"][0]["targetLabel"], "team");
+                    assert_eq!(ep["metricRelabelings"][0]["action"], "drop");
+                }
             }),
         ),
     ];
@@ -753,6 +961,105 @@ async fn helm_install_in_a_restricted_namespace() {
         None,
     );
     eprintln!("install: {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The aggregated ClusterRoles reach tenants through Kubernetes' own roles: a ServiceAccount
+/// bound to `view` in its namespace reads LinkTokens there, one bound to `edit` also creates and
+/// deletes them, and neither can write their status (the operator's).
+#[tokio::test]
+async fn standard_view_and_edit_roles_cover_link_tokens() {
+    let c = require_cluster!();
+    let helm = c
+        .tools
+        .helm
+        .clone()
+        .expect("helm: run `bash scripts/build-tools.sh`");
+    c.apply_crd(&linktoken_operator::api::crd::crd()).await;
+    let ns = c.namespace("helm-tenant").await;
+    let release = testkit::unique("agg");
+    let mut cmd = Command::new(&helm);
+    cmd.args(["template", &release])
+        .arg(chart())
+        .args(["--show-only", "templates/aggregate-clusterroles.yaml"]);
+    let rendered = run_ok(cmd, None);
+    run_ok(c.kubectl_cmd(&["apply", "-f", "-"]), Some(&rendered));
+    for (sa, role) in [("viewer", "view"), ("editor", "edit")] {
+        run_ok(
+            c.kubectl_cmd(&["create", "serviceaccount", sa, "-n", &ns]),
+            None,
+        );
+        run_ok(
+            c.kubectl_cmd(&[
+                "create",
+                "rolebinding",
+                sa,
+                &format!("--clusterrole={role}"),
+                &format!("--serviceaccount={ns}:{sa}"),
+                "-n",
+                &ns,
+            ]),
+            None,
+        );
+    }
+    let viewer = format!("system:serviceaccount:{ns}:viewer");
+    let editor = format!("system:serviceaccount:{ns}:editor");
+    let lt = "linktokens.atlasmigration.io";
+    let lt_status = "linktokens.atlasmigration.io/status";
+
+    // The clusterrole-aggregation controller copies the rules into view/edit/admin shortly
+    // after the ClusterRoles appear.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(can_i(c, &viewer, "list", lt, Some(&ns)) && can_i(c, &editor, "create", lt, Some(&ns)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "view/edit never gained the LinkToken rules (clusterrole-aggregation)"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut wrong = Vec::new();
+    for (who, verb, resource, want) in [
+        (&viewer, "get", lt, true),
+        (&viewer, "watch", lt, true),
+        (&viewer, "get", lt_status, true),
+        (&viewer, "create", lt, false),
+        (&viewer, "delete", lt, false),
+        (&viewer, "patch", lt_status, false),
+        (&editor, "get", lt, true),
+        (&editor, "update", lt, true),
+        (&editor, "patch", lt, true),
+        (&editor, "delete", lt, true),
+        (&editor, "deletecollection", lt, true),
+        (&editor, "patch", lt_status, false),
+        (&editor, "update", lt_status, false),
+    ] {
+        if can_i(c, who, verb, resource, Some(&ns)) != want {
+            wrong.push(format!("{who} {verb} {resource}: expected {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // And for real: the editor creates a LinkToken, the viewer lists it (by the category too).
+    let manifest = format!(
+        "apiVersion: atlasmigration.io/v1alpha1\nkind: LinkToken\nmetadata:\n  name: tenant\n\
+         spec:\n  orgId: \"{ORG}\"\n  credentialsSecretRef:\n    name: atlas-api-key\n"
+    );
+    run_ok(
+        c.kubectl_cmd(&["create", "-n", &ns, "--as", &editor, "-f", "-"]),
+        Some(&manifest),
+    );
+    // A fresh discovery cache: kubectl resolves the category from (cached) discovery.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut get = c.kubectl_cmd(&["get", "atlas", "-n", &ns, "--as", &viewer, "-o", "name"]);
+    get.arg("--cache-dir").arg(cache.path());
+    let listed = run_ok(get, None);
+    assert_eq!(listed.trim(), "linktoken.atlasmigration.io/tenant");
+
+    // Cluster-scoped: remove them so other tests see the standard roles unchanged.
+    run_ok(
+        c.kubectl_cmd(&["delete", "--wait=false", "-f", "-"]),
+        Some(&rendered),
+    );
 }
 
 /// A kubeconfig for the API server of `c` whose only credential is a fresh token of

@@ -116,6 +116,8 @@ mod tests {
         );
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.names.short_names, Some(vec!["lt".to_string()]));
+        // `kubectl get atlas` lists LinkTokens with the Atlas Kubernetes Operator's resources.
+        assert_eq!(crd.spec.names.categories, Some(vec!["atlas".to_string()]));
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
         assert!(v.subresources.as_ref().unwrap().status.is_some());
@@ -124,16 +126,37 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .map(|c| (c.name.as_str(), c.json_path.as_str()))
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.json_path.as_str(),
+                    c.priority.unwrap_or(0),
+                )
+            })
             .collect();
+        // The contract's columns by default; Message and Issued only with `-o wide`.
         assert_eq!(
             cols,
             [
-                ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
-                ("Reason", r#".status.conditions[?(@.type=="Ready")].reason"#),
-                ("Org", ".spec.orgId"),
-                ("Secret", ".status.tokenSecretName"),
-                ("Age", ".metadata.creationTimestamp"),
+                (
+                    "Ready",
+                    r#".status.conditions[?(@.type=="Ready")].status"#,
+                    0
+                ),
+                (
+                    "Reason",
+                    r#".status.conditions[?(@.type=="Ready")].reason"#,
+                    0
+                ),
+                ("Org", ".spec.orgId", 0),
+                ("Secret", ".status.tokenSecretName", 0),
+                (
+                    "Message",
+                    r#".status.conditions[?(@.type=="Ready")].message"#,
+                    1
+                ),
+                ("Issued", ".status.issuedAt", 1),
+                ("Age", ".metadata.creationTimestamp", 0),
             ]
         );
     }

@@ -20,15 +20,17 @@ pub fn render(crd: &CustomResourceDefinition) -> String {
     );
     for version in &crd.spec.versions {
         let short = names.short_names.clone().unwrap_or_default().join("`, `");
+        let categories = names.categories.clone().unwrap_or_default().join("`, `");
         let _ = writeln!(
             out,
-            "`apiVersion: {}/{}`, `kind: {}`; plural `{}`, short name `{}`; {}, with a status \
-             subresource.\n",
+            "`apiVersion: {}/{}`, `kind: {}`; plural `{}`, short name `{}`, category `{}`; {}, \
+             with a status subresource.\n",
             crd.spec.group,
             version.name,
             names.kind,
             names.plural,
             short,
+            categories,
             crd.spec.scope.to_lowercase(),
         );
         let schema = version
@@ -46,9 +48,15 @@ pub fn render(crd: &CustomResourceDefinition) -> String {
             let _ = writeln!(out, "| Column | JSONPath | Description |");
             let _ = writeln!(out, "|---|---|---|");
             for c in cols {
+                // Columns with a priority show only with `-o wide`.
+                let wide = if c.priority.unwrap_or(0) > 0 {
+                    " (`-o wide`)"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "| {} | `{}` | {} |",
+                    "| {}{wide} | `{}` | {} |",
                     c.name,
                     c.json_path,
                     c.description.as_deref().unwrap_or_default()

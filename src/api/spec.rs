@@ -31,6 +31,9 @@ use super::status::LinkTokenStatus;
     plural = "linktokens",
     singular = "linktoken",
     shortname = "lt",
+    // `kubectl get atlas` lists LinkTokens beside the Atlas Kubernetes Operator's resources,
+    // which use the same category.
+    category = "atlas",
     namespaced,
     status = "LinkTokenStatus",
     derive = "PartialEq",
@@ -61,6 +64,21 @@ use super::status::LinkTokenStatus;
         type_ = "string",
         json_path = ".status.tokenSecretName",
         description = "Secret that holds the link token"
+    ),
+    // Wide columns (`kubectl get -o wide`): why a token is not Ready, and when it was issued.
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Message of the Ready condition",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Issued",
+        type_ = "date",
+        json_path = ".status.issuedAt",
+        description = "When the current token was issued",
+        priority = "1"
     ),
     printcolumn(
         name = "Age",

@@ -30,6 +30,7 @@ pub struct LinkTokenStatus {
 
     /// When the current token was issued (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub issued_at: Option<String>,
 
     /// What the current token was issued for; a difference from the spec (or the rotate
@@ -80,6 +81,7 @@ pub struct InFlight {
 
     /// When the issue was started (RFC 3339). Informational only: never used to decide
     /// adoption (clocks of different replicas disagree).
+    #[schemars(extend("format" = "date-time"))]
     pub started_at: String,
 
     /// Random id of this issue attempt; the token Secret written by the attempt carries it in

@@ -3,8 +3,9 @@
 //!
 //! - kube-apiserver runs with RBAC on, service-account token signing on (so TokenRequest
 //!   works) and a static admin token in `system:masters`.
-//! - kube-controller-manager runs the garbage-collector, namespace, serviceaccount and
-//!   serviceaccount-token controllers: owner-reference GC and namespace deletion are real.
+//! - kube-controller-manager runs the garbage-collector, namespace, serviceaccount,
+//!   serviceaccount-token and clusterrole-aggregation controllers: owner-reference GC, namespace
+//!   deletion and the aggregation of ClusterRoles into view/edit/admin are real.
 //! - No kubelet or scheduler: Pods are accepted but never run.
 //!
 //! Processes are torn down on `stop`/drop, by the kernel when a test process dies
@@ -346,7 +347,7 @@ impl ControlPlane {
                 let mut cmd = Command::new(&self.tools.kube_controller_manager);
                 cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
                     .arg("--leader-elect=false")
-                    .arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
+                    .arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,clusterrole-aggregation")
                     .arg(format!(
                         "--service-account-private-key-file={}",
                         d.join("sa.key").display()
