@@ -7,6 +7,16 @@ start=$SECONDS
 
 step() { echo; echo "== $*"; }
 
+# Lua 5.1 runs the Argo CD health check of docs/gitops.md as Argo CD would (tests/argocd_health.rs).
+if ! command -v lua5.1 >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing lua5.1 (Debian package)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null
+  else
+    echo "lua5.1 is missing: install it (Debian: apt-get install lua5.1) or tests/argocd_health.rs is skipped" >&2
+  fi
+fi
+
 step "pinned tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)"
 LINKTOKEN_TOOLS_DIR=$(bash scripts/build-tools.sh | tail -n 1)
 export LINKTOKEN_TOOLS_DIR

@@ -562,11 +562,15 @@ async fn adopt(
         .target
         .as_ref()
         .and_then(|s| s.metadata.annotations.as_ref())
-        .and_then(|a| a.get(secret::ISSUED_AT_ANNOTATION).cloned());
+        .and_then(|a| a.get(secret::ISSUED_AT_ANNOTATION).cloned())
+        // Anyone who can edit the Secret can edit its annotation; the CRD takes only RFC 3339
+        // there, and a refused status write would wedge the LinkToken.
+        .filter(|v| chrono::DateTime::parse_from_rfc3339(v).is_ok())
+        .unwrap_or_else(now_rfc3339);
     let mut status = lt.status.clone().unwrap_or_default();
     status.in_flight = None;
     status.atlas_error = None;
-    status.issued_at = issued_at;
+    status.issued_at = Some(issued_at);
     status.token_secret_name = Some(obs.observed.target_secret_name.clone());
     status.issued_for = Some(IssuedFor {
         org_id: lt.spec.org_id.clone(),
