@@ -215,3 +215,43 @@ async fn deleting_the_namespace_revokes_the_link() {
         "the operator exited"
     );
 }
+
+#[tokio::test]
+async fn deleting_the_namespace_revokes_the_link_even_when_the_credentials_secret_goes_first() {
+    let Some((mut env, token)) = Env::ready("e2e-nsdel-creds", &[], "").await else {
+        return;
+    };
+    // The operator is slow to react (frozen here; loaded, or its watch reconnecting, in life):
+    // the namespace controller deletes the credentials Secret while the LinkToken waits on its
+    // finalizer.
+    let op = env.operator.as_ref().expect("operator");
+    signal(op, Signal::SIGSTOP);
+    delete_namespace(&env);
+    let deleted = Instant::now();
+    testkit::eventually(
+        Duration::from_secs(60),
+        "the credentials Secret deleted, the LinkToken terminating",
+        || async {
+            let creds = env.secrets().get_opt("creds").await.ok()?;
+            let lt = env.get("migration").await?;
+            (creds.is_none() && lt.metadata.deletion_timestamp.is_some()).then_some(())
+        },
+    )
+    .await;
+    signal(op, Signal::SIGCONT);
+
+    wait_namespace_gone(&env, NS_GONE).await;
+    eprintln!("namespace gone {:?} after the delete", deleted.elapsed());
+    assert!(
+        env.revoked(&token),
+        "the credentials Secret went first and the link was left live in atlas-sim"
+    );
+    assert_eq!(env.sim.state.live_links(ORG), 0);
+    env.assert_invariants(&[]).await;
+    env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
+    let op = env.operator.as_mut().expect("operator");
+    assert!(
+        matches!(op.child.try_wait(), Ok(None)),
+        "the operator exited"
+    );
+}
