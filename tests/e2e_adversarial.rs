@@ -9,6 +9,7 @@ use testkit::require_cluster;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use nix::sys::signal::{Signal, kill};
@@ -147,6 +148,20 @@ async fn a_frozen_leader_thawed_after_a_takeover_never_overwrites_the_new_leader
     assert!(testkit::operator::is_ready(&lt));
     assert_eq!(env.sim.state.live_links(ORG), 1);
     assert!(env.sim.state.is_token_live(&token));
+
+    // The Lease is the new leader's: the old one did not take it back on its way out.
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let holder = leases
+        .get(LEASE)
+        .await
+        .expect("Lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder");
+    assert!(
+        new.logs().contains(&holder) && !old.logs().contains(&holder),
+        "the Lease names {holder}, not the new leader"
+    );
 
     // The new leader still reconciles.
     assert!(

@@ -1,11 +1,13 @@
 //! Deletion: the finalizer's job. What to do is decided by the pure
 //! [`decide::decide_cleanup`] (table-tested); this file carries it out. `Retain` lets go
 //! without calling Atlas (and keeps the Secret); `Delete` revokes, but never in an org where
-//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never blocked forever by something only a user can fix:
-//! missing credentials, 401, 403 or another 4xx end in a `RevocationSkipped` warning and the
-//! finalizer goes (except in a namespace being deleted: its credentials Secret is deleted
-//! while the LinkToken waits here, so the credentials last read revoke); only 409 (active migration), 429 and an unavailable Atlas keep it
-//! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
+//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never
+//! blocked forever by something only a user can fix: missing credentials, 401, 403 or another
+//! 4xx end in a `RevocationSkipped` warning and the finalizer goes (except in a namespace being
+//! deleted: its credentials Secret is deleted while the LinkToken waits here, so the
+//! credentials last read revoke); only 409 (active migration), 429 and an unavailable Atlas
+//! keep it (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases
+//! even then.
 
 use std::time::Duration;
 
