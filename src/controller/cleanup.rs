@@ -1,10 +1,13 @@
 //! Deletion: the finalizer's job. What to do is decided by the pure
 //! [`decide::decide_cleanup`] (table-tested); this file carries it out. `Retain` lets go
 //! without calling Atlas (and keeps the Secret); `Delete` revokes, but never in an org where
-//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never blocked forever by something only a user can fix:
-//! missing credentials, 401, 403 or another 4xx end in a `RevocationSkipped` warning and the
-//! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
-//! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
+//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never
+//! blocked forever by something only a user can fix: missing credentials, 401, 403 or another
+//! 4xx end in a `RevocationSkipped` warning and the finalizer goes (except in a namespace being
+//! deleted: its credentials Secret is deleted while the LinkToken waits here, so the
+//! credentials last read revoke); only 409 (active migration), 429 and an unavailable Atlas
+//! keep it (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases
+//! even then.
 
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ use super::observe::read_credentials;
 use super::report::{self, key_of, object_ref};
 use super::secret;
 use crate::api::{DeletionPolicy, LinkToken, Reason};
-use crate::atlas::{DeleteOutcome, Operation, RetryHint, classify};
+use crate::atlas::{Credentials, DeleteOutcome, Operation, RetryHint, classify};
 
 pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
@@ -69,7 +72,13 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
             .get_opt(&lt.spec.credentials_secret_ref.name)
             .await?;
         let (state, creds, _) = read_credentials(creds_secret.as_ref());
-        (state, creds)
+        let remembered =
+            ctx.remembered_credentials(&object_ref(lt), &lt.spec.credentials_secret_ref.name);
+        // Only asked when it could matter: one dry-run request.
+        let terminating = state == CredentialsState::Missing
+            && remembered.is_some()
+            && namespace_terminating(&secrets).await?;
+        credentials_for_cleanup(state, creds, remembered, terminating)
     } else {
         (CredentialsState::Missing, None)
     };
@@ -205,8 +214,59 @@ async fn held_elsewhere(ctx: &Context, lt: &LinkToken, orgs: &[String]) {
     }
 }
 
+/// The credentials the finalizer revokes with: the Secret's as read now. When the Secret is
+/// gone because the whole namespace is being deleted, the ones last read from it: the namespace
+/// controller deletes Secrets at once while the LinkToken waits on this finalizer, and nobody
+/// asked for the link to be left live. A user who deleted the credentials Secret themselves
+/// withdrew the operator's access: then, as documented, nothing is revoked. A Secret that is
+/// there but invalid is what the user wants now: nothing remembered overrides it.
+fn credentials_for_cleanup(
+    read: CredentialsState,
+    creds: Option<Credentials>,
+    remembered: Option<Credentials>,
+    namespace_terminating: bool,
+) -> (CredentialsState, Option<Credentials>) {
+    match (read, remembered) {
+        (CredentialsState::Missing, Some(r)) if namespace_terminating => {
+            (CredentialsState::Valid, Some(r))
+        }
+        (read, _) => (read, creds),
+    }
+}
+
+/// Is this namespace being deleted? Asked with a dry-run create of a Secret (a call the
+/// operator's RBAC already allows, so no read access to Namespaces is needed): the API server's
+/// NamespaceLifecycle admission refuses it with the cause `NamespaceTerminating`. Nothing is
+/// stored; any other answer (created, already exists, ...) means no.
+async fn namespace_terminating(secrets: &Api<Secret>) -> Result<bool, Error> {
+    let probe = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("linktoken-operator-namespace-probe".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pp = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match secrets.create(&pp, &probe).await {
+        Err(kube::Error::Api(s)) => Ok(is_namespace_terminating(&s)),
+        Ok(_) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_namespace_terminating(s: &kube::core::Status) -> bool {
+    s.code == 403
+        && s.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
 fn released(ctx: &Context, lt: &LinkToken) -> Outcome {
     ctx.forget(&object_ref(lt));
+    ctx.forget_credentials(&object_ref(lt));
     ctx.metrics.track(&key_of(lt), None);
     Outcome {
         action: Action::await_change(),
@@ -252,4 +312,89 @@ async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(public: &str) -> Credentials {
+        let data = [
+            ("publicApiKey".to_string(), public.as_bytes().to_vec()),
+            ("privateApiKey".to_string(), b"private".to_vec()),
+        ]
+        .into_iter()
+        .collect();
+        Credentials::from_secret_data(&data).expect("credentials")
+    }
+
+    #[test]
+    fn in_a_terminating_namespace_a_deleted_credentials_secret_is_replaced_by_memory() {
+        let (state, c) =
+            credentials_for_cleanup(CredentialsState::Missing, None, Some(creds("a")), true);
+        assert_eq!(state, CredentialsState::Valid);
+        assert!(c.is_some());
+    }
+
+    #[test]
+    fn a_credentials_secret_a_user_deleted_stays_missing() {
+        let (state, c) =
+            credentials_for_cleanup(CredentialsState::Missing, None, Some(creds("a")), false);
+        assert_eq!(state, CredentialsState::Missing);
+        assert!(c.is_none());
+    }
+
+    #[test]
+    fn only_the_namespace_terminating_cause_counts() {
+        // As the API server answers a create in a terminating namespace.
+        let status = |code: u16, cause: &str| -> kube::core::Status {
+            serde_json::from_value(serde_json::json!({
+                "code": code,
+                "message": "forbidden",
+                "reason": "Forbidden",
+                "details": {"causes": [{"reason": cause, "message": "namespace is being terminated"}]}
+            }))
+            .expect("status")
+        };
+        assert!(is_namespace_terminating(&status(
+            403,
+            "NamespaceTerminating"
+        )));
+        assert!(!is_namespace_terminating(&status(403, "")));
+        assert!(!is_namespace_terminating(&status(
+            409,
+            "NamespaceTerminating"
+        )));
+        assert!(!is_namespace_terminating(&kube::core::Status::default()));
+    }
+
+    #[test]
+    fn without_a_memory_a_deleted_credentials_secret_stays_missing() {
+        let (state, c) = credentials_for_cleanup(CredentialsState::Missing, None, None, true);
+        assert_eq!(state, CredentialsState::Missing);
+        assert!(c.is_none());
+    }
+
+    #[test]
+    fn an_invalid_credentials_secret_is_not_overridden_by_memory() {
+        let invalid = CredentialsState::Invalid("bad".into());
+        let (state, c) = credentials_for_cleanup(invalid.clone(), None, Some(creds("a")), true);
+        assert_eq!(state, invalid);
+        assert!(c.is_none());
+    }
+
+    #[test]
+    fn a_valid_credentials_secret_is_used_as_read() {
+        let (state, c) = credentials_for_cleanup(
+            CredentialsState::Valid,
+            Some(creds("now")),
+            Some(creds("old")),
+            true,
+        );
+        assert_eq!(state, CredentialsState::Valid);
+        assert_eq!(
+            format!("{:?}", c.expect("creds")),
+            format!("{:?}", creds("now"))
+        );
+    }
 }

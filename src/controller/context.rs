@@ -12,7 +12,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::backoff::BackoffConfig;
 use crate::api::{LinkToken, Reason};
-use crate::atlas::AtlasClient;
+use crate::atlas::{AtlasClient, Credentials};
 use crate::runtime::metrics::Metrics;
 
 pub struct Context {
@@ -28,6 +28,12 @@ pub struct Context {
     pub synced: Vec<AtomicBool>,
     pub backoff: BackoffConfig,
     memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
+    /// Per LinkToken: the credentials Secret's name and the usable credentials last read from
+    /// it. The finalizer revokes with them when that Secret is gone because the namespace is
+    /// being deleted: the namespace controller deletes its Secrets at once while a LinkToken
+    /// waits on its finalizer, and the link must still be revoked. In memory only (never
+    /// written anywhere); dropped when the LinkToken goes.
+    remembered_credentials: Mutex<HashMap<ObjectRef<LinkToken>, (String, Credentials)>>,
 }
 
 /// What the controller remembers of an object between reconciles (in memory only: after a
@@ -84,6 +90,7 @@ impl Context {
                 .collect(),
             backoff,
             memo: Mutex::new(HashMap::new()),
+            remembered_credentials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -117,10 +124,40 @@ impl Context {
         self.lock().remove(key);
     }
 
-    /// An object is gone: drop everything kept about it (failure memory and its place in the
-    /// `linktoken_linktokens` gauge), so neither grows with objects that no longer exist.
+    /// Remembers the usable credentials a LinkToken just read from Secret `secret`.
+    pub fn remember_credentials(
+        &self,
+        key: &ObjectRef<LinkToken>,
+        secret: &str,
+        credentials: &Credentials,
+    ) {
+        self.creds_lock()
+            .insert(key.clone(), (secret.to_string(), credentials.clone()));
+    }
+
+    /// The credentials last read for this LinkToken from Secret `secret`, if any.
+    pub fn remembered_credentials(
+        &self,
+        key: &ObjectRef<LinkToken>,
+        secret: &str,
+    ) -> Option<Credentials> {
+        self.creds_lock()
+            .get(key)
+            .filter(|(name, _)| name == secret)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The LinkToken is released or gone: its credentials are no longer kept.
+    pub fn forget_credentials(&self, key: &ObjectRef<LinkToken>) {
+        self.creds_lock().remove(key);
+    }
+
+    /// An object is gone: drop everything kept about it (failure memory, credentials and its
+    /// place in the `linktoken_linktokens` gauge), so none grows with objects that no longer
+    /// exist.
     pub fn vanished(&self, key: &ObjectRef<LinkToken>) {
         self.forget(key);
+        self.forget_credentials(key);
         self.metrics.track(
             &format!(
                 "{}/{}",
@@ -141,6 +178,7 @@ impl Context {
             .map(|lt| ObjectRef::from_obj(lt.as_ref()))
             .collect();
         self.lock().retain(|k, _| present.contains(k));
+        self.creds_lock().retain(|k, _| present.contains(k));
         let keys: std::collections::HashSet<String> = present
             .iter()
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))
@@ -156,6 +194,15 @@ impl Context {
     /// True when the stalled memo is older than the slow resync.
     pub fn resync_due(&self, since: Instant) -> bool {
         since.elapsed() >= self.backoff.resync.saturating_sub(Duration::from_secs(1))
+    }
+
+    fn creds_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<LinkToken>, (String, Credentials)>> {
+        // Single inserts and removes: a poisoned lock is still consistent.
+        self.remembered_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<LinkToken>, Memo>> {

@@ -34,6 +34,14 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         .await?;
     let (credentials_state, credentials, credentials_version) =
         read_credentials(creds_secret.as_ref());
+    if let Some(c) = &credentials {
+        // Kept for the finalizer, in case this Secret is deleted before the LinkToken.
+        ctx.remember_credentials(
+            &ObjectRef::from_obj(lt),
+            &lt.spec.credentials_secret_ref.name,
+            c,
+        );
+    }
 
     let target_name = lt.spec.token_secret_name(&name);
     let target_key = lt.spec.token_secret_key().to_string();

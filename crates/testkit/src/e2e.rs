@@ -497,3 +497,93 @@ pub fn status_fault(
         target: atlas_sim::FaultTarget::LinkTokens,
     }
 }
+
+// ---- The invariants every adversarial test ends with (issue 13) -------------------------------
+
+/// What a user depends on in a Secret the operator does not own: its identity, type, data and
+/// every piece of metadata another controller (or the garbage collector) acts on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretSnapshot {
+    pub uid: Option<String>,
+    pub type_: Option<String>,
+    pub data: Option<BTreeMap<String, ByteString>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    pub owner_references:
+        Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+    pub finalizers: Option<Vec<String>>,
+}
+
+impl SecretSnapshot {
+    pub fn of(s: &Secret) -> SecretSnapshot {
+        SecretSnapshot {
+            uid: s.metadata.uid.clone(),
+            type_: s.type_.clone(),
+            data: s.data.clone(),
+            labels: s.metadata.labels.clone(),
+            annotations: s.metadata.annotations.clone(),
+            owner_references: s.metadata.owner_references.clone(),
+            finalizers: s.metadata.finalizers.clone(),
+        }
+    }
+}
+
+impl Env {
+    /// A snapshot of a Secret of this namespace (it must exist), for `assert_invariants`.
+    pub async fn snapshot_secret(&self, name: &str) -> SecretSnapshot {
+        let s = self
+            .secrets()
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get Secret {name}: {e}"));
+        SecretSnapshot::of(&s)
+    }
+
+    /// What the operator promises after anything a test did to it:
+    /// - no org in atlas-sim holds more than one live link;
+    /// - every LinkToken of this namespace that is Ready=True for its generation (and not being
+    ///   deleted) has its token Secret holding a token atlas-sim reports live;
+    /// - every `foreign` Secret (one the operator does not own: credentials, a user's own) is
+    ///   unchanged: same object, same type, data, labels, annotations, ownerReferences and
+    ///   finalizers, byte for byte.
+    pub async fn assert_invariants(&self, foreign: &[(&str, SecretSnapshot)]) {
+        self.assert_at_most_one_link_per_org();
+        let lts = self
+            .linktokens()
+            .list(&Default::default())
+            .await
+            .expect("list LinkTokens");
+        for lt in lts.items {
+            if lt.metadata.deletion_timestamp.is_some() || !crate::operator::is_ready(&lt) {
+                continue;
+            }
+            let name = lt.metadata.name.clone().unwrap_or_default();
+            let secret = lt
+                .status
+                .as_ref()
+                .and_then(|s| s.token_secret_name.clone())
+                .unwrap_or_else(|| lt.spec.token_secret_name(&name));
+            let key = lt.spec.token_secret_key();
+            let token = self.token_in(&secret, key).await.unwrap_or_else(|| {
+                panic!("LinkToken {name} is Ready but Secret {secret} holds no {key}")
+            });
+            assert!(
+                self.sim.state.is_token_live(&token),
+                "LinkToken {name} is Ready but the token in Secret {secret} is not live in atlas-sim"
+            );
+        }
+        for (name, before) in foreign {
+            let now = self
+                .secrets()
+                .get_opt(name)
+                .await
+                .expect("get Secret")
+                .unwrap_or_else(|| panic!("foreign Secret {name} was deleted"));
+            assert_eq!(
+                &SecretSnapshot::of(&now),
+                before,
+                "foreign Secret {name} changed"
+            );
+        }
+    }
+}
