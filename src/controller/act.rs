@@ -1,7 +1,8 @@
 //! Carries out what `decide` chose for a LinkToken that is not being deleted.
 //!
-//! The issuing order is the contract's crash-safe one: dry-run of the Secret write -> in-flight
-//! marker in status -> DELETE where a token may exist -> POST -> Secret at once -> status. A
+//! The issuing order is the crash-safe one of docs/lifecycle.md ("Crash recovery and
+//! fencing"): dry-run of the Secret write -> in-flight marker in status -> DELETE where a token
+//! may exist -> POST -> Secret at once -> status. A
 //! crash anywhere leaves the marker, and the next reconcile either adopts the stored token
 //! (written after the POST by the same attempt, for the same spec) or DELETEs before POSTing
 //! again, so at most one link per org stays live.
@@ -37,12 +38,12 @@ pub struct Outcome {
 
 pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Outcome, Error> {
     match decide::decide(&obs.observed) {
-        decide::Action::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
-        decide::Action::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
-        decide::Action::RevokePrevious { revoke, skip } => {
+        decide::Step::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
+        decide::Step::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
+        decide::Step::RevokePrevious { revoke, skip } => {
             revoke_previous(lt, ctx, &obs, &revoke, &skip).await
         }
-        decide::Action::Hold { reason, after } => {
+        decide::Step::Hold { reason, after } => {
             // Status already reports this failure; only the retry time is kept.
             ctx.metrics.track(&key_of(lt), Some(reason));
             Ok(Outcome {
@@ -50,13 +51,13 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
                 reason,
             })
         }
-        decide::Action::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
-        decide::Action::Abandon {
+        decide::Step::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
+        decide::Step::Abandon {
             revoke_orgs,
             reason,
             message,
         } => abandon(lt, ctx, &obs, &revoke_orgs, reason, &message).await,
-        decide::Action::Keep {
+        decide::Step::Keep {
             source,
             rewrite_secret,
             delete_previous,

@@ -8,7 +8,7 @@
 //!   (base, doubling, capped at the retry cap): credentials Secrets are read by name, never
 //!   watched (so the operator lists and watches no Secret but its own token Secrets). A
 //!   recheck is two GETs; Atlas is called again only when the Secret changed, or at the slow
-//!   resync the contract asks for.
+//!   resync (`--resync-interval`).
 
 use std::time::{Duration, Instant};
 

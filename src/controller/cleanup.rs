@@ -14,7 +14,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::act::Outcome;
 use super::backoff;
 use super::context::Context;
 use super::decide::{self, CleanupObserved, CleanupStep, CredentialsState};
@@ -26,7 +25,8 @@ use super::secret;
 use crate::api::{DeletionPolicy, LinkToken, Reason};
 use crate::atlas::{DeleteOutcome, Operation, RetryHint, classify};
 
-pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
+/// Carries out the deletion decision; `Ok` means the finalizer may go.
+pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let status = lt.status.clone().unwrap_or_default();
     let retain = lt.spec.deletion_policy == DeletionPolicy::Retain;
@@ -143,13 +143,10 @@ async fn held_elsewhere(ctx: &Context, lt: &LinkToken, orgs: &[String]) {
     }
 }
 
-fn released(ctx: &Context, lt: &LinkToken) -> Outcome {
+fn released(ctx: &Context, lt: &LinkToken) -> Action {
     ctx.forget(&object_ref(lt));
     ctx.metrics.track(&key_of(lt), None);
-    Outcome {
-        action: Action::await_change(),
-        reason: Reason::TokenIssued,
-    }
+    Action::await_change()
 }
 
 async fn skipped(ctx: &Context, lt: &LinkToken, note: &str) {

@@ -2,8 +2,8 @@
 //! per-object memory of failures (for backoff and for not repeating user-fixable failures).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -20,14 +20,38 @@ pub struct Context {
     pub atlas: AtlasClient,
     pub metrics: Metrics,
     pub recorder: Recorder,
-    /// The LinkToken caches of every watched scope (the org index spans them all).
-    pub stores: Vec<Store<LinkToken>>,
-    /// The scope of each store (None: all namespaces).
-    pub scope_names: Vec<Option<String>>,
-    /// Per scope: the first full list has arrived (readiness).
-    pub synced: Vec<AtomicBool>,
+    /// Every watched scope (the org index spans them all).
+    pub scopes: Vec<Arc<Scope>>,
     pub backoff: BackoffConfig,
     memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
+}
+
+/// One watched scope: all namespaces, or one of `--watch-namespaces`.
+pub struct Scope {
+    /// None: all namespaces.
+    pub namespace: Option<String>,
+    /// Its LinkToken cache.
+    pub store: Store<LinkToken>,
+    /// The first full list has arrived (readiness; no reconcile runs before every scope's).
+    synced: AtomicBool,
+}
+
+impl Scope {
+    pub fn new(namespace: Option<String>, store: Store<LinkToken>) -> Scope {
+        Scope {
+            namespace,
+            store,
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
 }
 
 /// What the controller remembers of an object between reconciles (in memory only: after a
@@ -75,13 +99,7 @@ impl Context {
             atlas,
             metrics,
             recorder,
-            stores: scopes.readers.clone(),
-            scope_names: scopes.names(),
-            synced: scopes
-                .names()
-                .iter()
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            scopes: scopes.scopes(),
             backoff,
             memo: Mutex::new(HashMap::new()),
         }
@@ -135,9 +153,9 @@ impl Context {
     /// was down: the relist drops them without a delete event).
     pub fn prune_vanished(&self) {
         let present: std::collections::HashSet<ObjectRef<LinkToken>> = self
-            .stores
+            .scopes
             .iter()
-            .flat_map(|s| s.state())
+            .flat_map(|s| s.store.state())
             .map(|lt| ObjectRef::from_obj(lt.as_ref()))
             .collect();
         self.lock().retain(|k, _| present.contains(k));
@@ -146,11 +164,6 @@ impl Context {
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))
             .collect();
         self.metrics.retain_tracked(|k| keys.contains(k));
-    }
-
-    /// Number of objects with failure memory (for tests).
-    pub fn memo_len(&self) -> usize {
-        self.lock().len()
     }
 
     /// True when the stalled memo is older than the slow resync.
