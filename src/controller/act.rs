@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::backoff;
+use super::backoff::{self, Retry};
 use super::context::{Context, RetryMemo, StalledMemo};
 use super::decide::{self, IssueWhy, SecretSource, SecretState};
 use super::error::Error;
@@ -28,7 +28,7 @@ use super::observe::Observation;
 use super::report::{self, key_of, now_rfc3339, object_ref};
 use super::secret::{self, DesiredSecret, FIELD_MANAGER};
 use crate::api::{InFlight, IssuedFor, LinkToken, Reason};
-use crate::atlas::{AtlasError, Operation, RetryHint, classify};
+use crate::atlas::{AtlasError, Operation, classify};
 
 /// The result of one reconcile: what the scheduler should do, and the Ready reason reported.
 pub struct Outcome {
@@ -86,18 +86,14 @@ async fn wait(
     let owner_leaving =
         reason == Reason::OrgConflict && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
     // Credentials rechecks back off per object; a success (`forget`) starts them over.
-    let attempts = if backoff::credentials_may_fix(reason) {
-        ctx.bump_attempts(&object_ref(lt))
+    let retry = if owner_leaving {
+        Retry::Soon(Duration::from_secs(2))
     } else {
-        1
+        Retry::for_reason(reason)
     };
-    let after = if owner_leaving {
-        Some(Duration::from_secs(2))
-    } else {
-        backoff::requeue_after(reason, attempts, None, &ctx.backoff, rand::random())
-    };
+    let after = ctx.retry_in(&object_ref(lt), retry);
     Ok(Outcome {
-        action: after.map_or_else(Action::await_change, Action::requeue),
+        action: schedule(after),
         reason,
     })
 }
@@ -128,7 +124,7 @@ async fn abandon(
     report::outcome_event(ctx, lt, reason, message).await;
     report::write_status(ctx, lt, &status).await?;
     Ok(Outcome {
-        action: Action::requeue(ctx.backoff.resync),
+        action: schedule(ctx.retry_in(&object_ref(lt), Retry::Resync)),
         reason,
     })
 }
@@ -287,7 +283,7 @@ async fn issue(
     };
     report::publish(ctx, lt, EventType::Normal, ev, &note).await;
     ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    Ok(ready_outcome(ctx, lt))
 }
 
 /// The spec moved away from orgs where a token of ours may be live: revoke there and drop
@@ -381,7 +377,7 @@ async fn revoke_previous(
     ctx.metrics.track(&key_of(lt), Some(Reason::Issuing));
     // Look again at once (fresh read): claim the new org or wait for it.
     Ok(Outcome {
-        action: Action::requeue(Duration::from_millis(100)),
+        action: schedule(ctx.retry_in(&object_ref(lt), Retry::Soon(Duration::from_millis(100)))),
         reason: Reason::Issuing,
     })
 }
@@ -504,7 +500,7 @@ async fn secret_not_written(
             report::outcome_event(ctx, lt, Reason::SecretConflict, &message).await;
             report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
             Ok(Outcome {
-                action: Action::requeue(ctx.backoff.resync),
+                action: schedule(ctx.retry_in(&object_ref(lt), Retry::Resync)),
                 reason: Reason::SecretConflict,
             })
         }
@@ -536,11 +532,10 @@ async fn secret_write_failed(
     let status = report::with_outcome(lt, status, reason, message);
     report::outcome_event(ctx, lt, reason, message).await;
     report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
-    let n = ctx.bump_attempts(&object_ref(lt));
-    let after = backoff::exponential(n, &ctx.backoff, rand::random());
+    let after = ctx.retry_in(&object_ref(lt), Retry::for_reason(reason));
     tracing::info!(linktoken = %key_of(lt), reason = %reason, retry_in = ?after, "token Secret not writable");
     Ok(Outcome {
-        action: Action::requeue(after),
+        action: schedule(after),
         reason,
     })
 }
@@ -593,7 +588,7 @@ async fn adopt(
     )
     .await;
     ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    Ok(ready_outcome(ctx, lt))
 }
 
 /// The token is current: keep the Secret in shape (rename, key, metadata) and report Ready.
@@ -668,14 +663,19 @@ async fn keep(
     report::write_status(ctx, lt, &status).await?;
     ctx.forget(&object_ref(lt));
     ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    Ok(ready_outcome(ctx, lt))
 }
 
-fn ready_outcome(ctx: &Context) -> Outcome {
+fn ready_outcome(ctx: &Context, lt: &LinkToken) -> Outcome {
     Outcome {
-        action: Action::requeue(ctx.backoff.resync),
+        action: schedule(ctx.retry_in(&object_ref(lt), Retry::for_reason(Reason::TokenIssued))),
         reason: Reason::TokenIssued,
     }
+}
+
+/// The scheduler's action for a delay of the retry policy (None: wait for a watch event).
+fn schedule(after: Option<Duration>) -> Action {
+    after.map_or_else(Action::await_change, Action::requeue)
 }
 
 /// Reports an Atlas failure: reason, atlasError, event; remembers it for backoff or for not
@@ -697,37 +697,22 @@ async fn atlas_failure(
     report::outcome_event(ctx, lt, class.reason, &message).await;
     report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
     let key = object_ref(lt);
-    let after = match class.retry {
-        RetryHint::WaitForChange | RetryHint::SlowResync => {
-            ctx.remember_stalled(
-                &key,
-                StalledMemo {
-                    reason: class.reason,
-                    generation: obs.observed.generation,
-                    credentials_version: obs.observed.credentials_version.clone(),
-                    rotate: obs.observed.rotate.clone(),
-                    at: std::time::Instant::now(),
-                },
-            );
-            (class.retry == RetryHint::SlowResync).then_some(ctx.backoff.resync)
-        }
-        RetryHint::Backoff => {
-            let n = ctx.bump_attempts(&key);
-            Some(backoff::exponential(n, &ctx.backoff, rand::random()))
-        }
-        RetryHint::After(d) => {
-            let n = ctx.bump_attempts(&key);
-            Some(backoff::after_retry_after(
-                d,
-                backoff::exponential(n, &ctx.backoff, rand::random()),
-                &ctx.backoff,
-                Duration::from_millis(rand::random_range(0..2000)),
-            ))
-        }
-    };
-    if let Some(delay) =
-        after.filter(|_| matches!(class.retry, RetryHint::Backoff | RetryHint::After(_)))
-    {
+    let retry = Retry::from_hint(class.retry);
+    if !retry.holds() {
+        // Not transient: not retried while its inputs are unchanged (see decide).
+        ctx.remember_stalled(
+            &key,
+            StalledMemo {
+                reason: class.reason,
+                generation: obs.observed.generation,
+                credentials_version: obs.observed.credentials_version.clone(),
+                rotate: obs.observed.rotate.clone(),
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+    let after = ctx.retry_in(&key, retry);
+    if let Some(delay) = after.filter(|_| retry.holds()) {
         // Other events (our own finalizer patch, a Secret touched) must not bring the retry
         // forward: decide holds until this is due.
         ctx.remember_retry(
@@ -744,7 +729,7 @@ async fn atlas_failure(
     tracing::info!(linktoken = %key_of(lt), reason = %class.reason, http_status = ?err.http_status(),
         error_code = err.error_code().unwrap_or(""), retry_in = ?after, "Atlas call failed");
     Ok(Outcome {
-        action: after.map_or_else(Action::await_change, Action::requeue),
+        action: schedule(after),
         reason: class.reason,
     })
 }

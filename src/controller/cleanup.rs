@@ -6,15 +6,13 @@
 //! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
 //! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::backoff;
+use super::backoff::Retry;
 use super::context::Context;
 use super::decide::{self, CleanupObserved, CleanupStep, CredentialsState};
 use super::error::Error;
@@ -23,7 +21,7 @@ use super::observe::read_credentials;
 use super::report::{self, key_of, object_ref};
 use super::secret;
 use crate::api::{DeletionPolicy, LinkToken, Reason};
-use crate::atlas::{DeleteOutcome, Operation, RetryHint, classify};
+use crate::atlas::{DeleteOutcome, Operation, classify};
 
 /// Carries out the deletion decision; `Ok` means the finalizer may go.
 pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
@@ -107,16 +105,14 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
                 let status = report::with_outcome(lt, status, Reason::RevocationBlocked, &message);
                 report::outcome_event(ctx, lt, Reason::RevocationBlocked, &message).await;
                 report::write_status(ctx, lt, &status).await?;
-                let n = ctx.bump_attempts(&object_ref(lt));
-                let retry_after = match class.retry {
-                    RetryHint::After(d) => backoff::after_retry_after(
-                        d,
-                        backoff::exponential(n, &ctx.backoff, rand::random()),
-                        &ctx.backoff,
-                        Duration::ZERO,
-                    ),
-                    _ => backoff::exponential(n, &ctx.backoff, rand::random()),
+                // 409 and 5xx back off, 429 waits for its Retry-After: always a timed retry.
+                let retry = match Retry::from_hint(class.retry) {
+                    r if r.holds() => r,
+                    _ => Retry::Backoff,
                 };
+                let retry_after = ctx
+                    .retry_in(&object_ref(lt), retry)
+                    .unwrap_or(ctx.backoff.max);
                 return Err(Error::RevocationBlocked {
                     message,
                     retry_after,

@@ -10,7 +10,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::backoff::BackoffConfig;
+use super::backoff::{self, BackoffConfig, Retry};
 use crate::api::{LinkToken, Reason};
 use crate::atlas::AtlasClient;
 use crate::runtime::metrics::Metrics;
@@ -109,8 +109,20 @@ impl Context {
         self.lock().get(key).cloned().unwrap_or_default()
     }
 
+    /// When to look at `key` again after an outcome: the one retry policy
+    /// ([`backoff::delay`]) over this object's failure streak, which the outcome extends when
+    /// it counts as an attempt.
+    pub fn retry_in(&self, key: &ObjectRef<LinkToken>, retry: Retry) -> Option<Duration> {
+        let attempts = if retry.counts_as_attempt() {
+            self.bump_attempts(key)
+        } else {
+            1
+        };
+        backoff::delay(retry, attempts, &self.backoff, rand::random())
+    }
+
     /// Counts one more transient failure and returns the new count.
-    pub fn bump_attempts(&self, key: &ObjectRef<LinkToken>) -> u32 {
+    fn bump_attempts(&self, key: &ObjectRef<LinkToken>) -> u32 {
         let mut m = self.lock();
         let e = m.entry(key.clone()).or_default();
         e.attempts = e.attempts.saturating_add(1);

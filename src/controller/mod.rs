@@ -41,6 +41,8 @@ use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 
 pub use context::{Context, Scope};
+
+use backoff::Retry;
 pub use error::Error;
 
 use crate::api::{FINALIZER, LinkToken, Reason};
@@ -176,7 +178,7 @@ pub async fn run(
         let ctx_for_map = ctx.clone();
         // Only the token Secrets this operator wrote (its managed-by label), metadata only:
         // their deletion or tampering is drift to repair. Credentials Secrets are never listed
-        // or watched; each reconcile reads its one by name (see backoff::credentials_may_fix).
+        // or watched; each reconcile reads its one by name (see backoff::Retry::Recheck).
         let token_secrets = watcher::Config::default()
             .labels(&secret::managed_selector())
             .any_semantic();
@@ -376,20 +378,19 @@ async fn patch_finalizers(
 }
 
 fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
-    match err {
-        Error::RevocationBlocked { retry_after, .. } => Action::requeue(*retry_after),
+    let key = report::object_ref(&lt);
+    let retry = match err {
+        // cleanup already applied the retry policy to Atlas's answer.
+        Error::RevocationBlocked { retry_after, .. } => return Action::requeue(*retry_after),
         // A conflict means the object changed under us; its watch event reconciles it anyway.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
-            Action::requeue(Duration::from_secs(1))
-        }
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Retry::Soon(Duration::from_secs(1)),
         // The object went away meanwhile (its writes failed with 404): keep nothing about it.
-        _ if !ctx.in_cache(&report::object_ref(&lt)) => {
-            ctx.vanished(&report::object_ref(&lt));
-            Action::await_change()
+        _ if !ctx.in_cache(&key) => {
+            ctx.vanished(&key);
+            return Action::await_change();
         }
-        _ => {
-            let n = ctx.bump_attempts(&report::object_ref(&lt));
-            Action::requeue(backoff::exponential(n, &ctx.backoff, rand::random()))
-        }
-    }
+        _ => Retry::Backoff,
+    };
+    ctx.retry_in(&key, retry)
+        .map_or_else(Action::await_change, Action::requeue)
 }
