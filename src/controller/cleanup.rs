@@ -1,10 +1,12 @@
 //! Deletion: the finalizer's job. What to do is decided by the pure
 //! [`decide::decide_cleanup`] (table-tested); this file carries it out. `Retain` lets go
 //! without calling Atlas (and keeps the Secret); `Delete` revokes, but never in an org where
-//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never blocked forever by something only a user can fix:
-//! missing credentials, 401, 403 or another 4xx end in a `RevocationSkipped` warning and the
-//! finalizer goes; only 409 (active migration), 429 and an unavailable Atlas keep it
-//! (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases even then.
+//! another LinkToken holds the live link (it would revoke that one's token). Deletion is never
+//! blocked forever by something only a user can fix: missing credentials, 401, 403 or another
+//! 4xx end in a `RevocationSkipped` warning and the finalizer goes; only 409 (active
+//! migration), 429 and an unavailable Atlas keep it (`RevocationBlocked`, retried as the one
+//! retry policy says), and `deletionPolicy: Retain` releases even then. What happened is a
+//! [`Report`] committed by `report::commit`, like the rest of the controller's outcomes.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -18,10 +20,10 @@ use super::decide::{self, CleanupObserved, CleanupStep, CredentialsState};
 use super::error::Error;
 use super::index;
 use super::observe::read_credentials;
-use super::report::{self, key_of, object_ref};
+use super::report::{self, Report};
 use super::secret;
-use crate::api::{DeletionPolicy, LinkToken, Reason};
-use crate::atlas::{DeleteOutcome, Operation, classify};
+use crate::api::{DeletionPolicy, LinkToken, LinkTokenStatus, Reason};
+use crate::atlas::{Credentials, DeleteOutcome, Operation, classify};
 
 /// Carries out the deletion decision; `Ok` means the finalizer may go.
 pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
@@ -54,39 +56,61 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
         credentials,
     });
 
-    let (revoke, held) = match step {
+    let report = match step {
         CleanupStep::Retain { had_token } => {
             orphan_token_secret(lt, ctx, &ns).await?;
+            let released = Report::released();
             if had_token {
-                report::publish(
-                    ctx,
-                    lt,
+                released.event(
                     EventType::Normal,
                     "TokenRetained",
                     "deletionPolicy is Retain: the link token stays valid in Atlas and its Secret is kept",
                 )
-                .await;
+            } else {
+                released
             }
-            return Ok(released(ctx, lt));
         }
-        CleanupStep::Release { skipped } => {
-            held_elsewhere(ctx, lt, &skipped).await;
-            return Ok(released(ctx, lt));
+        CleanupStep::Release { skipped } => held_elsewhere(Report::released(), &skipped),
+        CleanupStep::SkipNoCredentials { orgs } => Report::released().warning(
+            "RevocationSkipped",
+            format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
+        ),
+        CleanupStep::Revoke { revoke, skipped } => {
+            let report = held_elsewhere(Report::released(), &skipped);
+            match creds {
+                Some(creds) => revoke_all(lt, ctx, &creds, &revoke, status, report).await,
+                // decide_cleanup revokes only with valid credentials; stay total anyway.
+                None => report,
+            }
         }
-        CleanupStep::SkipNoCredentials { orgs } => {
-            skipped(ctx, lt, &format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", "))).await;
-            return Ok(released(ctx, lt));
-        }
-        CleanupStep::Revoke { revoke, skipped } => (revoke, skipped),
     };
-    held_elsewhere(ctx, lt, &held).await;
-    let Some(creds) = creds else {
-        // decide_cleanup revokes only with valid credentials; stay total anyway.
-        return Ok(released(ctx, lt));
-    };
+    let blocked = report
+        .reason
+        .map(|_| report.status.as_ref().map(|(_, m)| m.clone()));
+    let after = report::commit(ctx, lt, report).await?;
+    match blocked {
+        // Atlas would not revoke yet: the finalizer stays and the retry policy says when.
+        Some(message) => Err(Error::RevocationBlocked {
+            message: message.unwrap_or_default(),
+            retry_after: after.unwrap_or(ctx.backoff.max),
+        }),
+        None => Ok(Action::await_change()),
+    }
+}
 
-    for org in &revoke {
-        match ctx.atlas.delete_link_token(&creds, org).await {
+/// DELETE in each org. Ends in `released` (with TokenRevoked, or a RevocationSkipped warning
+/// for a refusal only a user can act on), or in a RevocationBlocked report that keeps the
+/// finalizer (409, 429, Atlas unavailable).
+async fn revoke_all(
+    lt: &LinkToken,
+    ctx: &Context,
+    creds: &Credentials,
+    revoke: &[String],
+    mut status: LinkTokenStatus,
+    released: Report,
+) -> Report {
+    for org in revoke {
+        match ctx.atlas.delete_link_token(creds, org).await {
             Ok(DeleteOutcome::Deleted) | Ok(DeleteOutcome::AlreadyAbsent) => {}
             Err(e) => {
                 let class = classify(&e, Operation::Finalize);
@@ -94,60 +118,43 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
                 if class.reason != Reason::RevocationBlocked
                     && class.reason != Reason::AtlasRateLimited
                 {
-                    skipped(ctx, lt, &format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
-                    return Ok(released(ctx, lt));
+                    return released.warning("RevocationSkipped", format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters"));
                 }
-                let mut status = status.clone();
                 status.atlas_error = Some(report::atlas_error_status(&e));
                 let message = format!(
                     "{message}; retrying. Set spec.deletionPolicy: Retain to delete without revoking"
                 );
-                let status = report::with_outcome(lt, status, Reason::RevocationBlocked, &message);
-                report::outcome_event(ctx, lt, Reason::RevocationBlocked, &message).await;
-                report::write_status(ctx, lt, &status).await?;
                 // 409 and 5xx back off, 429 waits for its Retry-After: always a timed retry.
                 let retry = match Retry::from_hint(class.retry) {
                     r if r.holds() => r,
                     _ => Retry::Backoff,
                 };
-                let retry_after = ctx
-                    .retry_in(&object_ref(lt), retry)
-                    .unwrap_or(ctx.backoff.max);
-                return Err(Error::RevocationBlocked {
-                    message,
-                    retry_after,
-                });
+                let mut blocked =
+                    Report::new(lt, Reason::RevocationBlocked, retry).status(status, message);
+                // Events already due (orgs held elsewhere) are not lost with the retry.
+                blocked.events = released.events;
+                return blocked;
             }
         }
     }
-    ctx.metrics.token_revoked();
-    report::publish(
-        ctx,
-        lt,
+    let mut done = released.event(
         EventType::Normal,
         "TokenRevoked",
         "revoked the link token in Atlas",
-    )
-    .await;
-    Ok(released(ctx, lt))
+    );
+    done.revoked = true;
+    done
 }
 
 /// Orgs left alone because another LinkToken holds the live link there: say which.
-async fn held_elsewhere(ctx: &Context, lt: &LinkToken, orgs: &[String]) {
+fn held_elsewhere(mut report: Report, orgs: &[String]) -> Report {
     for org in orgs {
-        skipped(ctx, lt, &format!("the link in orgId {org} was not revoked: another LinkToken holds the live link there")).await;
+        report = report.warning(
+            "RevocationSkipped",
+            format!("the link in orgId {org} was not revoked: another LinkToken holds the live link there"),
+        );
     }
-}
-
-fn released(ctx: &Context, lt: &LinkToken) -> Action {
-    ctx.forget(&object_ref(lt));
-    ctx.metrics.track(&key_of(lt), None);
-    Action::await_change()
-}
-
-async fn skipped(ctx: &Context, lt: &LinkToken, note: &str) {
-    tracing::warn!(linktoken = %key_of(lt), "revocation skipped: {note}");
-    report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", note).await;
+    report
 }
 
 /// With Retain the token stays valid, so its Secret must survive the LinkToken: drop our

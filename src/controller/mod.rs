@@ -1,9 +1,12 @@
 //! The LinkToken controller.
 //!
-//! - [`decide`]: pure, observed state -> next action (the policy chain), table-tested.
+//! - [`decide`]: pure, observed state -> next [`decide::Step`] (the policy chain), table-tested.
 //! - [`observe`]: reads the credentials and token Secrets, the org index, the failure memory.
-//! - [`act`] / [`cleanup`]: carry actions out (Atlas calls, the token Secret, status, events).
-//! - [`secret`]: the token Secret contract; [`conditions`], [`backoff`], [`index`]: pure helpers.
+//! - [`act`] / [`cleanup`]: carry steps out (Atlas calls, the token Secret) and return what to
+//!   report as a [`report::Report`]; [`report::commit`] writes status, events, metrics, failure
+//!   memory and the retry delay in one place (only the in-flight marker is written by `act`).
+//! - [`backoff`]: the one retry policy. [`secret`]: the token Secret; [`conditions`],
+//!   [`index`]: pure helpers.
 //!
 //! Watches, per watched scope (all namespaces, or each of `--watch-namespaces`):
 //! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
