@@ -152,9 +152,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         });
     }
     let cfg = RunConfig {
-        namespaces,
         concurrency: flags.concurrency,
-        backoff: ctx.backoff,
     };
     let controllers = tokio::spawn(controller::run(ctx.clone(), scopes, cfg, stop.clone()));
     let ended = supervise(

@@ -1,4 +1,4 @@
-//! Ready condition reasons, exactly as the product contract names them (section 2).
+//! Ready condition reasons, exactly as docs/conditions.md ("Ready reasons") names them.
 
 use std::fmt;
 

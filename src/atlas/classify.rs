@@ -1,5 +1,5 @@
-//! The one mapping of every Atlas outcome onto a Ready reason (contract section 2) and a retry
-//! hint. Pure, so the controller and the tests agree on it without a server.
+//! The one mapping of every Atlas outcome onto a Ready reason (docs/conditions.md, "Ready
+//! reasons") and a retry hint. Pure, so the controller and the tests agree on it without a server.
 
 use std::time::Duration;
 

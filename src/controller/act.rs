@@ -1,7 +1,8 @@
 //! Carries out what `decide` chose for a LinkToken that is not being deleted.
 //!
-//! The issuing order is the contract's crash-safe one: dry-run of the Secret write -> in-flight
-//! marker in status -> DELETE where a token may exist -> POST -> Secret at once -> status. A
+//! The issuing order is the crash-safe one of docs/lifecycle.md ("Crash recovery and
+//! fencing"): dry-run of the Secret write -> in-flight marker in status -> DELETE where a token
+//! may exist -> POST -> Secret at once -> status. A
 //! crash anywhere leaves the marker, and the next reconcile either adopts the stored token
 //! (written after the POST by the same attempt, for the same spec) or DELETEs before POSTing
 //! again, so at most one link per org stays live.
@@ -19,15 +20,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::backoff;
-use super::context::{Context, RetryMemo, StalledMemo};
+use super::backoff::Retry;
+use super::context::Context;
 use super::decide::{self, IssueWhy, SecretSource, SecretState};
 use super::error::Error;
 use super::observe::Observation;
-use super::report::{self, key_of, now_rfc3339, object_ref};
+use super::report::{self, Memory, Report, key_of, now_rfc3339};
 use super::secret::{self, DesiredSecret, FIELD_MANAGER};
-use crate::api::{InFlight, IssuedFor, LinkToken, Reason};
-use crate::atlas::{AtlasError, Operation, RetryHint, classify};
+use crate::api::{InFlight, IssuedFor, LinkToken, LinkTokenStatus, Reason};
+use crate::atlas::{AtlasError, Operation, classify};
 
 /// The result of one reconcile: what the scheduler should do, and the Ready reason reported.
 pub struct Outcome {
@@ -35,70 +36,74 @@ pub struct Outcome {
     pub reason: Reason,
 }
 
+/// What a step did: the report to commit, and whether the previous token Secret (after a
+/// `tokenSecret.name` change) is deleted once the status naming the new one is written.
+struct Done {
+    report: Report,
+    delete_previous: bool,
+}
+
+impl From<Report> for Done {
+    fn from(report: Report) -> Done {
+        Done {
+            report,
+            delete_previous: false,
+        }
+    }
+}
+
 pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Outcome, Error> {
-    match decide::decide(&obs.observed) {
-        decide::Action::Wait { reason, message } => wait(lt, ctx, reason, &message).await,
-        decide::Action::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await,
-        decide::Action::RevokePrevious { revoke, skip } => {
-            revoke_previous(lt, ctx, &obs, &revoke, &skip).await
+    let done = match decide::decide(&obs.observed) {
+        decide::Step::Wait { reason, message } => wait(lt, ctx, reason, message).into(),
+        decide::Step::Issue { why, revoke_orgs } => issue(lt, ctx, &obs, why, &revoke_orgs).await?,
+        decide::Step::RevokePrevious { revoke, skip } => {
+            revoke_previous(lt, ctx, &obs, &revoke, &skip).await?.into()
         }
-        decide::Action::Hold { reason, after } => {
-            // Status already reports this failure; only the retry time is kept.
-            ctx.metrics.track(&key_of(lt), Some(reason));
-            Ok(Outcome {
-                action: Action::requeue(after),
-                reason,
-            })
-        }
-        decide::Action::Adopt { token_key } => adopt(lt, ctx, &obs, &token_key).await,
-        decide::Action::Abandon {
+        // Status already reports this failure; only the retry time is kept.
+        decide::Step::Hold { reason, after } => Report::new(lt, reason, Retry::Soon(after)).into(),
+        decide::Step::Adopt { token_key } => adopt(lt, &obs, &token_key).into(),
+        decide::Step::Abandon {
             revoke_orgs,
             reason,
             message,
-        } => abandon(lt, ctx, &obs, &revoke_orgs, reason, &message).await,
-        decide::Action::Keep {
+        } => abandon(lt, ctx, &obs, &revoke_orgs, reason, message)
+            .await
+            .into(),
+        decide::Step::Keep {
             source,
             rewrite_secret,
             delete_previous,
-        } => keep(lt, ctx, &obs, source, rewrite_secret, delete_previous).await,
+        } => keep(lt, ctx, &obs, source, rewrite_secret, delete_previous).await?,
+    };
+    let reason = done.report.reason.unwrap_or(Reason::TokenIssued);
+    let after = report::commit(ctx, lt, done.report).await?;
+    if done.delete_previous {
+        delete_previous_secret(lt, ctx, &obs).await?;
     }
+    Ok(Outcome {
+        action: schedule(after),
+        reason,
+    })
 }
 
 /// Nothing to do until something changes. An empty message means "the same stalled failure
 /// as before": status already says so, and Atlas is not called again.
-async fn wait(
-    lt: &LinkToken,
-    ctx: &Context,
-    reason: Reason,
-    message: &str,
-) -> Result<Outcome, Error> {
-    if !message.is_empty() {
-        let status = lt.status.clone().unwrap_or_default();
-        let status = report::with_outcome(lt, status, reason, message);
-        report::outcome_event(ctx, lt, reason, message).await;
-        report::write_status(ctx, lt, &status).await?;
-    } else {
-        ctx.metrics.track(&key_of(lt), Some(reason));
-    }
+fn wait(lt: &LinkToken, ctx: &Context, reason: Reason, message: String) -> Report {
     // While an org's owner is being deleted, look again soon: the takeover should not wait
     // for the slow resync if the deletion event was missed.
     let owner_leaving =
         reason == Reason::OrgConflict && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
     // Credentials rechecks back off per object; a success (`forget`) starts them over.
-    let attempts = if backoff::credentials_may_fix(reason) {
-        ctx.bump_attempts(&object_ref(lt))
+    let retry = if owner_leaving {
+        Retry::Soon(Duration::from_secs(2))
     } else {
-        1
+        Retry::for_reason(reason)
     };
-    let after = if owner_leaving {
-        Some(Duration::from_secs(2))
-    } else {
-        backoff::requeue_after(reason, attempts, None, &ctx.backoff, rand::random())
-    };
-    Ok(Outcome {
-        action: after.map_or_else(Action::await_change, Action::requeue),
-        reason,
-    })
+    let report = Report::new(lt, reason, retry);
+    if message.is_empty() {
+        return report;
+    }
+    report.status(lt.status.clone().unwrap_or_default(), message)
 }
 
 /// An interrupted issue that cannot complete: revoke where its token may be live, then drop
@@ -109,27 +114,19 @@ async fn abandon(
     obs: &Observation,
     revoke_orgs: &[String],
     reason: Reason,
-    message: &str,
-) -> Result<Outcome, Error> {
-    let status = lt.status.clone().unwrap_or_default();
+    message: String,
+) -> Report {
+    let mut status = lt.status.clone().unwrap_or_default();
     if let Some(creds) = obs.credentials.as_ref() {
         for o in revoke_orgs {
             if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
-                let rv = lt.resource_version();
-                return atlas_failure(lt, ctx, obs, status, e, Operation::Delete, rv).await;
+                return atlas_failure(lt, obs, status, e, Operation::Delete);
             }
         }
     }
-    let mut status = status;
     status.in_flight = None;
     status.atlas_error = None;
-    let status = report::with_outcome(lt, status, reason, message);
-    report::outcome_event(ctx, lt, reason, message).await;
-    report::write_status(ctx, lt, &status).await?;
-    Ok(Outcome {
-        action: Action::requeue(ctx.backoff.resync),
-        reason,
-    })
+    Report::new(lt, reason, Retry::Resync).status(status, message)
 }
 
 async fn issue(
@@ -138,26 +135,15 @@ async fn issue(
     obs: &Observation,
     why: IssueWhy,
     revoke_orgs: &[String],
-) -> Result<Outcome, Error> {
+) -> Result<Done, Error> {
     let Some(creds) = obs.credentials.as_ref() else {
         // decide only issues with valid credentials; stay total anyway.
-        return wait(
-            lt,
-            ctx,
-            Reason::CredentialsNotFound,
-            "the credentials Secret is not readable",
-        )
-        .await;
+        let message = "the credentials Secret is not readable".to_string();
+        return Ok(wait(lt, ctx, Reason::CredentialsNotFound, message).into());
     };
     let Some(plan) = SecretWrite::plan(obs) else {
         // decide waits on a foreign Secret; stay total anyway.
-        return wait(
-            lt,
-            ctx,
-            Reason::SecretConflict,
-            "the token Secret exists and is not controlled by this LinkToken",
-        )
-        .await;
+        return Ok(foreign_secret(lt, ctx).into());
     };
     let org = lt.spec.org_id.clone();
     let target_name = obs.observed.target_secret_name.clone();
@@ -188,7 +174,7 @@ async fn issue(
                 let message = format!(
                     "the API server refuses to write Secret {target_name} ({detail}); no token is issued until it can be written"
                 );
-                secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
+                Ok(secret_write_failed(lt, status, message).into())
             }
         };
     }
@@ -200,7 +186,7 @@ async fn issue(
     // attempt and what it is for, so crash recovery adopts only this attempt's token and only
     // for this spec; and it is written at the resourceVersion this reconcile read, so an actor
     // working from an older read (a leader that lost its Lease) fails here, before any Atlas
-    // call.
+    // call. The one status write outside `report::commit`: it must land before the POST.
     let attempt_id = new_attempt_id();
     status.in_flight = Some(InFlight {
         org_id: org.clone(),
@@ -218,7 +204,8 @@ async fn issue(
     // 2. DELETE wherever a token of ours may be live (Atlas keeps one link per org).
     for o in revoke_orgs {
         if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
-            return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Delete, rv).await;
+            let failed = atlas_failure(lt, obs, status_marked, e, Operation::Delete);
+            return Ok(failed.fenced_at(rv).into());
         }
     }
 
@@ -231,7 +218,8 @@ async fn issue(
     {
         Ok(t) => t,
         Err(e) => {
-            return atlas_failure(lt, ctx, obs, status_marked, e, Operation::Create, rv).await;
+            let failed = atlas_failure(lt, obs, status_marked, e, Operation::Create);
+            return Ok(failed.fenced_at(rv).into());
         }
     };
 
@@ -253,29 +241,14 @@ async fn issue(
     .await
     {
         drop(token);
-        return secret_not_written(lt, ctx, obs, creds, status_marked, rv, &plan, e).await;
+        let failed = secret_not_written(lt, ctx, obs, creds, status_marked, &plan, e).await?;
+        return Ok(failed.fenced_at(rv).into());
     }
 
     super::pause::point("after-secret").await;
-    // 5. Status: what the token was issued for; the marker goes.
-    let mut done = status_marked;
-    done.in_flight = None;
-    done.atlas_error = None;
-    done.issued_at = Some(issued_at);
-    done.token_secret_name = Some(target_name);
-    done.issued_for = Some(IssuedFor {
-        org_id: org,
-        access_list_ips: lt.spec.access_list_ips.clone(),
-        rotate: obs.observed.rotate.clone(),
-        token_sha256: Some(secret::token_sha256(token.expose().as_bytes())),
-    });
-    let message = "the token Secret holds a link token issued for the current spec";
-    let done = report::with_outcome(lt, done, Reason::TokenIssued, message);
-    report::write_status_at(ctx, lt, &done, rv.as_deref()).await?;
-    delete_previous_secret(lt, ctx, obs).await?;
-
-    ctx.metrics.token_issued();
-    ctx.forget(&object_ref(lt));
+    // 5. Status: what the token was issued for; the marker goes (fenced by the marker's
+    // version). Then the previous Secret, if the name changed.
+    let sha = secret::token_sha256(token.expose().as_bytes());
     let (ev, note) = if why.is_rotation() {
         (
             "TokenRotated",
@@ -284,9 +257,53 @@ async fn issue(
     } else {
         ("TokenIssued", "issued a link token".to_string())
     };
-    report::publish(ctx, lt, EventType::Normal, ev, &note).await;
-    ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    let mut ready = ready(lt, obs, status_marked, Some((Some(issued_at), sha)))
+        .fenced_at(rv)
+        .event(EventType::Normal, ev, note);
+    ready.issued = true;
+    Ok(Done {
+        report: ready,
+        delete_previous: true,
+    })
+}
+
+/// The one Ready report: the token Secret holds a token issued for the current spec. `issued`
+/// (when it was issued, the token's hash) records a new or recovered token; without it the
+/// recorded one stays.
+fn ready(
+    lt: &LinkToken,
+    obs: &Observation,
+    mut status: LinkTokenStatus,
+    issued: Option<(Option<String>, String)>,
+) -> Report {
+    status.in_flight = None;
+    status.atlas_error = None;
+    status.token_secret_name = Some(obs.observed.target_secret_name.clone());
+    if let Some((issued_at, sha)) = issued {
+        status.issued_at = issued_at;
+        status.issued_for = Some(IssuedFor {
+            org_id: lt.spec.org_id.clone(),
+            access_list_ips: lt.spec.access_list_ips.clone(),
+            rotate: obs.observed.rotate.clone(),
+            token_sha256: Some(sha),
+        });
+    }
+    Report::new(
+        lt,
+        Reason::TokenIssued,
+        Retry::for_reason(Reason::TokenIssued),
+    )
+    .status(
+        status,
+        "the token Secret holds a link token issued for the current spec",
+    )
+    .memory(Memory::Forget)
+}
+
+/// decide waits on a Secret that is not ours; the I/O steps stay total with this anyway.
+fn foreign_secret(lt: &LinkToken, ctx: &Context) -> Report {
+    let message = "the token Secret exists and is not controlled by this LinkToken".to_string();
+    wait(lt, ctx, Reason::SecretConflict, message)
 }
 
 /// The spec moved away from orgs where a token of ours may be live: revoke there and drop
@@ -298,20 +315,16 @@ async fn revoke_previous(
     obs: &Observation,
     revoke: &[String],
     skip: &[String],
-) -> Result<Outcome, Error> {
+) -> Result<Report, Error> {
     let status = lt.status.clone().unwrap_or_default();
     let mut done: Vec<&String> = Vec::new();
     let mut revoked = 0usize;
+    let mut skipped: Vec<String> = Vec::new();
     if !revoke.is_empty() {
         let Some(creds) = obs.credentials.as_ref() else {
             // decide only revokes with valid credentials; stay total anyway.
-            return wait(
-                lt,
-                ctx,
-                Reason::CredentialsNotFound,
-                "the credentials Secret is not readable",
-            )
-            .await;
+            let message = "the credentials Secret is not readable".to_string();
+            return Ok(wait(lt, ctx, Reason::CredentialsNotFound, message));
         };
         for org in revoke {
             match ctx.atlas.delete_link_token(creds, org).await {
@@ -323,26 +336,26 @@ async fn revoke_previous(
                 // LinkToken can do there. Say so once and move on; a stall here would keep
                 // claiming the old org forever.
                 Err(e) if matches!(e.http_status(), Some(401 | 403 | 404)) => {
-                    let note = format!(
+                    skipped.push(format!(
                         "the link in the previous orgId {org} was not revoked: Atlas refused ({}); revoke it there if it still matters",
                         e.user_message()
-                    );
-                    tracing::warn!(linktoken = %key_of(lt), org = %org, "revocation skipped: {note}");
-                    report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", &note).await;
+                    ));
                     done.push(org);
                 }
                 Err(e) => {
-                    let rv = lt.resource_version();
-                    return atlas_failure(lt, ctx, obs, status, e, Operation::Delete, rv).await;
+                    let mut failed = atlas_failure(lt, obs, status, e, Operation::Delete);
+                    for note in skipped {
+                        failed = failed.warning("RevocationSkipped", note);
+                    }
+                    return Ok(failed);
                 }
             }
         }
     }
     for org in skip {
-        let note = format!(
+        skipped.push(format!(
             "the link in the previous orgId {org} was not revoked: another LinkToken holds the live link there"
-        );
-        report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", &note).await;
+        ));
         done.push(org);
     }
     let mut status = status;
@@ -370,19 +383,18 @@ async fn revoke_previous(
         lt.spec.org_id,
         orgs.join(", ")
     );
-    let status = report::with_outcome(lt, status, Reason::Issuing, &message);
-    report::write_status(ctx, lt, &status).await?;
-    if revoked > 0 {
-        ctx.metrics.token_revoked();
-        report::publish(ctx, lt, EventType::Normal, "TokenRevoked", &message).await;
-    }
-    ctx.forget(&object_ref(lt));
-    ctx.metrics.track(&key_of(lt), Some(Reason::Issuing));
     // Look again at once (fresh read): claim the new org or wait for it.
-    Ok(Outcome {
-        action: Action::requeue(Duration::from_millis(100)),
-        reason: Reason::Issuing,
-    })
+    let mut report = Report::new(lt, Reason::Issuing, Retry::Soon(Duration::from_millis(100)))
+        .status(status, message.clone())
+        .memory(Memory::Forget);
+    for note in skipped {
+        report = report.warning("RevocationSkipped", note);
+    }
+    if revoked > 0 {
+        report.revoked = true;
+        report = report.event(EventType::Normal, "TokenRevoked", message);
+    }
+    Ok(report)
 }
 
 /// Length of the placeholder token of the dry-run (longer than the tokens Atlas returns, so a
@@ -461,18 +473,17 @@ impl SecretRefusal {
     }
 }
 
-/// The Secret write after the POST failed: the minted token is stored nowhere.
-#[allow(clippy::too_many_arguments)]
+/// The Secret write after the POST failed: the minted token is stored nowhere. The report is
+/// fenced by the caller (the marker's version).
 async fn secret_not_written(
     lt: &LinkToken,
     ctx: &Context,
     obs: &Observation,
     creds: &crate::atlas::Credentials,
-    marked: crate::api::LinkTokenStatus,
-    rv: Option<String>,
+    marked: LinkTokenStatus,
     plan: &SecretWrite,
     err: Error,
-) -> Result<Outcome, Error> {
+) -> Result<Report, Error> {
     let name = &obs.observed.target_secret_name;
     match (SecretRefusal::of(&err), plan) {
         (SecretRefusal::Changed, SecretWrite::Create) => {
@@ -492,20 +503,14 @@ async fn secret_not_written(
             // A user's or a tool's Secret: never taken over. The token just minted would be
             // a live org API key that nobody holds: revoke it now.
             if let Err(e) = ctx.atlas.delete_link_token(creds, &lt.spec.org_id).await {
-                return atlas_failure(lt, ctx, obs, marked, e, Operation::Delete, rv).await;
+                return Ok(atlas_failure(lt, obs, marked, e, Operation::Delete));
             }
             let mut status = marked;
             status.in_flight = None;
             let message = format!(
                 "Secret {name} appeared while the token was being issued and is not controlled by this LinkToken; it is never overwritten, and the token just issued was revoked. Delete it or set spec.tokenSecret.name"
             );
-            let status = report::with_outcome(lt, status, Reason::SecretConflict, &message);
-            report::outcome_event(ctx, lt, Reason::SecretConflict, &message).await;
-            report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
-            Ok(Outcome {
-                action: Action::requeue(ctx.backoff.resync),
-                reason: Reason::SecretConflict,
-            })
+            Ok(Report::new(lt, Reason::SecretConflict, Retry::Resync).status(status, message))
         }
         // Our Secret changed since observed (a stale actor, or an edit meanwhile): no write,
         // no DELETE (the newer state may hold the live link). The marker stays and forces a
@@ -518,39 +523,20 @@ async fn secret_not_written(
             let message = format!(
                 "the API server refused to write Secret {name} after the token was issued ({detail}); the token will be revoked before the next attempt"
             );
-            secret_write_failed(lt, ctx, marked, &message, rv).await
+            Ok(secret_write_failed(lt, marked, message))
         }
     }
 }
 
-/// Reports a refused Secret write (SecretWriteFailed) and retries with backoff.
-async fn secret_write_failed(
-    lt: &LinkToken,
-    ctx: &Context,
-    status: crate::api::LinkTokenStatus,
-    message: &str,
-    rv: Option<String>,
-) -> Result<Outcome, Error> {
+/// A refused Secret write (SecretWriteFailed), retried with backoff.
+fn secret_write_failed(lt: &LinkToken, status: LinkTokenStatus, message: String) -> Report {
     let reason = Reason::SecretWriteFailed;
-    let status = report::with_outcome(lt, status, reason, message);
-    report::outcome_event(ctx, lt, reason, message).await;
-    report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
-    let n = ctx.bump_attempts(&object_ref(lt));
-    let after = backoff::exponential(n, &ctx.backoff, rand::random());
-    tracing::info!(linktoken = %key_of(lt), reason = %reason, retry_in = ?after, "token Secret not writable");
-    Ok(Outcome {
-        action: Action::requeue(after),
-        reason,
-    })
+    tracing::info!(linktoken = %key_of(lt), reason = %reason, "token Secret not writable");
+    Report::new(lt, reason, Retry::for_reason(reason)).status(status, message)
 }
 
 /// The Secret holds the token of an interrupted issue (written after its POST): record it.
-async fn adopt(
-    lt: &LinkToken,
-    ctx: &Context,
-    obs: &Observation,
-    key: &str,
-) -> Result<Outcome, Error> {
+fn adopt(lt: &LinkToken, obs: &Observation, key: &str) -> Report {
     let value = obs
         .target
         .as_ref()
@@ -566,37 +552,21 @@ async fn adopt(
         // Anyone who can edit the Secret can edit its annotation; the CRD takes only RFC 3339
         // there, and a refused status write would wedge the LinkToken.
         .filter(|v| chrono::DateTime::parse_from_rfc3339(v).is_ok())
-        .unwrap_or_else(now_rfc3339);
-    let mut status = lt.status.clone().unwrap_or_default();
-    status.in_flight = None;
-    status.atlas_error = None;
-    status.issued_at = Some(issued_at);
-    status.token_secret_name = Some(obs.observed.target_secret_name.clone());
-    status.issued_for = Some(IssuedFor {
-        org_id: lt.spec.org_id.clone(),
-        access_list_ips: lt.spec.access_list_ips.clone(),
-        rotate: obs.observed.rotate.clone(),
-        token_sha256: Some(secret::token_sha256(&value)),
-    });
-    let status = report::with_outcome(
+        .or_else(|| Some(now_rfc3339()));
+    let status = lt.status.clone().unwrap_or_default();
+    let mut report = ready(
         lt,
+        obs,
         status,
-        Reason::TokenIssued,
-        "the token Secret holds a link token issued for the current spec",
-    );
-    report::write_status(ctx, lt, &status).await?;
-    ctx.metrics.token_issued();
-    ctx.forget(&object_ref(lt));
-    report::publish(
-        ctx,
-        lt,
+        Some((issued_at, secret::token_sha256(&value))),
+    )
+    .event(
         EventType::Normal,
         "TokenIssued",
         "recovered the link token of an interrupted issue",
-    )
-    .await;
-    ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    );
+    report.issued = true;
+    report
 }
 
 /// The token is current: keep the Secret in shape (rename, key, metadata) and report Ready.
@@ -607,7 +577,7 @@ async fn keep(
     source: SecretSource,
     rewrite: bool,
     delete_previous: bool,
-) -> Result<Outcome, Error> {
+) -> Result<Done, Error> {
     let status = lt.status.clone().unwrap_or_default();
     let issued_at = status.issued_at.clone().unwrap_or_else(now_rfc3339);
     if rewrite {
@@ -621,14 +591,7 @@ async fn keep(
             .map(|v| v.0.clone())
             .unwrap_or_default();
         let Some(plan) = SecretWrite::plan(obs) else {
-            // decide waits on a foreign Secret; stay total anyway.
-            return wait(
-                lt,
-                ctx,
-                Reason::SecretConflict,
-                "the token Secret exists and is not controlled by this LinkToken",
-            )
-            .await;
+            return Ok(foreign_secret(lt, ctx).into());
         };
         if let Err(e) = write_secret(
             lt,
@@ -650,106 +613,43 @@ async fn keep(
                         "the API server refused to write Secret {} ({detail})",
                         obs.observed.target_secret_name
                     );
-                    secret_write_failed(lt, ctx, status, &message, lt.resource_version()).await
+                    Ok(secret_write_failed(lt, status, message).into())
                 }
             };
         }
     }
-    if delete_previous {
-        delete_previous_secret(lt, ctx, obs).await?;
-    }
-    let mut status = status;
-    status.token_secret_name = Some(obs.observed.target_secret_name.clone());
-    status.atlas_error = None;
-    status.in_flight = None;
-    let status = report::with_outcome(
-        lt,
-        status,
-        Reason::TokenIssued,
-        "the token Secret holds a link token issued for the current spec",
-    );
-    report::write_status(ctx, lt, &status).await?;
-    ctx.forget(&object_ref(lt));
-    ctx.metrics.track(&key_of(lt), Some(Reason::TokenIssued));
-    Ok(ready_outcome(ctx))
+    Ok(Done {
+        report: ready(lt, obs, status, None),
+        delete_previous,
+    })
 }
 
-fn ready_outcome(ctx: &Context) -> Outcome {
-    Outcome {
-        action: Action::requeue(ctx.backoff.resync),
-        reason: Reason::TokenIssued,
-    }
+/// The scheduler's action for a delay of the retry policy (None: wait for a watch event).
+fn schedule(after: Option<Duration>) -> Action {
+    after.map_or_else(Action::await_change, Action::requeue)
 }
 
-/// Reports an Atlas failure: reason, atlasError, event; remembers it for backoff or for not
-/// repeating a failure only the user can fix. The in-flight marker stays.
-async fn atlas_failure(
+/// An Atlas failure as a report: reason, atlasError, the Warning when the reason changed,
+/// remembered for backoff or for not repeating a failure only the user can fix. The in-flight
+/// marker stays (`status` carries it).
+fn atlas_failure(
     lt: &LinkToken,
-    ctx: &Context,
     obs: &Observation,
-    status: crate::api::LinkTokenStatus,
+    mut status: LinkTokenStatus,
     err: AtlasError,
     op: Operation,
-    rv: Option<String>,
-) -> Result<Outcome, Error> {
+) -> Report {
     let class = classify(&err, op);
-    let message = err.user_message();
-    let mut status = status;
     status.atlas_error = Some(report::atlas_error_status(&err));
-    let status = report::with_outcome(lt, status, class.reason, &message);
-    report::outcome_event(ctx, lt, class.reason, &message).await;
-    report::write_status_at(ctx, lt, &status, rv.as_deref()).await?;
-    let key = object_ref(lt);
-    let after = match class.retry {
-        RetryHint::WaitForChange | RetryHint::SlowResync => {
-            ctx.remember_stalled(
-                &key,
-                StalledMemo {
-                    reason: class.reason,
-                    generation: obs.observed.generation,
-                    credentials_version: obs.observed.credentials_version.clone(),
-                    rotate: obs.observed.rotate.clone(),
-                    at: std::time::Instant::now(),
-                },
-            );
-            (class.retry == RetryHint::SlowResync).then_some(ctx.backoff.resync)
-        }
-        RetryHint::Backoff => {
-            let n = ctx.bump_attempts(&key);
-            Some(backoff::exponential(n, &ctx.backoff, rand::random()))
-        }
-        RetryHint::After(d) => {
-            let n = ctx.bump_attempts(&key);
-            Some(backoff::after_retry_after(
-                d,
-                backoff::exponential(n, &ctx.backoff, rand::random()),
-                &ctx.backoff,
-                Duration::from_millis(rand::random_range(0..2000)),
-            ))
-        }
-    };
-    if let Some(delay) =
-        after.filter(|_| matches!(class.retry, RetryHint::Backoff | RetryHint::After(_)))
-    {
-        // Other events (our own finalizer patch, a Secret touched) must not bring the retry
-        // forward: decide holds until this is due.
-        ctx.remember_retry(
-            &key,
-            RetryMemo {
-                reason: class.reason,
-                generation: obs.observed.generation,
-                credentials_version: obs.observed.credentials_version.clone(),
-                rotate: obs.observed.rotate.clone(),
-                due: backoff::due_in(std::time::Instant::now(), delay),
-            },
-        );
-    }
     tracing::info!(linktoken = %key_of(lt), reason = %class.reason, http_status = ?err.http_status(),
-        error_code = err.error_code().unwrap_or(""), retry_in = ?after, "Atlas call failed");
-    Ok(Outcome {
-        action: after.map_or_else(Action::await_change, Action::requeue),
-        reason: class.reason,
-    })
+        error_code = err.error_code().unwrap_or(""), "Atlas call failed");
+    Report::new(lt, class.reason, Retry::from_hint(class.retry))
+        .status(status, err.user_message())
+        .memory(Memory::Failure {
+            generation: obs.observed.generation,
+            credentials_version: obs.observed.credentials_version.clone(),
+            rotate: obs.observed.rotate.clone(),
+        })
 }
 
 /// Writes the whole token Secret (labels, annotations, ownerReference, data) as `plan` says:
@@ -884,5 +784,139 @@ async fn delete_previous_secret(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AtlasErrorStatus, CredentialsSecretRef, LinkTokenSpec};
+    use crate::atlas::{Endpoint, TransportKind};
+    use decide::{CredentialsState, Observed, OrgOwnership};
+
+    const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
+
+    fn lt() -> LinkToken {
+        let mut l = LinkToken::new(
+            "lt",
+            LinkTokenSpec {
+                org_id: ORG.into(),
+                access_list_ips: vec!["10.0.0.0/24".into()],
+                credentials_secret_ref: CredentialsSecretRef {
+                    name: "creds".into(),
+                },
+                token_secret: None,
+                deletion_policy: Default::default(),
+            },
+        );
+        l.metadata.namespace = Some("ns".into());
+        l.metadata.resource_version = Some("41".into());
+        l
+    }
+
+    fn obs() -> Observation {
+        Observation {
+            observed: Observed {
+                generation: Some(3),
+                org_id: ORG.into(),
+                access_list: vec!["10.0.0.0/24".into()],
+                rotate: Some("r2".into()),
+                credentials: CredentialsState::Valid,
+                credentials_version: Some("7".into()),
+                org: OrgOwnership::Owner,
+                target_secret_name: "new-name".into(),
+                target_secret_key: "linkToken".into(),
+                target_secret: SecretState::Absent,
+                previous_secret: None,
+                issued_for: None,
+                in_flight: None,
+                held_by_others: vec![],
+                reported_unusable: false,
+                last_stalled: None,
+                retry_hold: None,
+            },
+            credentials: None,
+            target: None,
+            previous: None,
+        }
+    }
+
+    /// A status in the middle of an attempt: marker, an earlier failure, the old Secret name.
+    fn marked() -> LinkTokenStatus {
+        LinkTokenStatus {
+            in_flight: Some(InFlight {
+                org_id: ORG.into(),
+                started_at: "2026-11-30T06:00:00.000Z".into(),
+                attempt_id: Some("a".into()),
+                access_list_sha256: None,
+                rotate: None,
+            }),
+            atlas_error: Some(AtlasErrorStatus::default()),
+            token_secret_name: Some("old-name".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_ready_status_is_built_in_one_place_for_issue_adopt_and_keep() {
+        let (lt, obs) = (lt(), obs());
+        // Issue and adopt: a new token, recorded with what it was issued for.
+        let r = ready(&lt, &obs, marked(), Some((Some("t".into()), "sha".into())));
+        assert_eq!(r.reason, Some(Reason::TokenIssued));
+        assert_eq!(r.retry, Retry::Resync);
+        assert_eq!(r.memory, Memory::Forget);
+        assert_eq!(r.fence.as_deref(), Some("41"), "fenced at the version read");
+        let (status, _) = r.status.expect("status is written");
+        assert_eq!(status.in_flight, None, "the marker goes");
+        assert_eq!(status.atlas_error, None);
+        assert_eq!(status.token_secret_name.as_deref(), Some("new-name"));
+        assert_eq!(status.issued_at.as_deref(), Some("t"));
+        let issued = status.issued_for.expect("issued for");
+        assert_eq!(issued.org_id, ORG);
+        assert_eq!(issued.access_list_ips, ["10.0.0.0/24"]);
+        assert_eq!(issued.rotate.as_deref(), Some("r2"));
+        assert_eq!(issued.token_sha256.as_deref(), Some("sha"));
+        // Keep: the recorded token stays as it is.
+        let mut before = marked();
+        before.issued_at = Some("earlier".into());
+        let (status, _) = ready(&lt, &obs, before, None).status.expect("status");
+        assert_eq!(status.issued_at.as_deref(), Some("earlier"));
+        assert_eq!(status.issued_for, None);
+        assert_eq!(status.in_flight, None);
+    }
+
+    #[test]
+    fn an_atlas_failure_keeps_the_marker_and_is_remembered_with_its_inputs() {
+        let (lt, obs) = (lt(), obs());
+        let transient = AtlasError::Transport {
+            endpoint: Endpoint::LinkTokens,
+            kind: TransportKind::Timeout,
+            detail: String::new(),
+        };
+        let r = atlas_failure(&lt, &obs, marked(), transient, Operation::Create)
+            .fenced_at(Some("42".into()));
+        assert_eq!(r.reason, Some(Reason::AtlasUnavailable));
+        assert_eq!(r.retry, Retry::Backoff);
+        assert_eq!(r.fence.as_deref(), Some("42"), "the marker write's version");
+        assert_eq!(
+            r.memory,
+            Memory::Failure {
+                generation: Some(3),
+                credentials_version: Some("7".into()),
+                rotate: Some("r2".into()),
+            }
+        );
+        let (status, _) = r.status.expect("status");
+        assert!(status.in_flight.is_some(), "the marker stays");
+        assert!(status.atlas_error.is_some());
+        let r = atlas_failure(
+            &lt,
+            &obs,
+            marked(),
+            AtlasError::InvalidOrgId,
+            Operation::Create,
+        );
+        assert_eq!(r.reason, Some(Reason::AtlasRejected));
+        assert_eq!(r.retry, Retry::OnChange);
     }
 }

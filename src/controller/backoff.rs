@@ -1,5 +1,10 @@
 //! When to look at a LinkToken again, by outcome. Pure; the jitter comes in as a number.
 //!
+//! One policy, one path: an outcome becomes a [`Retry`] (an Atlas failure from its
+//! `classify` hint, anything else from its Ready reason), and [`delay`] turns it and the
+//! object's failure streak into a duration. `act`, `cleanup` and the controller's error
+//! policy all go through `Context::retry_in`, which counts the streak and supplies the jitter.
+//!
 //! - Transient Atlas trouble (5xx, timeouts, RevocationBlocked) backs off exponentially with
 //!   jitter, capped, so a sick Atlas is not hammered and a fleet does not retry in lockstep.
 //! - 429 waits at least Retry-After when Atlas sends one.
@@ -8,11 +13,12 @@
 //!   (base, doubling, capped at the retry cap): credentials Secrets are read by name, never
 //!   watched (so the operator lists and watches no Secret but its own token Secrets). A
 //!   recheck is two GETs; Atlas is called again only when the Secret changed, or at the slow
-//!   resync the contract asks for.
+//!   resync (`--resync-interval`).
 
 use std::time::{Duration, Instant};
 
 use crate::api::Reason;
+use crate::atlas::RetryHint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -34,57 +40,96 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Requeue delay after an outcome; None = wait for a watch event only.
-/// `attempts` counts consecutive transient failures (1 for the first); `jitter` is in [0, 1).
-pub fn requeue_after(
-    reason: Reason,
-    attempts: u32,
-    retry_after: Option<Duration>,
-    cfg: &BackoffConfig,
-    jitter: f64,
-) -> Option<Duration> {
-    match reason {
-        Reason::TokenIssued => Some(cfg.resync),
-        Reason::Issuing => Some(Duration::from_secs(1)),
-        Reason::AtlasRateLimited => {
-            let exp = exponential(attempts, cfg, jitter);
-            Some(match retry_after {
-                // Never earlier than Atlas asked; a little spread so a fleet does not return at once.
-                Some(ra) => {
-                    ra.saturating_add(Duration::from_secs_f64(jitter.clamp(0.0, 1.0) * 2.0))
-                }
-                None => exp,
-            })
-        }
-        // A refused Secret write may clear on its own (a webhook back up, quota freed by
-        // others): retried with backoff; the dry-run costs no Atlas call.
-        Reason::AtlasUnavailable | Reason::RevocationBlocked | Reason::SecretWriteFailed => {
-            Some(exponential(attempts, cfg, jitter))
-        }
-        // Fixed by a new or corrected credentials Secret (not watched: see above), or in Atlas
-        // (the slow resync, decided in `decide`).
-        Reason::CredentialsNotFound
-        | Reason::CredentialsInvalid
-        | Reason::AtlasUnauthorized
-        | Reason::AtlasForbidden
-        | Reason::OrgNotFound => Some(exponential(attempts, cfg, jitter).min(cfg.resync)),
-        // The owner's deletion triggers a takeover directly; the resync is a safety net.
-        Reason::OrgConflict | Reason::SecretConflict => Some(cfg.resync),
-        Reason::AtlasRejected => None,
-    }
+/// When to look at a LinkToken again, as the retry policy sees an outcome. Built from an
+/// Atlas failure's [`RetryHint`] (`classify`), or from the Ready reason of an outcome that
+/// called nothing ([`Retry::for_reason`]); [`delay`] turns it into a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Only a change of the LinkToken can help: no timer, its watch brings it back.
+    OnChange,
+    /// The slow resync (`--resync-interval`): healthy objects, and causes that may change in
+    /// Atlas or elsewhere without an event here.
+    Resync,
+    /// A fixed short delay: something else is about to change (a claim being announced, an
+    /// org's owner being deleted, our own write that lost a race).
+    Soon(Duration),
+    /// Transient trouble: exponential backoff over the failure streak, with jitter, capped.
+    Backoff,
+    /// Transient trouble with Retry-After: see [`after_retry_after`].
+    After(Duration),
+    /// A cause a new credentials Secret can end (not watched): rechecked on a timer that backs
+    /// off over the streak, never later than the resync.
+    Recheck,
 }
 
-/// The failures a change of the credentials Secret can end: the operator rechecks them on a
-/// timer, since it does not watch credentials Secrets.
-pub fn credentials_may_fix(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::CredentialsNotFound
+impl Retry {
+    /// The policy for an Atlas failure, from its classification.
+    pub fn from_hint(hint: RetryHint) -> Retry {
+        match hint {
+            RetryHint::WaitForChange => Retry::OnChange,
+            RetryHint::SlowResync => Retry::Resync,
+            RetryHint::Backoff => Retry::Backoff,
+            RetryHint::After(d) => Retry::After(d),
+        }
+    }
+
+    /// The policy for an outcome reported with `reason` without a fresh Atlas hint: Ready, a
+    /// wait, a failure remembered from an earlier reconcile, a refused Secret write.
+    pub fn for_reason(reason: Reason) -> Retry {
+        match reason {
+            Reason::TokenIssued => Retry::Resync,
+            // The claim was just announced: issue once others can see it.
+            Reason::Issuing => Retry::Soon(Duration::from_secs(1)),
+            // A refused Secret write may clear on its own (a webhook back up, quota freed by
+            // others): retried with backoff; the dry-run costs no Atlas call.
+            Reason::AtlasRateLimited
+            | Reason::AtlasUnavailable
+            | Reason::RevocationBlocked
+            | Reason::SecretWriteFailed => Retry::Backoff,
+            // Fixed by a new or corrected credentials Secret (not watched: see above), or in
+            // Atlas (the slow resync, decided in `decide`).
+            Reason::CredentialsNotFound
             | Reason::CredentialsInvalid
             | Reason::AtlasUnauthorized
             | Reason::AtlasForbidden
-            | Reason::OrgNotFound
-    )
+            | Reason::OrgNotFound => Retry::Recheck,
+            // The owner's deletion triggers a takeover directly; the resync is a safety net.
+            Reason::OrgConflict | Reason::SecretConflict => Retry::Resync,
+            // Only a spec change fixes a rejected access list.
+            Reason::AtlasRejected => Retry::OnChange,
+        }
+    }
+
+    /// True when this outcome extends the failure streak (the backoff's `attempts`).
+    pub fn counts_as_attempt(self) -> bool {
+        matches!(self, Retry::Backoff | Retry::After(_) | Retry::Recheck)
+    }
+
+    /// True for transient failures whose retry time `decide` holds to (other events, such as
+    /// our own finalizer patch, must not bring it forward).
+    pub fn holds(self) -> bool {
+        matches!(self, Retry::Backoff | Retry::After(_))
+    }
+}
+
+/// The one retry policy: the delay before looking again; None = wait for a watch event only.
+/// `attempts` is the failure streak including this failure (1 for the first; it matters only
+/// where [`Retry::counts_as_attempt`]); `jitter` is in [0, 1): it spreads backoff within
+/// +-20% and adds up to 2 s after a Retry-After, so a fleet does not come back at once.
+pub fn delay(retry: Retry, attempts: u32, cfg: &BackoffConfig, jitter: f64) -> Option<Duration> {
+    match retry {
+        Retry::OnChange => None,
+        Retry::Resync => Some(cfg.resync),
+        Retry::Soon(d) => Some(d),
+        Retry::Backoff => Some(exponential(attempts, cfg, jitter)),
+        Retry::After(ra) => Some(after_retry_after(
+            ra,
+            exponential(attempts, cfg, jitter),
+            cfg,
+            Duration::from_secs_f64(jitter.clamp(0.0, 1.0) * 2.0),
+        )),
+        Retry::Recheck => Some(exponential(attempts, cfg, jitter).min(cfg.resync)),
+    }
 }
 
 /// The delay after a failure that carried Retry-After `ra`: never earlier than Atlas asked,
@@ -93,7 +138,7 @@ pub fn credentials_may_fix(reason: Reason) -> bool {
 /// and again cannot make a hot loop), plus `spread` so a fleet does not come back at once.
 /// Retry-After is clamped when parsed already; clamping here again keeps this total for any
 /// input (no overflow, no hold of months).
-pub fn after_retry_after(
+fn after_retry_after(
     ra: Duration,
     floor: Duration,
     cfg: &BackoffConfig,
@@ -128,117 +173,177 @@ mod tests {
         }
     }
 
+    fn secs(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    /// Classify -> hint -> delay: one row per hint `classify` can give, and per outcome
+    /// reported without one. (retry, attempts, jitter, expected delay, why)
     #[test]
-    fn transient_failures_back_off_exponentially_up_to_the_cap() {
-        let d = |n| requeue_after(Reason::AtlasUnavailable, n, None, &cfg(), 0.5).unwrap();
-        assert_eq!(d(1), Duration::from_secs(2));
-        assert_eq!(d(2), Duration::from_secs(4));
-        assert_eq!(d(5), Duration::from_secs(32));
-        assert_eq!(d(6), Duration::from_secs(60));
-        assert_eq!(d(1000), Duration::from_secs(60));
+    fn the_retry_policy_table() {
+        let ra = Retry::After;
+        let rows: &[(Retry, u32, f64, Option<Duration>, &str)] = &[
+            (
+                Retry::OnChange,
+                5,
+                0.5,
+                None,
+                "only a change of the LinkToken helps",
+            ),
+            (
+                Retry::Resync,
+                5,
+                0.5,
+                secs(600),
+                "the slow resync, whatever the streak",
+            ),
+            (
+                Retry::Soon(Duration::from_secs(2)),
+                9,
+                0.9,
+                secs(2),
+                "fixed, no jitter",
+            ),
+            (Retry::Backoff, 1, 0.5, secs(2), "first retry: base"),
+            (Retry::Backoff, 2, 0.5, secs(4), "doubles"),
+            (Retry::Backoff, 5, 0.5, secs(32), "doubles"),
+            (Retry::Backoff, 6, 0.5, secs(60), "capped at the retry cap"),
+            (Retry::Backoff, 1000, 0.5, secs(60), "capped, no overflow"),
+            (
+                ra(Duration::from_secs(55)),
+                1,
+                0.0,
+                secs(55),
+                "never earlier than asked",
+            ),
+            (
+                ra(Duration::from_secs(120)),
+                1,
+                0.0,
+                secs(60),
+                "never later than the cap",
+            ),
+            (
+                ra(Duration::ZERO),
+                4,
+                0.5,
+                secs(17),
+                "Retry-After: 0 still backs off, +1 s spread",
+            ),
+            (
+                ra(Duration::MAX),
+                1,
+                0.0,
+                secs(60),
+                "absurd values are capped",
+            ),
+            (
+                Retry::Recheck,
+                1,
+                0.5,
+                secs(2),
+                "credentials: the first recheck is quick",
+            ),
+            (Retry::Recheck, 4, 0.5, secs(16), "credentials: backs off"),
+            (Retry::Recheck, 50, 0.5, secs(60), "credentials: capped"),
+        ];
+        for (retry, attempts, jitter, want, why) in rows {
+            assert_eq!(
+                delay(*retry, *attempts, &cfg(), *jitter),
+                *want,
+                "{retry:?} #{attempts}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_hint_of_classify_has_its_policy() {
+        assert_eq!(Retry::from_hint(RetryHint::WaitForChange), Retry::OnChange);
+        assert_eq!(Retry::from_hint(RetryHint::SlowResync), Retry::Resync);
+        assert_eq!(Retry::from_hint(RetryHint::Backoff), Retry::Backoff);
+        let d = Duration::from_secs(7);
+        assert_eq!(Retry::from_hint(RetryHint::After(d)), Retry::After(d));
+    }
+
+    /// One row per Ready reason: when an outcome reported with it (and no fresh Atlas hint)
+    /// is looked at again.
+    #[test]
+    fn every_reason_has_its_policy() {
+        let rows = [
+            (Reason::TokenIssued, Retry::Resync),
+            (Reason::Issuing, Retry::Soon(Duration::from_secs(1))),
+            (Reason::AtlasRateLimited, Retry::Backoff),
+            (Reason::AtlasUnavailable, Retry::Backoff),
+            (Reason::RevocationBlocked, Retry::Backoff),
+            (Reason::SecretWriteFailed, Retry::Backoff),
+            (Reason::CredentialsNotFound, Retry::Recheck),
+            (Reason::CredentialsInvalid, Retry::Recheck),
+            (Reason::AtlasUnauthorized, Retry::Recheck),
+            (Reason::AtlasForbidden, Retry::Recheck),
+            (Reason::OrgNotFound, Retry::Recheck),
+            (Reason::OrgConflict, Retry::Resync),
+            (Reason::SecretConflict, Retry::Resync),
+            (Reason::AtlasRejected, Retry::OnChange),
+        ];
+        for (reason, want) in rows {
+            assert_eq!(Retry::for_reason(reason), want, "{reason}");
+        }
+    }
+
+    #[test]
+    fn only_failures_extend_the_streak_and_only_transient_ones_hold() {
+        let d = Duration::from_secs(1);
+        for (retry, counts, holds) in [
+            (Retry::OnChange, false, false),
+            (Retry::Resync, false, false),
+            (Retry::Soon(d), false, false),
+            (Retry::Backoff, true, true),
+            (Retry::After(d), true, true),
+            (Retry::Recheck, true, false),
+        ] {
+            assert_eq!(retry.counts_as_attempt(), counts, "{retry:?}");
+            assert_eq!(retry.holds(), holds, "{retry:?}");
+        }
     }
 
     #[test]
     fn jitter_spreads_within_twenty_percent() {
-        let lo = requeue_after(Reason::RevocationBlocked, 3, None, &cfg(), 0.0).unwrap();
-        let hi = requeue_after(Reason::RevocationBlocked, 3, None, &cfg(), 0.999).unwrap();
+        let lo = delay(Retry::Backoff, 3, &cfg(), 0.0).unwrap();
+        let hi = delay(Retry::Backoff, 3, &cfg(), 0.999).unwrap();
         assert_eq!(lo, Duration::from_secs_f64(6.4));
         assert!(hi < Duration::from_secs_f64(9.6) && hi > Duration::from_secs_f64(9.5));
+        // After a Retry-After: up to 2 s later, never earlier.
+        let ra = Duration::from_secs(30);
+        let late = delay(Retry::After(ra), 1, &cfg(), 0.999).unwrap();
+        assert!(late >= ra && late < ra + Duration::from_secs(2));
     }
 
     #[test]
-    fn rate_limits_honour_retry_after() {
-        let d = requeue_after(
-            Reason::AtlasRateLimited,
-            1,
-            Some(Duration::from_secs(55)),
-            &cfg(),
-            0.0,
-        );
-        assert_eq!(d, Some(Duration::from_secs(55)));
-        let d = requeue_after(
-            Reason::AtlasRateLimited,
-            1,
-            Some(Duration::from_secs(120)),
-            &cfg(),
-            0.0,
-        );
-        assert_eq!(d, Some(Duration::from_secs(120)), "even beyond the cap");
-        let d = requeue_after(Reason::AtlasRateLimited, 3, None, &cfg(), 0.5);
-        assert_eq!(d, Some(Duration::from_secs(8)), "no Retry-After: backoff");
+    fn credentials_rechecks_are_never_later_than_the_resync() {
+        let short = BackoffConfig {
+            resync: Duration::from_secs(30),
+            ..cfg()
+        };
+        assert_eq!(delay(Retry::Recheck, 50, &short, 0.5), secs(30));
+        assert_eq!(delay(Retry::Backoff, 50, &short, 0.5), secs(60));
     }
 
     #[test]
     fn absurd_retry_after_values_are_capped_and_never_overflow() {
-        let spread = Duration::from_millis(1999);
         for ra in [
             Duration::MAX,
             Duration::from_secs(u64::MAX),
             Duration::from_secs(10 * 365 * 24 * 3600),
         ] {
-            let d = after_retry_after(ra, Duration::ZERO, &cfg(), spread);
-            assert_eq!(d, Duration::from_secs(60) + spread, "{ra:?}");
+            let d = delay(Retry::After(ra), u32::MAX, &cfg(), 0.999).unwrap();
+            assert!(
+                d >= Duration::from_secs(60) && d < Duration::from_secs(62),
+                "{ra:?}"
+            );
             assert!(due_in(Instant::now(), d) > Instant::now());
-            let r = requeue_after(Reason::AtlasRateLimited, 1, Some(ra), &cfg(), 0.999);
-            assert!(r.is_some(), "{ra:?}");
         }
-        assert_eq!(
-            after_retry_after(
-                Duration::from_secs(3),
-                Duration::from_secs(2),
-                &cfg(),
-                Duration::ZERO
-            ),
-            Duration::from_secs(3)
-        );
-        // Retry-After: 0, again and again: the streak's backoff still applies.
-        let zero = |n| {
-            after_retry_after(
-                Duration::ZERO,
-                exponential(n, &cfg(), 0.5),
-                &cfg(),
-                Duration::ZERO,
-            )
-        };
-        assert_eq!(zero(1), Duration::from_secs(2));
-        assert_eq!(zero(4), Duration::from_secs(16));
-        assert_eq!(zero(100), Duration::from_secs(60));
         // An Instant cannot hold now + Duration::MAX: saturate instead of panicking.
         let now = Instant::now();
         assert!(due_in(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 3600));
-    }
-
-    #[test]
-    fn user_fixable_reasons_wait_for_a_change_or_a_slow_resync() {
-        assert_eq!(
-            requeue_after(Reason::AtlasRejected, 1, None, &cfg(), 0.5),
-            None,
-            "only a spec change fixes a rejected access list: the LinkToken watch brings it back"
-        );
-        assert_eq!(
-            requeue_after(Reason::OrgConflict, 1, None, &cfg(), 0.5),
-            Some(Duration::from_secs(600)),
-            "the owner's deletion wakes a waiting LinkToken; the resync is a safety net"
-        );
-    }
-
-    #[test]
-    fn credentials_failures_are_rechecked_on_a_backing_off_timer() {
-        for r in [
-            Reason::CredentialsNotFound,
-            Reason::CredentialsInvalid,
-            Reason::AtlasUnauthorized,
-            Reason::AtlasForbidden,
-            Reason::OrgNotFound,
-        ] {
-            let at = |n| requeue_after(r, n, None, &cfg(), 0.0).expect("rechecked");
-            assert!(at(1) < at(3), "{r}: backs off");
-            assert!(
-                at(1) <= Duration::from_secs(2),
-                "{r}: the first recheck is quick"
-            );
-            assert!(at(50) <= cfg().max, "{r}: capped at the retry cap");
-            assert!(at(50) <= cfg().resync, "{r}: never later than the resync");
-        }
     }
 }

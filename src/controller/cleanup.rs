@@ -1,15 +1,15 @@
 //! Deletion: the finalizer's job. What to do is decided by the pure
 //! [`decide::decide_cleanup`] (table-tested); this file carries it out. `Retain` lets go
-//! without calling Atlas (and keeps the Secret); `Delete` revokes, but never in an org where
+//! without calling Atlas (and keeps the Secret), except to revoke the orphan of an interrupted
+//! issue that no Secret holds; `Delete` revokes, but never in an org where
 //! another LinkToken holds the live link (it would revoke that one's token). Deletion is never
 //! blocked forever by something only a user can fix: missing credentials, 401, 403 or another
 //! 4xx end in a `RevocationSkipped` warning and the finalizer goes (except in a namespace being
 //! deleted: its credentials Secret is deleted while the LinkToken waits here, so the
-//! credentials last read revoke); only 409 (active migration), 429 and an unavailable Atlas
-//! keep it (`RevocationBlocked`, retried with backoff), and `deletionPolicy: Retain` releases
-//! even then.
-
-use std::time::Duration;
+//! credentials last read revoke); only 409 (active migration), 429 and an unavailable Atlas keep
+//! it (`RevocationBlocked`, retried as the one
+//! retry policy says), and `deletionPolicy: Retain` releases even then. What happened is a
+//! [`Report`] committed by `report::commit`, like the rest of the controller's outcomes.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -17,19 +17,19 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::act::Outcome;
-use super::backoff;
+use super::backoff::Retry;
 use super::context::Context;
 use super::decide::{self, CleanupObserved, CleanupStep, CredentialsState};
 use super::error::Error;
 use super::index;
 use super::observe::read_credentials;
-use super::report::{self, key_of, object_ref};
+use super::report::{self, Report, object_ref};
 use super::secret;
-use crate::api::{DeletionPolicy, LinkToken, Reason};
-use crate::atlas::{Credentials, DeleteOutcome, Operation, RetryHint, classify};
+use crate::api::{DeletionPolicy, LinkToken, LinkTokenStatus, Reason};
+use crate::atlas::{Credentials, DeleteOutcome, Operation, classify};
 
-pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
+/// Carries out the deletion decision; `Ok` means the finalizer may go.
+pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
     let ns = lt.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let status = lt.status.clone().unwrap_or_default();
     let retain = lt.spec.deletion_policy == DeletionPolicy::Retain;
@@ -91,45 +91,96 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
         in_flight_recorded,
     });
 
-    let (revoke, held) = match step {
+    let report = match step {
         CleanupStep::Retain {
             had_token,
             revoke_orphan,
         } => {
-            if let Some(org) = revoke_orphan {
-                revoke_unfinished_issue(ctx, lt, creds.as_ref(), &org).await;
-            }
+            let released = match revoke_orphan {
+                Some(org) => revoke_unfinished_issue(ctx, creds.as_ref(), &org, Report::released()).await,
+                None => Report::released(),
+            };
             orphan_token_secret(lt, ctx, &ns).await?;
             if had_token {
-                report::publish(
-                    ctx,
-                    lt,
+                released.event(
                     EventType::Normal,
                     "TokenRetained",
                     "deletionPolicy is Retain: the link token stays valid in Atlas and its Secret is kept",
                 )
-                .await;
+            } else {
+                released
             }
-            return Ok(released(ctx, lt));
         }
-        CleanupStep::Release { skipped } => {
-            held_elsewhere(ctx, lt, &skipped).await;
-            return Ok(released(ctx, lt));
+        CleanupStep::Release { skipped } => held_elsewhere(Report::released(), &skipped),
+        CleanupStep::SkipNoCredentials { orgs } => Report::released().warning(
+            "RevocationSkipped",
+            format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
+        ),
+        CleanupStep::Revoke { revoke, skipped } => {
+            let report = held_elsewhere(Report::released(), &skipped);
+            match creds {
+                Some(creds) => revoke_all(lt, ctx, &creds, &revoke, status, report).await,
+                // decide_cleanup revokes only with valid credentials; stay total anyway.
+                None => report,
+            }
         }
-        CleanupStep::SkipNoCredentials { orgs } => {
-            skipped(ctx, lt, &format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", "))).await;
-            return Ok(released(ctx, lt));
-        }
-        CleanupStep::Revoke { revoke, skipped } => (revoke, skipped),
     };
-    held_elsewhere(ctx, lt, &held).await;
-    let Some(creds) = creds else {
-        // decide_cleanup revokes only with valid credentials; stay total anyway.
-        return Ok(released(ctx, lt));
-    };
+    let blocked = report
+        .reason
+        .map(|_| report.status.as_ref().map(|(_, m)| m.clone()));
+    let after = report::commit(ctx, lt, report).await?;
+    match blocked {
+        // Atlas would not revoke yet: the finalizer stays and the retry policy says when.
+        Some(message) => Err(Error::RevocationBlocked {
+            message: message.unwrap_or_default(),
+            retry_after: after.unwrap_or(ctx.backoff.max),
+        }),
+        None => {
+            // Released: nothing is kept about it any more (its delete event does the same).
+            ctx.forget_credentials(&object_ref(lt));
+            Ok(Action::await_change())
+        }
+    }
+}
 
-    for org in &revoke {
-        match ctx.atlas.delete_link_token(&creds, org).await {
+/// Retain, but an interrupted issue may have minted a token no Secret holds: nobody can use it
+/// and nobody would ever revoke it. Best effort: a refusal is a warning, deletion goes on.
+async fn revoke_unfinished_issue(
+    ctx: &Context,
+    creds: Option<&Credentials>,
+    org: &str,
+    released: Report,
+) -> Report {
+    let Some(creds) = creds else {
+        return released.warning("RevocationSkipped", format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds, and the credentials Secret is missing or invalid, so it was not revoked; revoke it in Atlas if it matters"));
+    };
+    match ctx.atlas.delete_link_token(creds, org).await {
+        Ok(_) => {
+            let mut done = released.event(
+                EventType::Normal,
+                "TokenRevoked",
+                format!("revoked the link token of an unfinished issue in orgId {org}: no Secret held it (deletionPolicy Retain keeps only the token in the Secret)"),
+            );
+            done.revoked = true;
+            done
+        }
+        Err(e) => released.warning("RevocationSkipped", format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds; Atlas refused its revocation ({}); revoke it there if it matters", e.user_message())),
+    }
+}
+
+/// DELETE in each org. Ends in `released` (with TokenRevoked, or a RevocationSkipped warning
+/// for a refusal only a user can act on), or in a RevocationBlocked report that keeps the
+/// finalizer (409, 429, Atlas unavailable).
+async fn revoke_all(
+    lt: &LinkToken,
+    ctx: &Context,
+    creds: &Credentials,
+    revoke: &[String],
+    mut status: LinkTokenStatus,
+    released: Report,
+) -> Report {
+    for org in revoke {
+        match ctx.atlas.delete_link_token(creds, org).await {
             Ok(DeleteOutcome::Deleted) | Ok(DeleteOutcome::AlreadyAbsent) => {}
             Err(e) => {
                 let class = classify(&e, Operation::Finalize);
@@ -137,81 +188,78 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Outcome, Error> {
                 if class.reason != Reason::RevocationBlocked
                     && class.reason != Reason::AtlasRateLimited
                 {
-                    skipped(ctx, lt, &format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters")).await;
-                    return Ok(released(ctx, lt));
+                    return released.warning("RevocationSkipped", format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters"));
                 }
-                let mut status = status.clone();
                 status.atlas_error = Some(report::atlas_error_status(&e));
                 let message = format!(
                     "{message}; retrying. Set spec.deletionPolicy: Retain to delete without revoking"
                 );
-                let status = report::with_outcome(lt, status, Reason::RevocationBlocked, &message);
-                report::outcome_event(ctx, lt, Reason::RevocationBlocked, &message).await;
-                report::write_status(ctx, lt, &status).await?;
-                let n = ctx.bump_attempts(&object_ref(lt));
-                let retry_after = match class.retry {
-                    RetryHint::After(d) => backoff::after_retry_after(
-                        d,
-                        backoff::exponential(n, &ctx.backoff, rand::random()),
-                        &ctx.backoff,
-                        Duration::ZERO,
-                    ),
-                    _ => backoff::exponential(n, &ctx.backoff, rand::random()),
+                // 409 and 5xx back off, 429 waits for its Retry-After: always a timed retry.
+                let retry = match Retry::from_hint(class.retry) {
+                    r if r.holds() => r,
+                    _ => Retry::Backoff,
                 };
-                return Err(Error::RevocationBlocked {
-                    message,
-                    retry_after,
-                });
+                let mut blocked =
+                    Report::new(lt, Reason::RevocationBlocked, retry).status(status, message);
+                // Events already due (orgs held elsewhere) are not lost with the retry.
+                blocked.events = released.events;
+                return blocked;
             }
         }
     }
-    ctx.metrics.token_revoked();
-    report::publish(
-        ctx,
-        lt,
+    let mut done = released.event(
         EventType::Normal,
         "TokenRevoked",
         "revoked the link token in Atlas",
-    )
-    .await;
-    Ok(released(ctx, lt))
-}
-
-/// Retain, but an interrupted issue may have minted a token no Secret holds: nobody can use it
-/// and nobody would ever revoke it. Best effort: a refusal is a warning, deletion goes on.
-async fn revoke_unfinished_issue(
-    ctx: &Context,
-    lt: &LinkToken,
-    creds: Option<&crate::atlas::Credentials>,
-    org: &str,
-) {
-    let Some(creds) = creds else {
-        skipped(ctx, lt, &format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds, and the credentials Secret is missing or invalid, so it was not revoked; revoke it in Atlas if it matters")).await;
-        return;
-    };
-    match ctx.atlas.delete_link_token(creds, org).await {
-        Ok(_) => {
-            ctx.metrics.token_revoked();
-            report::publish(
-                ctx,
-                lt,
-                EventType::Normal,
-                "TokenRevoked",
-                &format!("revoked the link token of an unfinished issue in orgId {org}: no Secret held it (deletionPolicy Retain keeps only the token in the Secret)"),
-            )
-            .await;
-        }
-        Err(e) => {
-            skipped(ctx, lt, &format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds; Atlas refused its revocation ({}); revoke it there if it matters", e.user_message())).await;
-        }
-    }
+    );
+    done.revoked = true;
+    done
 }
 
 /// Orgs left alone because another LinkToken holds the live link there: say which.
-async fn held_elsewhere(ctx: &Context, lt: &LinkToken, orgs: &[String]) {
+fn held_elsewhere(mut report: Report, orgs: &[String]) -> Report {
     for org in orgs {
-        skipped(ctx, lt, &format!("the link in orgId {org} was not revoked: another LinkToken holds the live link there")).await;
+        report = report.warning(
+            "RevocationSkipped",
+            format!("the link in orgId {org} was not revoked: another LinkToken holds the live link there"),
+        );
     }
+    report
+}
+
+/// With Retain the token stays valid, so its Secret must survive the LinkToken: drop our
+/// ownerReference (garbage collection would delete it otherwise). Only a Secret we control.
+async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let Some(uid) = lt.uid() else { return Ok(()) };
+    let name = lt
+        .status
+        .as_ref()
+        .and_then(|s| s.token_secret_name.clone())
+        .unwrap_or_else(|| lt.spec.token_secret_name(&lt.name_any()));
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(s) = api.get_opt(&name).await? else {
+        return Ok(());
+    };
+    if !secret::is_controlled_by(&s, &uid) {
+        return Ok(());
+    }
+    let remaining: Vec<_> = s
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != uid)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "ownerReferences": remaining,
+            "resourceVersion": s.metadata.resource_version,
+        }
+    });
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// The credentials the finalizer revokes with: the Secret's as read now. When the Secret is
@@ -262,56 +310,6 @@ fn is_namespace_terminating(s: &kube::core::Status) -> bool {
         && s.details
             .as_ref()
             .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
-fn released(ctx: &Context, lt: &LinkToken) -> Outcome {
-    ctx.forget(&object_ref(lt));
-    ctx.forget_credentials(&object_ref(lt));
-    ctx.metrics.track(&key_of(lt), None);
-    Outcome {
-        action: Action::await_change(),
-        reason: Reason::TokenIssued,
-    }
-}
-
-async fn skipped(ctx: &Context, lt: &LinkToken, note: &str) {
-    tracing::warn!(linktoken = %key_of(lt), "revocation skipped: {note}");
-    report::publish(ctx, lt, EventType::Warning, "RevocationSkipped", note).await;
-}
-
-/// With Retain the token stays valid, so its Secret must survive the LinkToken: drop our
-/// ownerReference (garbage collection would delete it otherwise). Only a Secret we control.
-async fn orphan_token_secret(lt: &LinkToken, ctx: &Context, ns: &str) -> Result<(), Error> {
-    let Some(uid) = lt.uid() else { return Ok(()) };
-    let name = lt
-        .status
-        .as_ref()
-        .and_then(|s| s.token_secret_name.clone())
-        .unwrap_or_else(|| lt.spec.token_secret_name(&lt.name_any()));
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(s) = api.get_opt(&name).await? else {
-        return Ok(());
-    };
-    if !secret::is_controlled_by(&s, &uid) {
-        return Ok(());
-    }
-    let remaining: Vec<_> = s
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != uid)
-        .collect();
-    let patch = serde_json::json!({
-        "metadata": {
-            "ownerReferences": remaining,
-            "resourceVersion": s.metadata.resource_version,
-        }
-    });
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

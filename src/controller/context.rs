@@ -2,15 +2,15 @@
 //! per-object memory of failures (for backoff and for not repeating user-fixable failures).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::backoff::BackoffConfig;
+use super::backoff::{self, BackoffConfig, Retry};
 use crate::api::{LinkToken, Reason};
 use crate::atlas::{AtlasClient, Credentials};
 use crate::runtime::metrics::Metrics;
@@ -20,12 +20,8 @@ pub struct Context {
     pub atlas: AtlasClient,
     pub metrics: Metrics,
     pub recorder: Recorder,
-    /// The LinkToken caches of every watched scope (the org index spans them all).
-    pub stores: Vec<Store<LinkToken>>,
-    /// The scope of each store (None: all namespaces).
-    pub scope_names: Vec<Option<String>>,
-    /// Per scope: the first full list has arrived (readiness).
-    pub synced: Vec<AtomicBool>,
+    /// Every watched scope (the org index spans them all).
+    pub scopes: Vec<Arc<Scope>>,
     pub backoff: BackoffConfig,
     memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
     /// Per LinkToken: the credentials Secret's name and the usable credentials last read from
@@ -34,6 +30,34 @@ pub struct Context {
     /// waits on its finalizer, and the link must still be revoked. In memory only (never
     /// written anywhere); dropped when the LinkToken goes.
     remembered_credentials: Mutex<HashMap<ObjectRef<LinkToken>, (String, Credentials)>>,
+}
+
+/// One watched scope: all namespaces, or one of `--watch-namespaces`.
+pub struct Scope {
+    /// None: all namespaces.
+    pub namespace: Option<String>,
+    /// Its LinkToken cache.
+    pub store: Store<LinkToken>,
+    /// The first full list has arrived (readiness; no reconcile runs before every scope's).
+    synced: AtomicBool,
+}
+
+impl Scope {
+    pub fn new(namespace: Option<String>, store: Store<LinkToken>) -> Scope {
+        Scope {
+            namespace,
+            store,
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
 }
 
 /// What the controller remembers of an object between reconciles (in memory only: after a
@@ -81,13 +105,7 @@ impl Context {
             atlas,
             metrics,
             recorder,
-            stores: scopes.readers.clone(),
-            scope_names: scopes.names(),
-            synced: scopes
-                .names()
-                .iter()
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            scopes: scopes.scopes(),
             backoff,
             memo: Mutex::new(HashMap::new()),
             remembered_credentials: Mutex::new(HashMap::new()),
@@ -98,8 +116,20 @@ impl Context {
         self.lock().get(key).cloned().unwrap_or_default()
     }
 
+    /// When to look at `key` again after an outcome: the one retry policy
+    /// ([`backoff::delay`]) over this object's failure streak, which the outcome extends when
+    /// it counts as an attempt.
+    pub fn retry_in(&self, key: &ObjectRef<LinkToken>, retry: Retry) -> Option<Duration> {
+        let attempts = if retry.counts_as_attempt() {
+            self.bump_attempts(key)
+        } else {
+            1
+        };
+        backoff::delay(retry, attempts, &self.backoff, rand::random())
+    }
+
     /// Counts one more transient failure and returns the new count.
-    pub fn bump_attempts(&self, key: &ObjectRef<LinkToken>) -> u32 {
+    fn bump_attempts(&self, key: &ObjectRef<LinkToken>) -> u32 {
         let mut m = self.lock();
         let e = m.entry(key.clone()).or_default();
         e.attempts = e.attempts.saturating_add(1);
@@ -172,9 +202,9 @@ impl Context {
     /// was down: the relist drops them without a delete event).
     pub fn prune_vanished(&self) {
         let present: std::collections::HashSet<ObjectRef<LinkToken>> = self
-            .stores
+            .scopes
             .iter()
-            .flat_map(|s| s.state())
+            .flat_map(|s| s.store.state())
             .map(|lt| ObjectRef::from_obj(lt.as_ref()))
             .collect();
         self.lock().retain(|k, _| present.contains(k));
@@ -184,11 +214,6 @@ impl Context {
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))
             .collect();
         self.metrics.retain_tracked(|k| keys.contains(k));
-    }
-
-    /// Number of objects with failure memory (for tests).
-    pub fn memo_len(&self) -> usize {
-        self.lock().len()
     }
 
     /// True when the stalled memo is older than the slow resync.

@@ -1,11 +1,13 @@
 //! The pure heart of the controller: given what was observed, what to do next.
 //!
-//! Nothing here does I/O. `observe` gathers an [`Observed`]; [`decide`] returns an [`Action`];
-//! `act` carries it out. The checks run in the order of the contract's issuing path:
+//! Nothing here does I/O. `observe` gathers an [`Observed`]; [`decide`] returns a [`Step`]
+//! (named so it does not read like kube's scheduler `Action`); `act` carries it out. The
+//! checks run in the order of the issuing path (docs/lifecycle.md, "Issue"):
 //! credentials -> revoke in orgs the spec moved away from -> org conflict -> Secret conflict ->
 //! is a (re)issue needed and why -> keep the Secret and status in shape. Each check is a small
-//! named function, so the tests read like the contract's tables. Deletion has its own pure
-//! decision, [`decide_cleanup`]; both use [`orgs_that_may_hold_a_token`].
+//! named function, so the tests read like the tables of docs/lifecycle.md and
+//! docs/conditions.md. Deletion has its own pure decision, [`decide_cleanup`]; both use
+//! [`orgs_that_may_hold_a_token`].
 
 use crate::api::Reason;
 
@@ -166,7 +168,7 @@ impl IssueWhy {
 
 /// The next step.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Step {
     /// Nothing can be done until something changes; no Atlas call. Report `reason`.
     Wait { reason: Reason, message: String },
     /// Issue a new token: DELETE in each of `revoke_orgs` first (a token may exist there),
@@ -177,7 +179,7 @@ pub enum Action {
     },
     /// An interrupted issue cannot be completed (its target Secret is not ours): DELETE in each
     /// of `revoke_orgs` (its token may be live there and is stored nowhere), clear the marker,
-    /// then report `reason` and wait like [`Action::Wait`].
+    /// then report `reason` and wait like [`Step::Wait`].
     Abandon {
         revoke_orgs: Vec<String>,
         reason: Reason,
@@ -220,7 +222,7 @@ pub enum SecretSource {
 }
 
 /// The decision.
-pub fn decide(o: &Observed) -> Action {
+pub fn decide(o: &Observed) -> Step {
     if let Some(wait) = check_credentials(o) {
         return wait;
     }
@@ -251,7 +253,7 @@ pub fn decide(o: &Observed) -> Action {
             if let Some(announce) = check_claim_visible(o) {
                 return announce;
             }
-            Action::Issue {
+            Step::Issue {
                 why,
                 revoke_orgs: may_hold(o)
                     .into_iter()
@@ -263,14 +265,14 @@ pub fn decide(o: &Observed) -> Action {
     }
 }
 
-fn check_credentials(o: &Observed) -> Option<Action> {
+fn check_credentials(o: &Observed) -> Option<Step> {
     match &o.credentials {
         CredentialsState::Valid => None,
-        CredentialsState::Missing => Some(Action::Wait {
+        CredentialsState::Missing => Some(Step::Wait {
             reason: Reason::CredentialsNotFound,
             message: "the credentials Secret does not exist; waiting for it".into(),
         }),
-        CredentialsState::Invalid(why) => Some(Action::Wait {
+        CredentialsState::Invalid(why) => Some(Step::Wait {
             reason: Reason::CredentialsInvalid,
             message: why.clone(),
         }),
@@ -278,7 +280,7 @@ fn check_credentials(o: &Observed) -> Option<Action> {
 }
 
 /// Orgs other than the spec's where a token of ours may be live: revoke them first.
-fn check_previous_orgs(o: &Observed) -> Option<Action> {
+fn check_previous_orgs(o: &Observed) -> Option<Step> {
     let previous: Vec<String> = may_hold(o)
         .into_iter()
         .filter(|org| *org != o.org_id)
@@ -289,10 +291,10 @@ fn check_previous_orgs(o: &Observed) -> Option<Action> {
     let (skip, revoke) = previous
         .into_iter()
         .partition(|org| o.held_by_others.contains(org));
-    Some(Action::RevokePrevious { revoke, skip })
+    Some(Step::RevokePrevious { revoke, skip })
 }
 
-fn check_org(o: &Observed) -> Option<Action> {
+fn check_org(o: &Observed) -> Option<Step> {
     match &o.org {
         OrgOwnership::Owner => None,
         OrgOwnership::ConflictWith {
@@ -302,7 +304,7 @@ fn check_org(o: &Observed) -> Option<Action> {
                 Some(name) => format!("LinkToken {name}"),
                 None => "a LinkToken in another namespace".into(),
             };
-            Some(Action::Wait {
+            Some(Step::Wait {
                 reason: Reason::OrgConflict,
                 message: format!(
                     "{who} already manages orgId {}; Atlas keeps one link per org. This LinkToken takes over when that one lets go of the org (deleted, or its orgId moved and its link there revoked)",
@@ -313,7 +315,7 @@ fn check_org(o: &Observed) -> Option<Action> {
     }
 }
 
-fn check_target_secret(o: &Observed) -> Option<Action> {
+fn check_target_secret(o: &Observed) -> Option<Step> {
     if o.target_secret != SecretState::Foreign {
         return None;
     }
@@ -326,12 +328,12 @@ fn check_target_secret(o: &Observed) -> Option<Action> {
     // someone else's (it appeared during the POST, and revoking at once failed): revoke it
     // before waiting, or it would stay live while this LinkToken waits.
     Some(match &o.in_flight {
-        Some(f) => Action::Abandon {
+        Some(f) => Step::Abandon {
             revoke_orgs: vec![f.org_id.clone()],
             reason,
             message,
         },
-        None => Action::Wait { reason, message },
+        None => Step::Wait { reason, message },
     })
 }
 
@@ -339,7 +341,7 @@ fn check_target_secret(o: &Observed) -> Option<Action> {
 /// the interrupted issue: every issue DELETEs before its POST, so that token is the one live
 /// link and re-issuing would only churn. It is adopted only under [`adoptable`]; otherwise the
 /// issue is redone (DELETE, then POST), which also revokes the stored token.
-fn check_interrupted_issue(o: &Observed) -> Option<Action> {
+fn check_interrupted_issue(o: &Observed) -> Option<Step> {
     let flight = o.in_flight.as_ref()?;
     let SecretState::Ours(s) = &o.target_secret else {
         return None;
@@ -357,7 +359,7 @@ fn check_interrupted_issue(o: &Observed) -> Option<Action> {
         .value_hashes
         .iter()
         .find(|(k, _)| k == &o.target_secret_key)?;
-    Some(Action::Adopt {
+    Some(Step::Adopt {
         token_key: key.clone(),
     })
 }
@@ -476,8 +478,8 @@ fn current_token_location(o: &Observed) -> TokenLocation {
 /// credentials work now: report that first (Issuing, looked at again in a second) and issue
 /// only then, so a LinkToken deciding at the same moment sees the claim instead of issuing
 /// in the same org.
-fn check_claim_visible(o: &Observed) -> Option<Action> {
-    o.reported_unusable.then(|| Action::Wait {
+fn check_claim_visible(o: &Observed) -> Option<Step> {
+    o.reported_unusable.then(|| Step::Wait {
         reason: Reason::Issuing,
         message: format!(
             "the credentials are usable; claiming orgId {} before issuing",
@@ -487,12 +489,12 @@ fn check_claim_visible(o: &Observed) -> Option<Action> {
 }
 
 /// A failure only a user can fix is not retried while its inputs are unchanged.
-fn check_stalled_attempt(o: &Observed) -> Option<Action> {
+fn check_stalled_attempt(o: &Observed) -> Option<Step> {
     let last = o.last_stalled.as_ref()?;
     let unchanged = last.generation == o.generation
         && last.credentials_version == o.credentials_version
         && last.rotate == o.rotate;
-    (unchanged && !last.resync_due).then(|| Action::Wait {
+    (unchanged && !last.resync_due).then(|| Step::Wait {
         reason: last.reason,
         message: String::new(),
     })
@@ -501,12 +503,12 @@ fn check_stalled_attempt(o: &Observed) -> Option<Action> {
 /// A 429 or 5xx is retried when its delay is over, not when some other event happens to
 /// trigger a reconcile first. A change of the spec, of the credentials or of the rotate
 /// annotation is a user action and is tried at once.
-fn check_retry_hold(o: &Observed) -> Option<Action> {
+fn check_retry_hold(o: &Observed) -> Option<Step> {
     let hold = o.retry_hold.as_ref()?;
     let unchanged = hold.generation == o.generation
         && hold.credentials_version == o.credentials_version
         && hold.rotate == o.rotate;
-    (unchanged && !hold.remaining.is_zero()).then_some(Action::Hold {
+    (unchanged && !hold.remaining.is_zero()).then_some(Step::Hold {
         reason: hold.reason,
         after: hold.remaining,
     })
@@ -602,7 +604,7 @@ pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
     CleanupStep::Revoke { revoke, skipped }
 }
 
-fn keep(o: &Observed) -> Action {
+fn keep(o: &Observed) -> Step {
     let source = match current_token_location(o) {
         TokenLocation::Found(s) => s,
         // issue_needed returned None, so the token was found; keep the type total anyway.
@@ -618,7 +620,7 @@ fn keep(o: &Observed) -> Action {
         (SecretSource::Target { .. }, _) => true,
     };
     let delete_previous = matches!(&o.previous_secret, Some((_, SecretState::Ours(_))));
-    Action::Keep {
+    Step::Keep {
         source,
         rewrite_secret,
         delete_previous,

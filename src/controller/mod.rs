@@ -1,9 +1,12 @@
 //! The LinkToken controller.
 //!
-//! - [`decide`]: pure, observed state -> next action (the policy chain), table-tested.
+//! - [`decide`]: pure, observed state -> next [`decide::Step`] (the policy chain), table-tested.
 //! - [`observe`]: reads the credentials and token Secrets, the org index, the failure memory.
-//! - [`act`] / [`cleanup`]: carry actions out (Atlas calls, the token Secret, status, events).
-//! - [`secret`]: the token Secret contract; [`conditions`], [`backoff`], [`index`]: pure helpers.
+//! - [`act`] / [`cleanup`]: carry steps out (Atlas calls, the token Secret) and return what to
+//!   report as a [`report::Report`]; [`report::commit`] writes status, events, metrics, failure
+//!   memory and the retry delay in one place (only the in-flight marker is written by `act`).
+//! - [`backoff`]: the one retry policy. [`secret`]: the token Secret; [`conditions`],
+//!   [`index`]: pure helpers.
 //!
 //! Watches, per watched scope (all namespaces, or each of `--watch-namespaces`):
 //! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
@@ -29,7 +32,6 @@ pub mod secret;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -37,11 +39,13 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 
-pub use context::Context;
+pub use context::{Context, Scope};
+
+use backoff::Retry;
 pub use error::Error;
 
 use crate::api::{FINALIZER, LinkToken, Reason};
@@ -50,38 +54,36 @@ use crate::runtime::metrics::ReconcileResult;
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Empty: every namespace.
-    pub namespaces: Vec<String>,
     pub concurrency: u16,
-    pub backoff: backoff::BackoffConfig,
 }
 
-/// The stores of every watched scope, created before the controllers so the shared context can
-/// see all LinkTokens (the org index spans namespaces).
-pub struct Scopes {
-    scopes: Vec<(Option<String>, reflector::store::Writer<LinkToken>)>,
-    pub readers: Vec<Store<LinkToken>>,
-}
+/// Every watched scope with the writer of its cache, created before the controllers so the
+/// shared context can see all LinkTokens (the org index spans namespaces); `run` consumes the
+/// writers.
+pub struct Scopes(Vec<(Arc<Scope>, reflector::store::Writer<LinkToken>)>);
 
 impl Scopes {
-    pub fn names(&self) -> Vec<Option<String>> {
-        self.scopes.iter().map(|(n, _)| n.clone()).collect()
-    }
-
+    /// One scope per namespace; none: one scope for all namespaces.
     pub fn new(namespaces: &[String]) -> Scopes {
         let names: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
             namespaces.iter().cloned().map(Some).collect()
         };
-        let mut scopes = Vec::new();
-        let mut readers = Vec::new();
-        for ns in names {
-            let (reader, writer) = reflector::store();
-            readers.push(reader);
-            scopes.push((ns, writer));
-        }
-        Scopes { scopes, readers }
+        Scopes(
+            names
+                .into_iter()
+                .map(|ns| {
+                    let (store, writer) = reflector::store();
+                    (Arc::new(Scope::new(ns, store)), writer)
+                })
+                .collect(),
+        )
+    }
+
+    /// The scopes, for the shared context.
+    pub fn scopes(&self) -> Vec<Arc<Scope>> {
+        self.0.iter().map(|(s, _)| s.clone()).collect()
     }
 }
 
@@ -105,19 +107,19 @@ pub async fn run(
 ) {
     let mut wake_senders = Vec::new();
     let mut wake_receivers = Vec::new();
-    for _ in &scopes.scopes {
+    for _ in &scopes.0 {
         let (tx, rx) = mpsc::unbounded::<ObjectRef<LinkToken>>();
         wake_senders.push(tx);
         wake_receivers.push(rx);
     }
     let mut runs = Vec::new();
-    for ((ns, writer), wake_rx) in scopes.scopes.into_iter().zip(wake_receivers) {
+    for ((scope, writer), wake_rx) in scopes.0.into_iter().zip(wake_receivers) {
         let client = ctx.client.clone();
-        let lt_api: Api<LinkToken> = scoped(&client, &ns);
-        let secret_api: Api<PartialObjectMeta<Secret>> = scoped(&client, &ns);
+        let lt_api: Api<LinkToken> = scoped(&client, &scope.namespace);
+        let secret_api: Api<PartialObjectMeta<Secret>> = scoped(&client, &scope.namespace);
         let senders = wake_senders.clone();
         let ctx_for_wake = ctx.clone();
-        let scope_index = ctx.scope_names.iter().position(|n| n == &ns).unwrap_or(0);
+        let reader = scope.store.clone();
         // The orgs each LinkToken of this scope claimed when last seen (by uid), so a claim
         // that goes away (status change: a previous org revoked, credentials reported
         // unusable) wakes the LinkTokens waiting for that org. Status writes do not trigger
@@ -133,9 +135,7 @@ pub async fn run(
         .default_backoff()
         .inspect(move |ev| {
             if let Ok(watcher::Event::InitDone) = ev {
-                if let Some(flag) = ctx_for_wake.synced.get(scope_index) {
-                    flag.store(true, Ordering::Release);
-                }
+                scope.mark_synced();
                 // A relist drops objects deleted while the watch was down, without a
                 // delete event: forget them too.
                 ctx_for_wake.prune_vanished();
@@ -178,11 +178,10 @@ pub async fn run(
                 .combine(predicates::finalizers),
             Default::default(),
         );
-        let reader = ctx.readers_for(&ns);
         let ctx_for_map = ctx.clone();
         // Only the token Secrets this operator wrote (its managed-by label), metadata only:
         // their deletion or tampering is drift to repair. Credentials Secrets are never listed
-        // or watched; each reconcile reads its one by name (see backoff::credentials_may_fix).
+        // or watched; each reconcile reads its one by name (see backoff::Retry::Recheck).
         let token_secrets = watcher::Config::default()
             .labels(&secret::managed_selector())
             .any_semantic();
@@ -211,29 +210,24 @@ pub async fn run(
 impl Context {
     /// Every LinkToken of every watched scope.
     pub fn all_linktokens(&self) -> Vec<Arc<LinkToken>> {
-        self.stores.iter().flat_map(|s| s.state()).collect()
+        self.scopes.iter().flat_map(|s| s.store.state()).collect()
     }
 
     /// True when some watched scope's cache holds this object.
     pub fn in_cache(&self, key: &ObjectRef<LinkToken>) -> bool {
-        self.stores.iter().any(|s| s.get(key).is_some())
-    }
-
-    fn readers_for(&self, ns: &Option<String>) -> Store<LinkToken> {
-        let i = self.scope_names.iter().position(|n| n == ns).unwrap_or(0);
-        self.stores[i].clone()
+        self.scopes.iter().any(|s| s.store.get(key).is_some())
     }
 
     /// True once every scope's cache has its first full list.
     pub fn all_synced(&self) -> bool {
-        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+        self.scopes.iter().all(|s| s.is_synced())
     }
 
     /// Resolves once every scope's cache has its first full list. Read from the watch
     /// streams (their InitDone event), not from `Store::wait_until_ready`: that signal wakes
     /// a single waiter, and the controller itself is already waiting on it.
     pub async fn wait_until_synced(&self) {
-        while !self.synced.iter().all(|s| s.load(Ordering::Acquire)) {
+        while !self.all_synced() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -327,9 +321,9 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
             ctx.vanished(&report::object_ref(lt));
             return Ok(Reconciled::Deleted(Action::await_change()));
         }
-        let out = cleanup::cleanup(lt, ctx).await?;
+        let action = cleanup::cleanup(lt, ctx).await?;
         remove_finalizer(lt, ctx).await?;
-        return Ok(Reconciled::Deleted(out.action));
+        return Ok(Reconciled::Deleted(action));
     }
     // Status writes are fenced by the resourceVersion read here, so act on the object as the
     // finalizer patch returned it.
@@ -387,20 +381,19 @@ async fn patch_finalizers(
 }
 
 fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
-    match err {
-        Error::RevocationBlocked { retry_after, .. } => Action::requeue(*retry_after),
+    let key = report::object_ref(&lt);
+    let retry = match err {
+        // cleanup already applied the retry policy to Atlas's answer.
+        Error::RevocationBlocked { retry_after, .. } => return Action::requeue(*retry_after),
         // A conflict means the object changed under us; its watch event reconciles it anyway.
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
-            Action::requeue(Duration::from_secs(1))
-        }
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Retry::Soon(Duration::from_secs(1)),
         // The object went away meanwhile (its writes failed with 404): keep nothing about it.
-        _ if !ctx.in_cache(&report::object_ref(&lt)) => {
-            ctx.vanished(&report::object_ref(&lt));
-            Action::await_change()
+        _ if !ctx.in_cache(&key) => {
+            ctx.vanished(&key);
+            return Action::await_change();
         }
-        _ => {
-            let n = ctx.bump_attempts(&report::object_ref(&lt));
-            Action::requeue(backoff::exponential(n, &ctx.backoff, rand::random()))
-        }
-    }
+        _ => Retry::Backoff,
+    };
+    ctx.retry_in(&key, retry)
+        .map_or_else(Action::await_change, Action::requeue)
 }

@@ -1,5 +1,13 @@
-//! Reporting an outcome: status (server-side apply of the whole status with a resourceVersion
-//! precondition, skipped when nothing changed), events (only when the Ready reason changes, so retries do not flood), metrics.
+//! Reporting an outcome. Every step of `act` and `cleanup` returns a [`Report`], data saying
+//! what to record: status and Ready message, the resourceVersion that fences the write,
+//! events, counters, what to remember of a failure, and when to look again. [`commit`] is the
+//! one writer: status (server-side apply of the whole status with a resourceVersion
+//! precondition, skipped when nothing changed), events (the Ready reason's Warning only when
+//! it changes, so retries do not flood), metrics, failure memory, the retry delay. The only
+//! status write outside it is the in-flight marker before the POST (`act::issue`), which must
+//! land before Atlas is called.
+
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -7,12 +15,186 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::backoff::{self, Retry};
 use super::conditions;
-use super::context::Context;
+use super::context::{Context, RetryMemo, StalledMemo};
 use super::error::Error;
 use super::secret::FIELD_MANAGER;
 use crate::api::{AtlasErrorStatus, LinkToken, LinkTokenStatus, Reason};
 use crate::atlas::AtlasError;
+
+/// What one step has to say, as data; [`commit`] writes it.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The Ready reason reported (and kept in the `linktoken_linktokens` gauge); None: the
+    /// object lets go (deletion done), its gauge entry and failure memory go.
+    pub reason: Option<Reason>,
+    /// The status to record and its Ready message; None: status already says it.
+    pub status: Option<(LinkTokenStatus, String)>,
+    /// The resourceVersion the status write is conditioned on: the one the object was read at,
+    /// or inside an issue attempt the one its marker write returned.
+    pub fence: Option<String>,
+    /// Events published after the status write: (type, reason, note).
+    pub events: Vec<(EventType, &'static str, String)>,
+    pub issued: bool,
+    pub revoked: bool,
+    pub memory: Memory,
+    /// When to look again ([`backoff::delay`] via `Context::retry_in`).
+    pub retry: Retry,
+}
+
+/// What the failure memory keeps of this outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Memory {
+    /// Unchanged.
+    Keep,
+    /// Success: the failure streak and remembered failures end.
+    Forget,
+    /// A failed Atlas call with the inputs it happened with: a transient one is held until
+    /// its retry is due, one only a user can fix is not repeated while they are unchanged.
+    Failure {
+        generation: Option<i64>,
+        credentials_version: Option<String>,
+        rotate: Option<String>,
+    },
+}
+
+impl Report {
+    /// Reports `reason` and looks again as `retry` says; writes nothing else yet.
+    pub fn new(lt: &LinkToken, reason: Reason, retry: Retry) -> Report {
+        Report {
+            reason: Some(reason),
+            status: None,
+            fence: lt.resource_version(),
+            events: Vec::new(),
+            issued: false,
+            revoked: false,
+            memory: Memory::Keep,
+            retry,
+        }
+    }
+
+    /// Deletion is done: nothing left to look at.
+    pub fn released() -> Report {
+        Report {
+            reason: None,
+            status: None,
+            fence: None,
+            events: Vec::new(),
+            issued: false,
+            revoked: false,
+            memory: Memory::Forget,
+            retry: Retry::OnChange,
+        }
+    }
+
+    /// Records `status` with the Ready condition for the reason and `message`.
+    pub fn status(mut self, status: LinkTokenStatus, message: impl Into<String>) -> Report {
+        self.status = Some((status, message.into()));
+        self
+    }
+
+    /// Fences the status write at `rv` (the version the marker write returned).
+    pub fn fenced_at(mut self, rv: Option<String>) -> Report {
+        self.fence = rv;
+        self
+    }
+
+    pub fn event(
+        mut self,
+        type_: EventType,
+        reason: &'static str,
+        note: impl Into<String>,
+    ) -> Report {
+        self.events.push((type_, reason, note.into()));
+        self
+    }
+
+    pub fn warning(self, reason: &'static str, note: impl Into<String>) -> Report {
+        self.event(EventType::Warning, reason, note)
+    }
+
+    pub fn memory(mut self, memory: Memory) -> Report {
+        self.memory = memory;
+        self
+    }
+}
+
+/// The one writer: commits `report` for `lt` and returns when to look again (None: on a watch
+/// event only). A failed status write (409: the object changed, or a stale actor) returns the
+/// error before any further event, counter or memory change.
+pub async fn commit(
+    ctx: &Context,
+    lt: &LinkToken,
+    report: Report,
+) -> Result<Option<Duration>, Error> {
+    let key = object_ref(lt);
+    if let (Some(reason), Some((status, message))) = (report.reason, report.status.as_ref()) {
+        let status = with_outcome(lt, status.clone(), reason, message);
+        outcome_event(ctx, lt, reason, message).await;
+        write_status_at(ctx, lt, &status, report.fence.as_deref()).await?;
+    }
+    if report.issued {
+        ctx.metrics.token_issued();
+    }
+    if report.revoked {
+        ctx.metrics.token_revoked();
+    }
+    for (type_, reason, note) in &report.events {
+        if *type_ == EventType::Warning {
+            tracing::warn!(linktoken = %key_of(lt), reason, "{note}");
+        }
+        publish(ctx, lt, *type_, reason, note).await;
+    }
+    ctx.metrics.track(&key_of(lt), report.reason);
+    let retry = report.retry;
+    let after = match report.memory {
+        Memory::Keep => ctx.retry_in(&key, retry),
+        Memory::Forget => {
+            ctx.forget(&key);
+            ctx.retry_in(&key, retry)
+        }
+        Memory::Failure {
+            generation,
+            credentials_version,
+            rotate,
+        } => {
+            let reason = report.reason.unwrap_or(Reason::AtlasUnavailable);
+            if retry.holds() {
+                let after = ctx.retry_in(&key, retry);
+                // Other events (our own finalizer patch, a Secret touched) must not bring the
+                // retry forward: decide holds until this is due.
+                if let Some(delay) = after {
+                    ctx.remember_retry(
+                        &key,
+                        RetryMemo {
+                            reason,
+                            generation,
+                            credentials_version,
+                            rotate,
+                            due: backoff::due_in(Instant::now(), delay),
+                        },
+                    );
+                }
+                after
+            } else {
+                // Not transient: not retried while its inputs are unchanged (see decide).
+                ctx.remember_stalled(
+                    &key,
+                    StalledMemo {
+                        reason,
+                        generation,
+                        credentials_version,
+                        rotate,
+                        at: Instant::now(),
+                    },
+                );
+                ctx.retry_in(&key, retry)
+            }
+        }
+    };
+    Ok(after)
+}
 
 /// Now, as RFC 3339 with milliseconds (ordering of in-flight markers and Secrets needs more
 /// than whole seconds).
@@ -44,25 +226,14 @@ pub fn with_outcome(
     status
 }
 
-/// Writes `status` unless it equals the current one (conditions compare without their
-/// timestamps, which `with_outcome` keeps when nothing changed), fenced by the resourceVersion
-/// `lt` was read at.
-pub async fn write_status(
-    ctx: &Context,
-    lt: &LinkToken,
-    status: &LinkTokenStatus,
-) -> Result<(), Error> {
-    let rv = lt.resource_version();
-    write_status_at(ctx, lt, status, rv.as_deref()).await?;
-    Ok(())
-}
-
 /// Writes `status` with server-side apply carrying `metadata.resourceVersion`: the API server
 /// refuses the write (409) when the LinkToken changed since that version. This fences a stale
 /// actor (a leader that lost its Lease, a reconcile working from an old read): its write fails
 /// instead of overwriting what a newer actor recorded, e.g. erasing its in-flight marker.
-/// Returns the resourceVersion after the write (the given one when nothing was written), the
-/// precondition of the next write of the same reconcile.
+/// Nothing is written when `status` equals the current one at the version `lt` was read
+/// (`with_outcome` keeps condition timestamps when nothing changed), so a steady state costs
+/// no write. Returns the resourceVersion after the write (the given one when nothing was
+/// written), the precondition of the next write of the same reconcile.
 pub async fn write_status_at(
     ctx: &Context,
     lt: &LinkToken,
@@ -101,7 +272,7 @@ pub fn current_reason(lt: &LinkToken) -> Option<Reason> {
 }
 
 /// Records the reason in metrics and, when it changed, emits an event: Warning for failures.
-pub async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, message: &str) {
+async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, message: &str) {
     ctx.metrics.track(&key_of(lt), Some(reason));
     if current_reason(lt) == Some(reason)
         || reason == Reason::Issuing
@@ -113,7 +284,7 @@ pub async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, messag
 }
 
 /// Publishes an event; a failure to publish is logged, never fatal to the reconcile.
-pub async fn publish(ctx: &Context, lt: &LinkToken, type_: EventType, reason: &str, note: &str) {
+async fn publish(ctx: &Context, lt: &LinkToken, type_: EventType, reason: &str, note: &str) {
     let ev = Event {
         type_,
         reason: reason.into(),

@@ -1,4 +1,5 @@
-//! The token Secret contract (section 3): name, labels, annotations, ownership, hash.
+//! The token Secret as docs/lifecycle.md ("The token Secret") describes it: name, labels,
+//! annotations, ownership, hash.
 //!
 //! Everything here is pure: it builds the desired Secret and reads what matters out of an
 //! observed one. Writing happens in `act` under [`FIELD_MANAGER`]: a Secret observed absent is

@@ -1,4 +1,5 @@
-//! Table tests: each row is one line of the contract's issuing and conditions tables.
+//! Table tests: each row is one line of the issuing and conditions tables (docs/lifecycle.md,
+//! docs/conditions.md).
 
 use super::*;
 
@@ -61,15 +62,15 @@ fn fresh() -> Observed {
     }
 }
 
-fn reason(a: &Action) -> Option<Reason> {
+fn reason(a: &Step) -> Option<Reason> {
     match a {
-        Action::Wait { reason, .. } => Some(*reason),
+        Step::Wait { reason, .. } => Some(*reason),
         _ => None,
     }
 }
 
-fn issue(why: IssueWhy, revoke: &[&str]) -> Action {
-    Action::Issue {
+fn issue(why: IssueWhy, revoke: &[&str]) -> Step {
+    Step::Issue {
         why,
         revoke_orgs: revoke.iter().map(|s| s.to_string()).collect(),
     }
@@ -77,7 +78,7 @@ fn issue(why: IssueWhy, revoke: &[&str]) -> Action {
 
 #[test]
 fn the_issuing_table() {
-    let cases: Vec<(&str, Observed, Action)> = vec![
+    let cases: Vec<(&str, Observed, Step)> = vec![
         (
             "nothing issued yet: POST without a DELETE",
             fresh(),
@@ -162,14 +163,14 @@ fn access_list_order_and_duplicates_do_not_reissue() {
     let mut o = ready();
     o.issued_for.as_mut().unwrap().access_list = vec!["b".into(), "a".into()];
     o.access_list = vec!["a".into(), "b".into(), "a".into()];
-    assert!(matches!(decide(&o), Action::Keep { .. }));
+    assert!(matches!(decide(&o), Step::Keep { .. }));
 }
 
 #[test]
 fn ready_and_current_does_nothing_but_report() {
     assert_eq!(
         decide(&ready()),
-        Action::Keep {
+        Step::Keep {
             source: SecretSource::Target {
                 key: "linkToken".into()
             },
@@ -189,7 +190,7 @@ fn metadata_changes_rewrite_the_secret_without_reissuing() {
     });
     assert_eq!(
         decide(&o),
-        Action::Keep {
+        Step::Keep {
             source: SecretSource::Target {
                 key: "linkToken".into()
             },
@@ -207,7 +208,7 @@ fn a_key_change_moves_the_token_within_the_secret() {
     };
     assert_eq!(
         decide(&o),
-        Action::Keep {
+        Step::Keep {
             source: SecretSource::Target {
                 key: "linkToken".into()
             },
@@ -227,7 +228,7 @@ fn a_name_change_moves_the_token_and_deletes_the_old_secret() {
     };
     assert_eq!(
         decide(&o),
-        Action::Keep {
+        Step::Keep {
             source: SecretSource::Previous {
                 name: "lt".into(),
                 key: "linkToken".into()
@@ -312,7 +313,7 @@ fn org_conflict_names_the_owner_only_in_the_same_namespace() {
         },
         ..fresh()
     };
-    let Action::Wait { message, .. } = decide(&other_ns) else {
+    let Step::Wait { message, .. } = decide(&other_ns) else {
         panic!("wait")
     };
     assert!(message.contains("another namespace"), "{message}");
@@ -322,7 +323,7 @@ fn org_conflict_names_the_owner_only_in_the_same_namespace() {
         },
         ..fresh()
     };
-    let Action::Wait { message, .. } = decide(&same_ns) else {
+    let Step::Wait { message, .. } = decide(&same_ns) else {
         panic!("wait")
     };
     assert!(message.contains("LinkToken first"), "{message}");
@@ -377,7 +378,7 @@ fn a_user_fixable_failure_is_not_retried_with_the_same_inputs() {
         ),
     ];
     for (what, observed) in cases {
-        assert!(matches!(decide(&observed), Action::Issue { .. }), "{what}");
+        assert!(matches!(decide(&observed), Step::Issue { .. }), "{what}");
     }
 }
 
@@ -391,7 +392,7 @@ fn crash_after_the_secret_before_status_adopts_the_stored_token() {
     };
     assert_eq!(
         decide(&o),
-        Action::Adopt {
+        Step::Adopt {
             token_key: "linkToken".into()
         }
     );
@@ -432,8 +433,8 @@ fn an_interrupted_issue_in_another_org_revokes_both_orgs() {
     assert_eq!(decide(&after), issue(IssueWhy::Interrupted, &[ORG2]));
 }
 
-fn revoke_previous(revoke: &[&str], skip: &[&str]) -> Action {
-    Action::RevokePrevious {
+fn revoke_previous(revoke: &[&str], skip: &[&str]) -> Step {
+    Step::RevokePrevious {
         revoke: revoke.iter().map(|s| s.to_string()).collect(),
         skip: skip.iter().map(|s| s.to_string()).collect(),
     }
@@ -480,7 +481,7 @@ fn the_revocation_of_a_previous_org_waits_for_its_retry_delay() {
         }),
         ..ready()
     };
-    assert!(matches!(decide(&o), Action::Hold { .. }));
+    assert!(matches!(decide(&o), Step::Hold { .. }));
 }
 
 #[test]
@@ -734,7 +735,7 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
     };
     assert_eq!(
         decide(&o),
-        Action::Hold {
+        Step::Hold {
             reason: Reason::AtlasRateLimited,
             after: std::time::Duration::from_secs(3)
         }
@@ -780,7 +781,7 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
         ..fresh()
     };
     assert!(
-        matches!(decide(&rotate_requested), Action::Issue { .. }),
+        matches!(decide(&rotate_requested), Step::Issue { .. }),
         "{:?}",
         decide(&rotate_requested)
     );
@@ -790,7 +791,7 @@ fn a_transient_failure_is_not_retried_before_its_delay_even_when_an_event_arrive
         ..ready()
     };
     assert!(
-        matches!(decide(&ready_anyway), Action::Keep { .. }),
+        matches!(decide(&ready_anyway), Step::Keep { .. }),
         "only issuing waits; a current token is kept"
     );
 }
@@ -963,7 +964,7 @@ fn a_foreign_secret_with_a_marker_revokes_the_marked_org_before_waiting() {
         ..ready()
     };
     match decide(&o) {
-        Action::Abandon {
+        Step::Abandon {
             revoke_orgs,
             reason,
             ..
