@@ -190,6 +190,51 @@ fn sweep_kills_children_of_a_dead_owner() {
     assert!(!Path::new(&dir).exists());
 }
 
+/// Two test processes start control planes at once: one sweeps while the other has created its
+/// run folder but not yet written `owner.pid`. That folder is being set up, not abandoned: the
+/// sweep must leave it (and its children) alone. (Seen when two suites ran side by side: the
+/// starting control plane lost its folder and kube-controller-manager died with no log.)
+#[test]
+fn a_run_folder_being_set_up_is_not_swept() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("run-starting");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("sleep 300; true")
+        .arg(dir.display().to_string())
+        .process_group(0)
+        .spawn()
+        .expect("spawn sleeper");
+    std::fs::write(dir.join("pids"), format!("{}\n", child.id())).expect("pids");
+    let start = std::time::Instant::now();
+    while !process::cmdline(child.id() as i32).is_some_and(|c| c.contains("run-starting")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "sleeper never exec'd"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let killed = sweep::sweep_dead_runs(root.path());
+    let still_there = dir.exists();
+    let alive = alive_not_zombie(child.id() as i32);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        killed, 0,
+        "the sweep killed a starting control plane's child"
+    );
+    assert!(
+        still_there,
+        "the sweep removed a folder that was being set up"
+    );
+    assert!(
+        alive,
+        "the child of a starting control plane survives the sweep"
+    );
+}
+
 fn alive_not_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

@@ -50,12 +50,29 @@ pub fn sweep_if_dead(dir: &Path, remove: bool) -> Option<usize> {
     Some(killed)
 }
 
-/// True when the process named in `owner.pid` still runs.
+/// How long a run folder without a readable `owner.pid` counts as being set up by a live
+/// owner: the folder is created a moment before the file is written, and another test process
+/// sweeping in that moment must not delete a control plane that is starting.
+const SETUP_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// True when the process named in `owner.pid` still runs, or the folder is still being set up.
 pub fn owner_alive(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("owner.pid"))
+    match std::fs::read_to_string(dir.join("owner.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|pid| pid_alive(pid) && owner_matches(pid, dir))
+    {
+        Some(pid) => pid_alive(pid) && owner_matches(pid, dir),
+        None => being_set_up(dir),
+    }
+}
+
+/// A folder created within the last `SETUP_GRACE` (by its modification time).
+fn being_set_up(dir: &Path) -> bool {
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < SETUP_GRACE)
 }
 
 /// The owner pid file is written by the owning process at start; a recycled pid belongs to
