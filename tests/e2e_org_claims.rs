@@ -447,57 +447,6 @@ subjects:
     )
 }
 
-/// A kubeconfig whose only credential is a token of ServiceAccount linktoken-operator in
-/// `ns` (so the test controls what the operator may read, scope by scope).
-fn service_account_kubeconfig(
-    c: &testkit::TestCluster,
-    ns: &str,
-    dir: &std::path::Path,
-) -> std::path::PathBuf {
-    kubectl(
-        c,
-        &["create", "serviceaccount", "linktoken-operator", "-n", ns],
-        None,
-    );
-    let token = kubectl(
-        c,
-        &[
-            "create",
-            "token",
-            "linktoken-operator",
-            "-n",
-            ns,
-            "--duration=1h",
-        ],
-        None,
-    );
-    let admin = kubectl(
-        c,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    let admin: serde_json::Value = serde_json::from_str(&admin).expect("kubeconfig json");
-    let kc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"].clone()}],
-        "users": [{"name": "sa", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": ns}}],
-        "current-context": "sa",
-    });
-    let path = dir.join("operator.kubeconfig");
-    std::fs::write(&path, kc.to_string()).expect("write kubeconfig");
-    path
-}
-
 /// Two `--watch-namespaces` scopes, each with a LinkToken for the same org, created before
 /// the operator starts; the second scope's cache syncs seconds after the first (its
 /// RoleBinding arrives late, as with a per-namespace rollout). Ownership is decided only once
@@ -534,7 +483,12 @@ async fn two_scopes_at_startup_with_the_same_org_make_exactly_one_live_link() {
         Some(&role_binding(&own, &role, &own)),
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = service_account_kubeconfig(c, &own, dir.path());
+    kubectl(
+        c,
+        &["create", "serviceaccount", "linktoken-operator", "-n", &own],
+        None,
+    );
+    let kubeconfig = c.service_account_kubeconfig(&own, "linktoken-operator", dir.path());
     env.ns = format!("{own},{other}");
     let op = env.spawn_operator_with_kubeconfig(&kubeconfig, &[]);
     env.ns = own.clone();

@@ -1062,40 +1062,6 @@ async fn standard_view_and_edit_roles_cover_link_tokens() {
     );
 }
 
-/// A kubeconfig for the API server of `c` whose only credential is a fresh token of
-/// ServiceAccount `sa` in `ns` (TokenRequest through `kubectl create token`).
-fn token_kubeconfig(c: &testkit::TestCluster, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    let token = run_ok(
-        c.kubectl_cmd(&["create", "token", sa, "-n", ns, "--duration=1h"]),
-        None,
-    );
-    let admin = run_ok(
-        c.kubectl_cmd(&[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ]),
-        None,
-    );
-    let admin: Value = serde_json::from_str(&admin).expect("kubeconfig json");
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    let kc = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": sa, "user": {"token": token.trim()}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa, "namespace": ns}}],
-        "current-context": "sa",
-    });
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, serde_json::to_string_pretty(&kc).expect("json")).expect("write");
-    path
-}
-
 /// `kubectl auth can-i` as the ServiceAccount: true when allowed.
 fn can_i(c: &testkit::TestCluster, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
     // `kubectl auth can-i VERB RES/NAME` reads a name after the slash, so subresources go in
@@ -1151,7 +1117,7 @@ async fn issue_and_revoke_as_the_chart_service_account(
         .arg(&values_file);
     run_ok(cmd, None);
 
-    let kubeconfig = token_kubeconfig(c, &op_ns, &fullname, dir.path());
+    let kubeconfig = c.service_account_kubeconfig(&op_ns, &fullname, dir.path());
     // The token really is all the operator has: the API server refuses it anything else.
     let mut cmd = Command::new(&c.tools.kubectl);
     cmd.env("KUBECONFIG", &kubeconfig)
@@ -1399,7 +1365,7 @@ subjects: [{{kind: ServiceAccount, name: ssa, namespace: {ns}}}]
     );
     run_ok(c.kubectl_cmd(&["apply", "-f", "-"]), Some(&rbac));
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = token_kubeconfig(c, &ns, "ssa", dir.path());
+    let kubeconfig = c.service_account_kubeconfig(&ns, "ssa", dir.path());
     let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: applied}\nstringData: {k: v}\n";
     let apply = || {
         let mut cmd = Command::new(&c.tools.kubectl);

@@ -5,7 +5,7 @@
 //! When the binaries are missing: under `CI=true` the test fails; elsewhere it is skipped with
 //! a loud message. Nothing here mocks the API server.
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -157,6 +157,44 @@ impl TestCluster {
         let mut c = Command::new(helm);
         c.env("KUBECONFIG", &self.kubeconfig);
         c
+    }
+
+    /// A kubeconfig for this API server whose only credential is a fresh token (TokenRequest,
+    /// `kubectl create token`) of ServiceAccount `sa` in `ns`, written into `dir`: what a Pod
+    /// of that ServiceAccount may do, and nothing more.
+    pub fn service_account_kubeconfig(&self, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+        let run = |args: &[&str]| -> String {
+            let out = self.kubectl().args(args).output().expect("run kubectl");
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let token = run(&["create", "token", sa, "-n", ns, "--duration=1h"]);
+        let admin = run(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ]);
+        let admin: serde_json::Value = serde_json::from_str(&admin).expect("kubeconfig json");
+        let kc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"].clone()}],
+            "users": [{"name": sa, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa, "namespace": ns}}],
+            "current-context": "sa",
+        });
+        let path = dir.join(format!("{sa}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_string_pretty(&kc).expect("json"))
+            .expect("write kubeconfig");
+        path
     }
 
     /// Installs (server-side apply) a CRD and waits until it is Established.
