@@ -3,6 +3,8 @@
 #   kube-apiserver, kube-controller-manager, kubectl  (k8s.io/kubernetes)
 #   etcd                                             (go.etcd.io/etcd/server/v3)
 #   helm                                             (helm.sh/helm/v3)
+#   kstatus                                          (tools/kstatus: sigs.k8s.io/cli-utils' kstatus,
+#                                                     the status logic Flux and kpt use)
 # into a cache folder outside git. A finished tool is reused; an interrupted build
 # leaves no half-written binary behind (each binary is built to a temp name and
 # renamed), so the script is safe to interrupt and rerun.
@@ -17,6 +19,10 @@ set -euo pipefail
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
+# cli-utils is pinned in tools/kstatus/go.mod (with its go.sum); this must name the same version.
+# It is not part of BIN_DIR's name (adding it would orphan the cached Kubernetes build): the binary
+# reports the version it was built from, and a mismatch rebuilds it.
+CLI_UTILS_VERSION=v0.37.2
 
 CACHE_ROOT=${LINKTOKEN_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/linktoken-operator}
 BIN_DIR="$CACHE_ROOT/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
@@ -117,6 +123,23 @@ build_helm() {
   go_build_into "$dir" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm=helm
 }
 
+build_kstatus() {
+  local repo dir
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  dir="$SRC_DIR/kstatus-$CLI_UTILS_VERSION"
+  # Built from a copy so the repository's module stays as committed (-mod=mod may tidy it).
+  rm -rf "$dir"; mkdir -p "$dir"
+  cp "$repo/tools/kstatus/go.mod" "$repo/tools/kstatus/go.sum" "$repo/tools/kstatus/main.go" "$dir/"
+  if ! grep -q "sigs.k8s.io/cli-utils $CLI_UTILS_VERSION\$" "$dir/go.mod"; then
+    log "tools/kstatus/go.mod does not pin sigs.k8s.io/cli-utils $CLI_UTILS_VERSION"; return 1
+  fi
+  go_build_into "$dir" "-s -w -X main.version=$CLI_UTILS_VERSION" linktoken-operator/tools/kstatus=kstatus
+}
+
+kstatus_current() {
+  [[ -x "$BIN_DIR/kstatus" ]] && [[ "$("$BIN_DIR/kstatus" --version 2>/dev/null)" == "$CLI_UTILS_VERSION" ]]
+}
+
 total_start=$SECONDS
 if have_all kube-apiserver kube-controller-manager kubectl; then log "kubernetes $K8S_VERSION: cached"
 else timed "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kubectl)" build_kubernetes; fi
@@ -124,5 +147,7 @@ if have_all etcd; then log "etcd $ETCD_VERSION: cached"
 else timed "etcd $ETCD_VERSION" build_etcd; fi
 if have_all helm; then log "helm $HELM_VERSION: cached"
 else timed "helm $HELM_VERSION" build_helm; fi
+if kstatus_current; then log "kstatus (cli-utils $CLI_UTILS_VERSION): cached"
+else timed "kstatus (cli-utils $CLI_UTILS_VERSION)" build_kstatus; fi
 log "all tools ready in $((SECONDS - total_start))s; $(du -sh "$BIN_DIR" | cut -f1) of binaries in $BIN_DIR"
 echo "$BIN_DIR"

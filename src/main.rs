@@ -133,6 +133,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             max: flags.retry_max_delay,
             resync: flags.resync_interval,
         },
+        flags.credentials_grace,
     ));
 
     // The controller's own stop token: triggered by shutdown and by leadership loss.

@@ -32,7 +32,8 @@ async fn atlas_error(env: &Env, name: &str) -> (Option<i32>, Option<String>) {
 async fn credentials_not_found_waits_without_atlas_calls_then_turns_ready_when_created() {
     let c = require_cluster!();
     let mut env = Env::new(c, "e2e-nocreds").await;
-    env.start_operator(&[]);
+    // Stalled at once: the grace period for late credentials is tested in tests/kstatus.rs.
+    env.start_operator(&["--credentials-grace=0s"]);
     env.linktoken("migration", ORG, &[]).await;
     env.wait_reason("migration", Reason::CredentialsNotFound, WAIT)
         .await;

@@ -195,7 +195,13 @@ async fn issue(
         access_list_sha256: Some(decide::access_list_sha256(&lt.spec.access_list_ips)),
         rotate: obs.observed.rotate.clone(),
     });
-    let status_marked = report::with_outcome(lt, status.clone(), Reason::Issuing, why.describe());
+    let status_marked = report::with_outcome(
+        lt,
+        status.clone(),
+        Reason::Issuing,
+        why.describe(),
+        ctx.credentials_grace,
+    );
     let rv = lt.resource_version();
     // Every later status write of this attempt is fenced by the version this write returns.
     let rv = report::write_status_at(ctx, lt, &status_marked, rv.as_deref()).await?;

@@ -23,6 +23,9 @@ pub struct Context {
     /// Every watched scope (the org index spans them all).
     pub scopes: Vec<Arc<Scope>>,
     pub backoff: BackoffConfig,
+    /// How long after creation a missing credentials Secret is reported as Reconciling before
+    /// Stalled (`--credentials-grace`, docs/conditions.md).
+    pub credentials_grace: std::time::Duration,
     memo: Mutex<HashMap<ObjectRef<LinkToken>, Memo>>,
     /// Per LinkToken: the credentials Secret's name and the usable credentials last read from
     /// it. The finalizer revokes with them when that Secret is gone because the namespace is
@@ -99,6 +102,7 @@ impl Context {
         recorder: Recorder,
         scopes: &super::Scopes,
         backoff: BackoffConfig,
+        credentials_grace: std::time::Duration,
     ) -> Self {
         Context {
             client,
@@ -107,6 +111,7 @@ impl Context {
             recorder,
             scopes: scopes.scopes(),
             backoff,
+            credentials_grace,
             memo: Mutex::new(HashMap::new()),
             remembered_credentials: Mutex::new(HashMap::new()),
         }

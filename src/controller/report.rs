@@ -130,7 +130,7 @@ pub async fn commit(
 ) -> Result<Option<Duration>, Error> {
     let key = object_ref(lt);
     if let (Some(reason), Some((status, message))) = (report.reason, report.status.as_ref()) {
-        let status = with_outcome(lt, status.clone(), reason, message);
+        let status = with_outcome(lt, status.clone(), reason, message, ctx.credentials_grace);
         outcome_event(ctx, lt, reason, message).await;
         write_status_at(ctx, lt, &status, report.fence.as_deref()).await?;
     }
@@ -148,6 +148,16 @@ pub async fn commit(
     }
     ctx.metrics.track(&key_of(lt), report.reason);
     let retry = report.retry;
+    // Within the credentials grace period, look again when it ends at the latest, so Stalled is
+    // reported then and not one backed-off recheck later.
+    let grace_left = report.reason.and_then(|reason| {
+        conditions::credentials_grace_left(
+            reason,
+            lt.meta().creation_timestamp.as_ref(),
+            &Time(jiff::Timestamp::now()),
+            ctx.credentials_grace,
+        )
+    });
     let after = match report.memory {
         Memory::Keep => ctx.retry_in(&key, retry),
         Memory::Forget => {
@@ -193,7 +203,12 @@ pub async fn commit(
             }
         }
     };
-    Ok(after)
+    // A second past the end, so that look finds the period over.
+    let grace_end = grace_left.map(|left| left + Duration::from_secs(1));
+    Ok(match (after, grace_end) {
+        (Some(a), Some(g)) => Some(a.min(g)),
+        (a, g) => a.or(g),
+    })
 }
 
 /// Now, as RFC 3339 with milliseconds (ordering of in-flight markers and Secrets needs more
@@ -208,6 +223,7 @@ pub fn with_outcome(
     mut status: LinkTokenStatus,
     reason: Reason,
     message: &str,
+    credentials_grace: Duration,
 ) -> LinkTokenStatus {
     let previous = lt
         .status
@@ -215,13 +231,15 @@ pub fn with_outcome(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let generation = lt.meta().generation;
-    status.conditions = conditions::compute(
-        &previous,
-        generation,
+    let now = Time(jiff::Timestamp::now());
+    let in_grace = conditions::credentials_grace_left(
         reason,
-        message,
-        &Time(jiff::Timestamp::now()),
-    );
+        lt.meta().creation_timestamp.as_ref(),
+        &now,
+        credentials_grace,
+    )
+    .is_some();
+    status.conditions = conditions::compute(&previous, generation, reason, message, &now, in_grace);
     status.observed_generation = generation;
     status
 }

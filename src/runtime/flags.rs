@@ -82,6 +82,12 @@ pub struct Flags {
     #[arg(long, env = "LINKTOKEN_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_positive_duration)]
     pub retry_max_delay: Duration,
 
+    /// After a LinkToken's creation, how long a missing credentials Secret is reported as
+    /// Reconciling (kstatus: InProgress) before Stalled (Failed): a Secret delivered by
+    /// ExternalSecret or a later GitOps step lands after the LinkToken. 0 disables it.
+    #[arg(long, env = "LINKTOKEN_CREDENTIALS_GRACE", default_value = "2m", value_parser = parse_duration)]
+    pub credentials_grace: Duration,
+
     /// PEM file of CA certificates trusted for Atlas (and an HTTPS proxy) in addition to the
     /// platform's roots: an Ops Manager private CA, a TLS-intercepting proxy's CA. A file that
     /// cannot be read or holds no usable certificate stops the operator at start-up.

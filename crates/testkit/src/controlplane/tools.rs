@@ -20,6 +20,9 @@ pub struct Tools {
     pub kubectl: PathBuf,
     /// helm is needed by the packaging tests only.
     pub helm: Option<PathBuf>,
+    /// The kstatus checker (`tools/kstatus`, the cli-utils status library Flux and kpt use);
+    /// needed by the GitOps status tests only.
+    pub kstatus: Option<PathBuf>,
 }
 
 impl Tools {
@@ -54,6 +57,7 @@ impl Tools {
             )?,
             kubectl: need("kubectl", Some("TEST_ASSET_KUBECTL"))?,
             helm: find("helm", Some("TEST_ASSET_HELM")),
+            kstatus: find("kstatus", None),
         })
     }
 }
