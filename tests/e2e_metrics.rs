@@ -121,7 +121,8 @@ async fn every_documented_reconcile_result_is_counted_under_its_own_name() {
     let mut unavailable = status_fault(503, "SERVICE_UNAVAILABLE", Some("POST"), Some(2));
     unavailable.org_id = Some(ORG_B.into());
     env.fault(unavailable);
-    let op = env.start_operator(&[]);
+    // No grace for a missing credentials Secret: `nocreds` is Stalled (and counted) at once.
+    let op = env.start_operator(&["--credentials-grace=0s"]);
     let url = op.metrics_url();
     let at_start = reconciles_by_result(&url).await;
     let documented: Vec<&str> = ReconcileResult::ALL.iter().map(|r| r.as_str()).collect();

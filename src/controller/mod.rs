@@ -242,10 +242,23 @@ enum Reconciled {
 }
 
 impl Reconciled {
-    fn metric(&self) -> ReconcileResult {
+    /// The result label; `stalled` exactly when the Stalled condition says so (a missing
+    /// credentials Secret within its grace period is Reconciling, so `requeue`).
+    fn metric(&self, lt: &LinkToken, credentials_grace: Duration) -> ReconcileResult {
+        let in_grace = |reason| {
+            conditions::credentials_grace_left(
+                reason,
+                lt.metadata.creation_timestamp.as_ref(),
+                &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                credentials_grace,
+            )
+            .is_some()
+        };
         match self {
             Reconciled::Live(out) if out.reason == Reason::TokenIssued => ReconcileResult::Ready,
-            Reconciled::Live(out) if out.reason.is_stalled() => ReconcileResult::Stalled,
+            Reconciled::Live(out) if out.reason.is_stalled() && !in_grace(out.reason) => {
+                ReconcileResult::Stalled
+            }
             Reconciled::Live(_) => ReconcileResult::Requeue,
             Reconciled::Deleted(_) => ReconcileResult::Deleted,
         }
@@ -277,7 +290,7 @@ async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Erro
     let duration_ms = elapsed.as_millis() as u64;
     match result {
         Ok(done) => {
-            let metric = done.metric();
+            let metric = done.metric(&lt, ctx.credentials_grace);
             ctx.metrics.observe_reconcile(metric, elapsed);
             match done {
                 Reconciled::Live(out) => {
