@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use testkit::controlplane::Tools;
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
@@ -125,10 +124,8 @@ fn template(helm: &Path, release: &str, ns: &str, values_yaml: &str) -> Result<S
 
 /// The objects of a multi-document YAML stream (empty documents skipped).
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("yaml document"))
-        .filter(|v| !v.is_null())
-        .collect()
+    // Empty and null documents are skipped by the parser.
+    serde_saphyr::from_multiple::<Value>(yaml).expect("yaml documents")
 }
 
 fn kinds(objs: &[Value]) -> Vec<(String, String, String)> {
