@@ -15,8 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, RequestObserver, RequestRecord};
 use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::BackoffConfig};
 use linktoken_operator::runtime::{
-    Ended, Flags, LeaderConfig, LeaderElector, Metrics, Readiness, Shutdown, logging, serve,
-    supervise,
+    Ended, Flags, LeaderElector, Metrics, Readiness, Shutdown, logging, serve, supervise,
 };
 
 /// Feeds every Atlas round trip into the Prometheus metrics.
@@ -92,11 +91,7 @@ async fn run(flags: Flags) -> Result<(), String> {
     .with_observer(Arc::new(AtlasMetrics(metrics.clone())));
 
     let elector = if flags.leader_elect {
-        let cfg = LeaderConfig::new(
-            flags.lease_namespace(),
-            flags.leader_election_id.clone(),
-            linktoken_operator::runtime::leader::default_identity(),
-        );
+        let cfg = flags.leader_config(linktoken_operator::runtime::leader::default_identity());
         let elector = LeaderElector::start(client.clone(), cfg).map_err(|e| e.to_string())?;
         elector.mirror_to(metrics.clone());
         // A standby is healthy and ready: a rolling update must be able to start the new pod

@@ -68,7 +68,7 @@ fn health_script() -> String {
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains(HEALTH_KEY))
         .expect("docs/gitops.md has a yaml block with the argocd-cm health key");
-    let cm: Value = serde_yaml::from_str(block).expect("the argocd-cm snippet is valid YAML");
+    let cm: Value = serde_saphyr::from_str(block).expect("the argocd-cm snippet is valid YAML");
     cm["data"][HEALTH_KEY]
         .as_str()
         .expect("the health key holds the script")
@@ -141,15 +141,15 @@ struct HealthTest {
 fn load_cases() -> Vec<(Case, Value)> {
     let text =
         std::fs::read_to_string(cases_dir().join("health_test.yaml")).expect("health_test.yaml");
-    let spec: HealthTest = serde_yaml::from_str(&text).expect("health_test.yaml format");
+    let spec: HealthTest = serde_saphyr::from_str(&text).expect("health_test.yaml format");
     spec.tests
         .into_iter()
         .map(|case| {
             let path = cases_dir().join(&case.input_path);
             let input = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let obj: Value =
-                serde_yaml::from_str(&input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let obj: Value = serde_saphyr::from_str(&input)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             (case, obj)
         })
         .collect()

@@ -96,7 +96,7 @@ async fn every_documented_reconcile_result_is_counted_under_its_own_name() {
         .expect("write policy");
     assert!(apply.wait().expect("kubectl").success(), "policy applied");
     let probe: LinkToken =
-        serde_yaml::from_str(&linktoken_yaml("blocked", ORG_D, &[], "creds", "")).expect("yaml");
+        serde_saphyr::from_str(&linktoken_yaml("blocked", ORG_D, &[], "creds", "")).expect("yaml");
     let probe = LinkToken {
         metadata: ObjectMeta {
             finalizers: Some(vec!["example.com/probe".into()]),

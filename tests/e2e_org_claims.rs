@@ -294,7 +294,7 @@ async fn put_secret_in(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) {
 /// A LinkToken in `ns` (server-side apply).
 async fn linktoken_in(env: &Env, ns: &str, name: &str, org: &str, creds: &str) {
     let lt: LinkToken =
-        serde_yaml::from_str(&linktoken_yaml(name, org, &["203.0.113.0/24"], creds, ""))
+        serde_saphyr::from_str(&linktoken_yaml(name, org, &["203.0.113.0/24"], creds, ""))
             .expect("yaml");
     let mut body = serde_json::to_value(&lt).expect("json");
     body["apiVersion"] = "atlasmigration.io/v1alpha1".into();

@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use testkit::controlplane::Tools;
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY};
@@ -125,10 +124,8 @@ fn template(helm: &Path, release: &str, ns: &str, values_yaml: &str) -> Result<S
 
 /// The objects of a multi-document YAML stream (empty documents skipped).
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("yaml document"))
-        .filter(|v| !v.is_null())
-        .collect()
+    // Empty and null documents are skipped by the parser.
+    serde_saphyr::from_multiple::<Value>(yaml).expect("yaml documents")
 }
 
 fn kinds(objs: &[Value]) -> Vec<(String, String, String)> {
@@ -311,6 +308,12 @@ fn bad_values_are_rejected() {
         ("concurrency: 0\n", "concurrency"),
         ("metrics:\n  port: 70000\n", "port"),
         ("leaderElection:\n  leaseName: Bad_Name\n", "leaseName"),
+        (
+            "leaderElection:\n  leaseDuration: \"15\"\n",
+            "leaseDuration",
+        ),
+        ("leaderElection:\n  renewDeadline: 10\n", "renewDeadline"),
+        ("leaderElection:\n  retryPeriod: 2 s\n", "retryPeriod"),
         ("commonLabels:\n  team: 7\n", "team"),
         ("env:\n  - value: x\n", "name"),
         (
@@ -384,6 +387,39 @@ fn bad_values_are_rejected() {
         "atlasUrl: http://[::1]:8090\n",
     )
     .expect("http to IPv6 loopback");
+}
+
+/// The leader-election timings reach the operator as its environment, and the operator itself
+/// refuses an inconsistent set (which the schema, checking each value alone, cannot see) at
+/// start-up, naming the flags, before it talks to any API server.
+#[test]
+fn leader_election_timings_are_values_the_operator_checks() {
+    let Some(helm) = helm_bin() else { return };
+    let render = |values: &str| {
+        let objs = docs(&template(&helm, "lt", "linktoken-system", values).expect("template"));
+        container_env(one(&objs, "Deployment"))
+    };
+    let env =
+        render("leaderElection:\n  leaseDuration: 1m\n  renewDeadline: 40s\n  retryPeriod: 5s\n");
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_LEASE_DURATION"], "1m");
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_RENEW_DEADLINE"], "40s");
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_RETRY_PERIOD"], "5s");
+
+    let bad = render("leaderElection:\n  leaseDuration: 10s\n  renewDeadline: 10s\n");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_linktoken-operator"));
+    cmd.env_clear()
+        .envs(bad.iter().filter(|(k, _)| k.starts_with("LINKTOKEN_")))
+        // No cluster anywhere: the process must stop on its flags before looking for one.
+        .env("KUBECONFIG", "/nonexistent");
+    let out = run(cmd, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--leader-election-renew-deadline (10s) must be less than --leader-election-lease-duration (10s)"
+        ),
+        "{stderr}"
+    );
 }
 
 /// deploy/ is exactly what scripts/render-deploy.sh renders from the chart today.
@@ -481,6 +517,9 @@ fn default_values_render_a_restricted_least_privilege_operator() {
         env["LINKTOKEN_LEADER_ELECTION_ID"],
         "linktoken-operator-leader"
     );
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_LEASE_DURATION"], "15s");
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_RENEW_DEADLINE"], "10s");
+    assert_eq!(env["LINKTOKEN_LEADER_ELECTION_RETRY_PERIOD"], "2s");
     assert_eq!(env["LINKTOKEN_METRICS_BIND_ADDRESS"], ":8080");
     assert_eq!(env["LINKTOKEN_HEALTH_PROBE_BIND_ADDRESS"], ":8081");
     assert_eq!(env["LINKTOKEN_LOG_FORMAT"], "json");

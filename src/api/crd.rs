@@ -57,8 +57,11 @@ fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
 }
 
 /// The CRD as YAML, as checked in at [`CRD_PATH`].
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let body = serde_yaml::to_string(&crd())?;
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    // One line per description (as kubectl and the chart's copy show them), not folded at 80.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    let body = serde_saphyr::to_string_with_options(&crd(), options)?;
     Ok(format!(
         "# Generated from src/api by `{REGENERATE_COMMAND}`. Do not edit.\n{body}"
     ))

@@ -13,6 +13,7 @@ pub mod reference;
 pub mod schema;
 pub mod spec;
 pub mod status;
+pub mod time;
 
 pub use reason::Reason;
 pub use spec::{CredentialsSecretRef, DeletionPolicy, LinkToken, LinkTokenSpec, TokenSecretSpec};

@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn yaml_uses_camel_case_and_fills_defaults() {
-        let s: LinkTokenSpec = serde_yaml::from_str(
+        let s: LinkTokenSpec = serde_saphyr::from_str(
             "orgId: 5f1e9b2a3c4d5e6f7a8b9c0d\ncredentialsSecretRef: {name: creds}\n",
         )
         .unwrap();

@@ -329,6 +329,14 @@ impl AtlasError {
 /// in the year 9999 or a number too long for any integer type must neither overflow the time
 /// arithmetic that follows (a panic there ends the controller) nor hold an object for years.
 /// So every well-formed value is clamped here, once, to `max` (`--retry-max-delay`).
+/// True for a well-formed RFC 2822 date-time (zone aside) in the year 9999.
+fn in_last_year_of_calendar(v: &str) -> bool {
+    v.rsplit_once(' ')
+        .and_then(|(civil, _zone)| jiff::fmt::strtime::parse("%a, %d %b %Y %H:%M:%S", civil).ok())
+        .and_then(|tm| tm.to_datetime().ok())
+        .is_some_and(|dt| dt.year() == 9999)
+}
+
 pub(crate) fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> {
     let v = value.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -336,11 +344,16 @@ pub(crate) fn parse_retry_after(value: &str, max: Duration) -> Option<Duration> 
         let secs = v.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(secs).min(max));
     }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let delta = when
-        .with_timezone(&chrono::Utc)
-        .signed_duration_since(chrono::Utc::now());
-    Some(delta.to_std().unwrap_or(Duration::ZERO).min(max))
+    // An HTTP-date (RFC 9110) is an RFC 2822 date-time; a past one means "now".
+    let when = match jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(v) {
+        Ok(when) => when,
+        // jiff's timestamps end early on 9999-12-31 (every offset must fit); a well-formed
+        // date after that is as late as it gets.
+        Err(_) if in_last_year_of_calendar(v) => return Some(max),
+        Err(_) => return None,
+    };
+    let delta = when.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(delta).unwrap_or(Duration::ZERO).min(max))
 }
 
 #[cfg(test)]
@@ -477,7 +490,11 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", MAX),
             Some(Duration::ZERO)
         );
-        let future = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let future = jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(
+                &(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120)),
+            )
+            .unwrap();
         let d = parse_retry_after(&future, MAX).unwrap();
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
     }

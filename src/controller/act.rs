@@ -557,7 +557,7 @@ fn adopt(lt: &LinkToken, obs: &Observation, key: &str) -> Report {
         .and_then(|a| a.get(secret::ISSUED_AT_ANNOTATION).cloned())
         // Anyone who can edit the Secret can edit its annotation; the CRD takes only RFC 3339
         // there, and a refused status write would wedge the LinkToken.
-        .filter(|v| chrono::DateTime::parse_from_rfc3339(v).is_ok())
+        .filter(|v| crate::api::time::parse_rfc3339(v).is_some())
         .or_else(|| Some(now_rfc3339()));
     let status = lt.status.clone().unwrap_or_default();
     let mut report = ready(

@@ -103,7 +103,7 @@ fn order_key(lt: &LinkToken) -> (Option<jiff::Timestamp>, String, String, String
 
 /// When `lt` last acted in `org` according to its status: the issue of its current token
 /// there, or the start of an issue there (its marker), whichever is later.
-fn last_activity(lt: &LinkToken, org: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+fn last_activity(lt: &LinkToken, org: &str) -> Option<jiff::Timestamp> {
     let st = lt.status.as_ref()?;
     let issued = st
         .issued_for
@@ -118,7 +118,7 @@ fn last_activity(lt: &LinkToken, org: &str) -> Option<chrono::DateTime<chrono::F
     [issued, started]
         .into_iter()
         .flatten()
-        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .filter_map(crate::api::time::parse_rfc3339)
         .max()
 }
 

@@ -214,7 +214,7 @@ pub async fn commit(
 /// Now, as RFC 3339 with milliseconds (ordering of in-flight markers and Secrets needs more
 /// than whole seconds).
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::api::time::now_rfc3339_millis()
 }
 
 /// The status of `lt` with conditions and observedGeneration set for `reason`.

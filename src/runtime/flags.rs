@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use super::duration::{parse_duration, parse_positive_duration};
+use super::duration::{format_duration, parse_duration, parse_positive_duration};
+use super::leader::LeaderConfig;
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com";
 pub const DEFAULT_LEADER_ELECTION_ID: &str = "linktoken-operator-leader";
@@ -44,6 +45,21 @@ pub struct Flags {
     /// Name of the leader-election Lease.
     #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_ID", default_value = DEFAULT_LEADER_ELECTION_ID, value_parser = parse_dns_subdomain)]
     pub leader_election_id: String,
+
+    /// How long a Lease stays valid after its last renewal: a standby takes over this long
+    /// after a leader stopped renewing (crashed, frozen, partitioned).
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_positive_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// The leader steps down when it could not renew its Lease for this long; must be less
+    /// than the lease duration, so it stops before a standby may take over.
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_positive_duration)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// How often a standby tries to acquire the Lease (and a leader retries a failed renewal);
+    /// must be less than the renew deadline.
+    #[arg(long, env = "LINKTOKEN_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_positive_duration)]
+    pub leader_election_retry_period: Duration,
 
     /// Address of the /metrics endpoint: `:8080`, `127.0.0.1:8080`, `[::]:8080`, or `0` to disable.
     #[arg(long, env = "LINKTOKEN_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind_address)]
@@ -108,9 +124,52 @@ pub struct Flags {
 
 impl Flags {
     /// Checks across flags that clap's per-flag parsers cannot: `http://` only for loopback
-    /// hosts unless `--allow-insecure-atlas-url`.
+    /// hosts unless `--allow-insecure-atlas-url`; consistent leader-election timings.
     pub fn validate(&self) -> Result<(), String> {
-        check_atlas_url_scheme(&self.atlas_url, self.allow_insecure_atlas_url)
+        check_atlas_url_scheme(&self.atlas_url, self.allow_insecure_atlas_url)?;
+        self.check_leader_timings()
+    }
+
+    /// The leader-election settings of these flags, for a process identified by `identity`.
+    pub fn leader_config(&self, identity: String) -> LeaderConfig {
+        LeaderConfig::new(
+            self.lease_namespace(),
+            self.leader_election_id.clone(),
+            identity,
+        )
+        .with_timings(
+            self.leader_election_lease_duration,
+            self.leader_election_renew_deadline,
+            self.leader_election_retry_period,
+        )
+    }
+
+    /// Checked even without `--leader-elect`, so turning it on later cannot meet a bad value.
+    fn check_leader_timings(&self) -> Result<(), String> {
+        let (lease, deadline, retry) = (
+            self.leader_election_lease_duration,
+            self.leader_election_renew_deadline,
+            self.leader_election_retry_period,
+        );
+        if deadline >= lease {
+            return Err(format!(
+                "--leader-election-renew-deadline ({}) must be less than --leader-election-lease-duration ({}): \
+                 the leader must step down before a standby may take over",
+                format_duration(deadline),
+                format_duration(lease)
+            ));
+        }
+        if retry >= deadline {
+            return Err(format!(
+                "--leader-election-retry-period ({}) must be less than --leader-election-renew-deadline ({})",
+                format_duration(retry),
+                format_duration(deadline)
+            ));
+        }
+        LeaderConfig::new("validate", "validate", "validate")
+            .with_timings(lease, deadline, retry)
+            .validate()
+            .map_err(|e| format!("leader election: {e}"))
     }
 
     /// Parses the command line and validates it; prints usage and exits 2 on error.
@@ -392,6 +451,11 @@ mod tests {
         assert!(!f.allow_insecure_atlas_url);
         assert_eq!(f.atlas_ca_file, None);
         assert_eq!(f.validate(), Ok(()));
+        // The flags' defaults are the elector's own.
+        assert_eq!(
+            f.leader_config("me".into()),
+            LeaderConfig::new(f.lease_namespace(), DEFAULT_LEADER_ELECTION_ID, "me")
+        );
     }
 
     #[test]
@@ -411,8 +475,18 @@ mod tests {
             "--atlas-request-timeout=1m",
             "--shutdown-timeout=0s",
             "--atlas-ca-file=/etc/linktoken/ca/ca.crt",
+            "--leader-election-lease-duration=1m",
+            "--leader-election-renew-deadline=40s",
+            "--leader-election-retry-period=5s",
         ])
         .unwrap();
+        assert_eq!(f.validate(), Ok(()));
+        let lc = f.leader_config("me".into());
+        assert_eq!(lc.lease_duration, Duration::from_secs(60));
+        assert_eq!(lc.renew_deadline, Duration::from_secs(40));
+        assert_eq!(lc.retry_period, Duration::from_secs(5));
+        assert_eq!(lc.renew_interval, Duration::from_secs(20));
+        assert_eq!(lc.lease_name, "my-lease");
         assert_eq!(f.atlas_url.host_str(), Some("cloud.mongodbgov.com"));
         assert_eq!(f.watch_namespaces.names(), ["team-a", "team-b"]);
         assert!(f.leader_elect);
@@ -453,6 +527,9 @@ mod tests {
             ("LINKTOKEN_ATLAS_REQUEST_TIMEOUT", "4s"),
             ("LINKTOKEN_SHUTDOWN_TIMEOUT", "5s"),
             ("LINKTOKEN_ATLAS_CA_FILE", "/ca/bundle.pem"),
+            ("LINKTOKEN_LEADER_ELECTION_LEASE_DURATION", "30s"),
+            ("LINKTOKEN_LEADER_ELECTION_RENEW_DEADLINE", "20s"),
+            ("LINKTOKEN_LEADER_ELECTION_RETRY_PERIOD", "3s"),
         ];
         // SAFETY: every test that reads these variables holds ENV_LOCK, as this one does.
         unsafe {
@@ -480,6 +557,9 @@ mod tests {
         assert_eq!(f.watch_namespaces.names(), ["a", "b"]);
         assert!(f.leader_elect);
         assert_eq!(f.lease_namespace(), "lease-ns");
+        assert_eq!(f.leader_election_lease_duration, Duration::from_secs(30));
+        assert_eq!(f.leader_election_renew_deadline, Duration::from_secs(20));
+        assert_eq!(f.leader_election_retry_period, Duration::from_secs(3));
         assert_eq!(f.leader_election_id, "env-lease");
         assert_eq!(
             f.metrics_bind_address.socket_addr(),
@@ -551,6 +631,49 @@ mod tests {
         assert!(e.contains("RFC 1123"), "{e}");
         let e = err_of(&["--leader-election-id=Bad Name"]);
         assert!(e.contains("subdomain"), "{e}");
+    }
+
+    #[test]
+    fn leader_election_timings_must_be_ordered_and_positive() {
+        let invalid = |args: &[&str]| parse(args).unwrap().validate().unwrap_err();
+        let e = invalid(&["--leader-election-lease-duration=10s"]);
+        assert!(
+            e.contains("--leader-election-renew-deadline (10s) must be less than --leader-election-lease-duration (10s)"),
+            "{e}"
+        );
+        let e = invalid(&["--leader-election-renew-deadline=20s"]);
+        assert!(
+            e.contains("must be less than --leader-election-lease-duration"),
+            "{e}"
+        );
+        let e = invalid(&["--leader-election-retry-period=10s"]);
+        assert!(
+            e.contains("--leader-election-retry-period (10s) must be less than --leader-election-renew-deadline (10s)"),
+            "{e}"
+        );
+        // Whole seconds in the Lease: a sub-second lease is refused by the elector's own check.
+        let e = invalid(&[
+            "--leader-election-lease-duration=900ms",
+            "--leader-election-renew-deadline=600ms",
+            "--leader-election-retry-period=100ms",
+        ]);
+        assert!(e.contains("at least 1s"), "{e}");
+        for flag in [
+            "--leader-election-lease-duration=0s",
+            "--leader-election-renew-deadline=0s",
+            "--leader-election-retry-period=0s",
+        ] {
+            let e = err_of(&[flag]);
+            assert!(e.contains("greater than zero"), "{flag}: {e}");
+        }
+        // Shorter than the defaults, consistently: fine.
+        let f = parse(&[
+            "--leader-election-lease-duration=3s",
+            "--leader-election-renew-deadline=2s",
+            "--leader-election-retry-period=500ms",
+        ])
+        .unwrap();
+        assert_eq!(f.validate(), Ok(()));
     }
 
     #[test]

@@ -90,6 +90,23 @@ impl LeaderConfig {
         self
     }
 
+    /// Sets the three timings operators tune (the flags `--leader-election-lease-duration`,
+    /// `-renew-deadline`, `-retry-period`, as in controller-runtime). The leader renews every
+    /// half renew deadline, so one failed renewal still leaves a second try before it steps
+    /// down; never more often than the retry period.
+    pub fn with_timings(
+        mut self,
+        lease_duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Self {
+        self.lease_duration = lease_duration;
+        self.renew_deadline = renew_deadline;
+        self.retry_period = retry_period;
+        self.renew_interval = (renew_deadline / 2).max(retry_period);
+        self
+    }
+
     pub fn validate(&self) -> Result<(), LeaderError> {
         let bad = |m: String| Err(LeaderError::InvalidConfig(m));
         if self.identity.trim().is_empty() {
@@ -471,6 +488,40 @@ mod tests {
         assert_eq!(short.renew_deadline, Duration::from_secs(2));
         assert_eq!(short.renew_interval, Duration::from_secs(1));
         assert_eq!(short.retry_period, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn explicit_timings_keep_the_defaults_and_renew_at_half_the_deadline() {
+        let d = LeaderConfig::new("ns", "lease", "me");
+        let same = d.clone().with_timings(
+            DEFAULT_LEASE_DURATION,
+            DEFAULT_RENEW_DEADLINE,
+            DEFAULT_RETRY_PERIOD,
+        );
+        assert_eq!(same, d);
+        let slow = d.clone().with_timings(
+            Duration::from_secs(60),
+            Duration::from_secs(40),
+            Duration::from_secs(5),
+        );
+        slow.validate().unwrap();
+        assert_eq!(slow.renew_interval, Duration::from_secs(20));
+        // A retry period above half the deadline sets the renew interval (still < deadline).
+        let eager = d.clone().with_timings(
+            Duration::from_secs(15),
+            Duration::from_secs(10),
+            Duration::from_secs(8),
+        );
+        eager.validate().unwrap();
+        assert_eq!(eager.renew_interval, Duration::from_secs(8));
+        for (lease, deadline, retry) in [(15, 15, 2), (10, 15, 2), (15, 10, 10), (15, 10, 12)] {
+            let c = d.clone().with_timings(
+                Duration::from_secs(lease),
+                Duration::from_secs(deadline),
+                Duration::from_secs(retry),
+            );
+            assert!(c.validate().is_err(), "{lease}s {deadline}s {retry}s");
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("parsing config YAML: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] serde_saphyr::Error),
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -290,7 +290,7 @@ impl SimConfig {
     }
 
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: SimConfig = serde_yaml::from_str(text)?;
+        let config: SimConfig = serde_saphyr::from_str(text)?;
         config.validate()?;
         Ok(config)
     }

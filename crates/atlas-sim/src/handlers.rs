@@ -12,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::auth::authenticate;
@@ -288,7 +287,7 @@ fn handle(
                     token_sha256: sha256_hex(&token),
                     api_key_id: SimState::new_api_key_id(),
                     access_list_ips,
-                    created_at: Utc::now(),
+                    created_at: jiff::Timestamp::now(),
                 });
                 org.issued += 1;
                 Reply::success(StatusCode::CREATED, Some(json!({ "linkToken": token })))

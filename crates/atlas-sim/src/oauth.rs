@@ -74,7 +74,7 @@ fn form_value(body: &[u8], key: &str) -> Option<String> {
 /// A JWT-shaped opaque token (Atlas hands out JWTs; clients must not parse them, but a
 /// realistic shape catches clients that choke on dots or length).
 fn new_access_token(client_id: &str, lifetime: u64) -> String {
-    let now = chrono::Utc::now().timestamp();
+    let now = jiff::Timestamp::now().as_second();
     let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(
         json!({

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -59,7 +59,7 @@ pub struct Link {
     pub token_sha256: String,
     pub api_key_id: String,
     pub access_list_ips: Vec<String>,
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug)]

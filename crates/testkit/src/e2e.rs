@@ -201,7 +201,7 @@ impl Env {
 
     /// Applies a LinkToken from YAML (server-side apply, like `kubectl apply --server-side`).
     pub async fn apply_yaml(&self, yaml: &str) -> LinkToken {
-        let lt: LinkToken = serde_yaml::from_str(yaml).expect("LinkToken yaml");
+        let lt: LinkToken = serde_saphyr::from_str(yaml).expect("LinkToken yaml");
         let name = lt.metadata.name.clone().expect("name");
         let mut body = serde_json::to_value(&lt).expect("json");
         body["apiVersion"] = "atlasmigration.io/v1alpha1".into();
