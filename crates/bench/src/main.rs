@@ -7,11 +7,24 @@
 //! For each (latency, concurrency, N): time until all are Ready, throughput, p50/p99
 //! apply-to-Ready latency, Atlas calls per token, Kubernetes API writes per token (deltas of
 //! kube-apiserver's `apiserver_request_total` for linktokens, secrets and events, minus the
-//! benchmark's own LinkToken creates), operator peak RSS and CPU seconds, then Atlas calls and
-//! API writes per minute over a quiet period once everything is Ready.
+//! benchmark's own LinkToken creates) and reads per token (GET/LIST/WATCH of linktokens,
+//! secrets, leases and events, minus the benchmark's own polling LISTs), operator peak RSS and
+//! CPU seconds, then Atlas calls and API writes per minute over a quiet period once everything
+//! is Ready.
+//!
+//! Before each run, with no operator running, a calibration phase performs the operator's
+//! per-token write mix itself at the same concurrency, as fast as the API server allows: that
+//! is this machine's ceiling in tokens/s, and each run reports its fraction of it.
+//!
+//! With `--restart`, after the quiet period the operator is killed and a new one started; the
+//! run reports the time from its start to all N verified (its `linktoken_reconciles_total
+//! {result="ready"}` reaching N, every LinkToken still Ready at the same observedGeneration),
+//! and the Atlas calls and API writes during it (both should be 0).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use atlas_sim::{
@@ -20,8 +33,8 @@ use atlas_sim::{
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use linktoken_operator::api::LinkToken;
 use serde::Serialize;
@@ -56,6 +69,16 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// LinkTokens in the calibration phase (the run's N, capped at this); 0 skips it.
+    #[arg(long = "calibration-max", default_value_t = 1000)]
+    calibration_max: usize,
+    /// Status applies per token in the calibration's write mix (the operator's in-flight marker,
+    /// then its result).
+    #[arg(long = "calibration-status-applies", default_value_t = 2)]
+    calibration_status_applies: usize,
+    /// After the quiet period, restart the operator and measure the time to all N verified.
+    #[arg(long)]
+    restart: bool,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -75,11 +98,48 @@ struct RunResult {
     api_writes: u64,
     api_writes_per_token: f64,
     api_writes_by_resource: BTreeMap<String, u64>,
+    api_reads: u64,
+    api_reads_per_token: f64,
+    api_reads_by_resource: BTreeMap<String, u64>,
+    calibration: Option<Calibration>,
+    /// throughput_per_sec / calibration.ceiling_per_sec.
+    fraction_of_ceiling: Option<f64>,
+    restart: Option<Restart>,
     operator_peak_rss_mib: f64,
     operator_cpu_secs: f64,
     quiet_secs: u64,
     steady_atlas_calls_per_min: f64,
     steady_api_writes_per_min: f64,
+}
+
+/// The machine's ceiling: the operator's per-token write mix done by the benchmark itself.
+#[derive(Serialize, Debug, Clone)]
+struct Calibration {
+    n: usize,
+    concurrency: u16,
+    secs: f64,
+    ceiling_per_sec: f64,
+    api_writes_per_token: f64,
+    api_writes_by_resource: BTreeMap<String, u64>,
+}
+
+/// A restart with nothing to do.
+#[derive(Serialize, Debug, Clone)]
+struct Restart {
+    /// Process start to "caches synced" in its log.
+    caches_synced_secs: f64,
+    /// Process start to `linktoken_reconciles_total{result="ready"}` >= N.
+    all_verified_secs: f64,
+    reconciles_ready: u64,
+    /// LinkTokens still Ready at the observedGeneration they had before the restart.
+    unchanged: usize,
+    atlas_calls: u64,
+    api_writes: u64,
+    api_writes_by_resource: BTreeMap<String, u64>,
+    api_reads: u64,
+    api_reads_by_resource: BTreeMap<String, u64>,
+    peak_rss_mib: f64,
+    cpu_secs: f64,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -154,6 +214,24 @@ async fn run_one(
     latency_ms: u64,
     concurrency: u16,
 ) -> Result<RunResult, Error> {
+    let calibration = if args.calibration_max > 0 {
+        let c = calibrate(
+            client,
+            run_id,
+            n.min(args.calibration_max),
+            concurrency,
+            args.calibration_status_applies,
+        )
+        .await?;
+        eprintln!(
+            "  calibration: {} tokens' write mix in {:.1}s = ceiling {:.1} tokens/s",
+            c.n, c.secs, c.ceiling_per_sec
+        );
+        Some(c)
+    } else {
+        None
+    };
+
     // One org per LinkToken (Atlas keeps one link per org), one API key owning all of them.
     let orgs: Vec<String> = (0..n)
         .map(|i| {
@@ -233,6 +311,9 @@ async fn run_one(
     let label = format!("bench-run={run_id}");
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let lt_all: Api<LinkToken> = Api::all(client.clone());
+    // The benchmark's own LISTs, subtracted from the operator's reads.
+    let own_lists = Arc::new(AtomicU64::new(0));
+    let own_lists_w = own_lists.clone();
     // Polls (list by label) rather than watches: simple, and its resolution (below) is part
     // of the reported latency.
     let poll_every = if n > 1000 {
@@ -244,6 +325,7 @@ async fn run_one(
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let lp = kube::api::ListParams::default().labels(&label);
+            own_lists_w.fetch_add(1, Ordering::Relaxed);
             let listed = lt_all.list(&lp).await;
             if let Err(e) = &listed {
                 eprintln!("  (listing LinkTokens failed: {e})");
@@ -269,7 +351,8 @@ async fn run_one(
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let writes0 = api_writes(client).await?;
+    let lists0 = own_lists.load(Ordering::Relaxed);
+    let requests0 = api_requests(client).await?;
     let calls0 = sim.state.calls_total();
     let by_status0 = calls_by_status(&sim.state);
 
@@ -338,32 +421,62 @@ async fn run_one(
 
     // Let in-flight writes (events) land, then take the issuing deltas.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes1 = api_writes(client).await?;
+    let lists1 = own_lists.load(Ordering::Relaxed);
+    let requests1 = api_requests(client).await?;
     let calls1 = sim.state.calls_total();
     let by_status1 = calls_by_status(&sim.state);
     let (rss, cpu) = proc_usage(op.pid());
 
-    let mut by_resource = diff(&writes1, &writes0);
+    let (mut by_resource, mut reads_by_resource) = split(diff(&requests1, &requests0));
     // The benchmark's own writes: one LinkToken create each.
     if let Some(v) = by_resource.get_mut("POST linktokens") {
         *v = v.saturating_sub(n as u64);
     }
     by_resource.retain(|_, v| *v > 0);
     let api_total: u64 = by_resource.values().sum();
+    // The benchmark's own reads: its polling LISTs (a LIST across namespaces).
+    if let Some(v) = reads_by_resource.get_mut("LIST linktokens") {
+        *v = v.saturating_sub(lists1 - lists0);
+    }
+    reads_by_resource.retain(|_, v| *v > 0);
+    let reads_total: u64 = reads_by_resource.values().sum();
     let atlas_calls = calls1 - calls0;
 
     // Steady state.
     let quiet = Duration::from_secs(args.quiet_secs);
     tokio::time::sleep(quiet).await;
-    let writes2 = api_writes(client).await?;
+    let requests2 = api_requests(client).await?;
     let calls2 = sim.state.calls_total();
-    let quiet_writes: u64 = diff(&writes2, &writes1).values().sum();
+    let quiet_writes: u64 = split(diff(&requests2, &requests1)).0.values().sum();
     let per_min = |x: u64| x as f64 * 60.0 / quiet.as_secs_f64().max(1.0);
     let (rss2, cpu2) = proc_usage(op.pid());
-
     op.kill();
+    // The polling stops before a restart, so the restart's reads are the operator's only.
     watch.abort();
+
+    let restart = if args.restart {
+        let r = restart_phase(
+            args,
+            client,
+            kubeconfig,
+            operator,
+            &sim,
+            &watched,
+            run_id,
+            n,
+            concurrency,
+        )
+        .await?;
+        eprintln!(
+            "  restart: all {n} verified {:.1}s after start ({} unchanged), {} Atlas calls, {} API writes, {} reads",
+            r.all_verified_secs, r.unchanged, r.atlas_calls, r.api_writes, r.api_reads
+        );
+        Some(r)
+    } else {
+        None
+    };
     sim.shutdown().await;
+    let throughput = n as f64 / all_ready.max(1e-9);
 
     Ok(RunResult {
         n,
@@ -371,7 +484,7 @@ async fn run_one(
         concurrency,
         apply_secs,
         all_ready_secs: all_ready,
-        throughput_per_sec: n as f64 / all_ready.max(1e-9),
+        throughput_per_sec: throughput,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
@@ -381,6 +494,14 @@ async fn run_one(
         api_writes: api_total,
         api_writes_per_token: api_total as f64 / n as f64,
         api_writes_by_resource: by_resource,
+        api_reads: reads_total,
+        api_reads_per_token: reads_total as f64 / n as f64,
+        api_reads_by_resource: reads_by_resource,
+        fraction_of_ceiling: calibration
+            .as_ref()
+            .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
+        calibration,
+        restart,
         operator_peak_rss_mib: rss.max(rss2),
         operator_cpu_secs: cpu.max(cpu2),
         quiet_secs: args.quiet_secs,
@@ -409,9 +530,13 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     (rss_kib / 1024.0, (ticks(11) + ticks(12)) / hz.max(1.0))
 }
 
-/// `apiserver_request_total` write requests ("VERB resource[/subresource]" -> count) for the
-/// resources the operator writes: linktokens (+status), secrets and events.
-async fn api_writes(client: &Client) -> Result<BTreeMap<String, u64>, Error> {
+const READ_VERBS: [&str; 3] = ["GET", "LIST", "WATCH"];
+
+/// `apiserver_request_total` requests ("VERB resource[/subresource]" -> count): writes to the
+/// resources the operator writes (linktokens (+status), secrets, events), and reads (GET, LIST,
+/// WATCH) of those and of leases. A WATCH is counted by kube-apiserver when it ends, so watches
+/// still open at the end of a window are not in its delta.
+async fn api_requests(client: &Client) -> Result<BTreeMap<String, u64>, Error> {
     let req = axum::http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
     let mut out = BTreeMap::new();
@@ -424,14 +549,18 @@ async fn api_writes(client: &Client) -> Result<BTreeMap<String, u64>, Error> {
         };
         let l = parse_labels(labels);
         let verb = l.get("verb").map(String::as_str).unwrap_or("");
-        if !matches!(
+        let resource = l.get("resource").map(String::as_str).unwrap_or("");
+        let write = matches!(
             verb,
             "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-        ) {
-            continue;
-        }
-        let resource = l.get("resource").map(String::as_str).unwrap_or("");
-        if !matches!(resource, "linktokens" | "secrets" | "events") {
+        );
+        let wanted = if write {
+            matches!(resource, "linktokens" | "secrets" | "events")
+        } else {
+            READ_VERBS.contains(&verb)
+                && matches!(resource, "linktokens" | "secrets" | "leases" | "events")
+        };
+        if !wanted {
             continue;
         }
         let sub = l.get("subresource").map(String::as_str).unwrap_or("");
@@ -444,6 +573,302 @@ async fn api_writes(client: &Client) -> Result<BTreeMap<String, u64>, Error> {
         *out.entry(key).or_insert(0) += v as u64;
     }
     Ok(out)
+}
+
+/// (writes, reads) of an `api_requests` map.
+fn split(m: BTreeMap<String, u64>) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    m.into_iter().partition(|(k, _)| {
+        !READ_VERBS
+            .iter()
+            .any(|v| k.split_whitespace().next() == Some(v))
+    })
+}
+
+/// The operator's per-token write mix, with no operator, at `concurrency` tokens at a time:
+/// finalizer merge patch, status server-side apply (the in-flight marker), Secret create,
+/// status apply (the result), one event. The LinkTokens are created first, untimed, in a
+/// namespace of their own that no operator watches.
+async fn calibrate(
+    client: &Client,
+    run_id: usize,
+    n: usize,
+    concurrency: u16,
+    status_applies: usize,
+) -> Result<Calibration, Error> {
+    let ns = format!("bench-cal-{run_id}");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    let lts: Api<LinkToken> = Api::namespaced(client.clone(), &ns);
+    let uids: Vec<(String, String)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let lts = lts.clone();
+            async move {
+                let name = format!("cal-{i:05}");
+                let lt: LinkToken = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "atlasmigration.io/v1alpha1", "kind": "LinkToken",
+                    "metadata": {"name": name},
+                    "spec": {"orgId": format!("{:024x}", i), "accessListIps": ["203.0.113.0/24"],
+                        "credentialsSecretRef": {"name": "creds"}}
+                }))?;
+                let created = lts.create(&PostParams::default(), &lt).await?;
+                Ok::<_, Error>((name, created.metadata.uid.unwrap_or_default()))
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+
+    let requests0 = api_requests(client).await?;
+    let t0 = Instant::now();
+    futures::stream::iter(uids)
+        .map(|(name, uid)| {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move { calibrate_one(&client, &ns, &name, &uid, status_applies).await }
+        })
+        .buffer_unordered(usize::from(concurrency.max(1)))
+        .try_collect::<Vec<()>>()
+        .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    // Let in-flight requests be counted.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let requests1 = api_requests(client).await?;
+    let (writes, _) = split(diff(&requests1, &requests0));
+    let total: u64 = writes.values().sum();
+    Ok(Calibration {
+        n,
+        concurrency,
+        secs,
+        ceiling_per_sec: n as f64 / secs.max(1e-9),
+        api_writes_per_token: total as f64 / n.max(1) as f64,
+        api_writes_by_resource: writes,
+    })
+}
+
+async fn calibrate_one(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    status_applies: usize,
+) -> Result<(), Error> {
+    let lts: Api<LinkToken> = Api::namespaced(client.clone(), ns);
+    let manager = "linktoken-operator";
+    lts.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"finalizers": [linktoken_operator::api::FINALIZER]}
+        })),
+    )
+    .await?;
+    let status = |ready: bool| {
+        serde_json::json!({
+            "apiVersion": "atlasmigration.io/v1alpha1", "kind": "LinkToken",
+            "status": {
+                "observedGeneration": 1,
+                "tokenSecretName": format!("{name}-token"),
+                "conditions": [{
+                    "type": "Ready",
+                    "status": if ready { "True" } else { "False" },
+                    "reason": if ready { "TokenIssued" } else { "Issuing" },
+                    "message": "calibration",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "observedGeneration": 1
+                }]
+            }
+        })
+    };
+    let pp = PatchParams::apply(manager).force();
+    for k in 0..status_applies.saturating_sub(1) {
+        lts.patch_status(name, &pp, &Patch::Apply(status(k > 0)))
+            .await?;
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-token")),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "atlasmigration.io/v1alpha1".into(),
+                    kind: "LinkToken".into(),
+                    name: name.into(),
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "linkToken".to_string(),
+                ByteString(b"calibration-not-a-token".to_vec()),
+            )]
+            .into_iter()
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams {
+                field_manager: Some(manager.into()),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await?;
+    if status_applies > 0 {
+        lts.patch_status(name, &pp, &Patch::Apply(status(true)))
+            .await?;
+    }
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("atlasmigration.io/v1alpha1".into()),
+            kind: Some("LinkToken".into()),
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        },
+        reason: Some("TokenIssued".into()),
+        message: Some("calibration".into()),
+        type_: Some("Normal".into()),
+        reporting_component: Some(manager.into()),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &event)
+        .await?;
+    Ok(())
+}
+
+/// Kills nothing itself: the previous operator is already gone. Starts a new one over the N
+/// Ready LinkTokens and measures what it costs to verify them.
+#[allow(clippy::too_many_arguments)]
+async fn restart_phase(
+    args: &Args,
+    client: &Client,
+    kubeconfig: &std::path::Path,
+    operator: &std::path::Path,
+    sim: &atlas_sim::SimHandle,
+    watched: &[&str],
+    run_id: usize,
+    n: usize,
+    concurrency: u16,
+) -> Result<Restart, Error> {
+    let lt_all: Api<LinkToken> = Api::all(client.clone());
+    let lp = kube::api::ListParams::default().labels(&format!("bench-run={run_id}"));
+    let before = ready_generations(&lt_all.list(&lp).await?.items);
+    let requests0 = api_requests(client).await?;
+    let calls0 = sim.state.calls_total();
+
+    let t0 = Instant::now();
+    let mut op = OperatorCommand::new(operator, kubeconfig, &sim.atlas_url, watched)
+        .args([format!("--concurrency={concurrency}")])
+        .spawn()?;
+    let log = op.log.clone();
+    let addr =
+        tokio::task::spawn_blocking(move || testkit::operator::logged_endpoint(&log, "metrics"))
+            .await??;
+    op.wait_for_log("caches synced", Duration::from_secs(args.timeout_secs))
+        .await?;
+    let caches_synced_secs = t0.elapsed().as_secs_f64();
+    let deadline = t0 + Duration::from_secs(args.timeout_secs);
+    let mut reconciles_ready = 0;
+    let mut rss_cpu = (0.0, 0.0);
+    while reconciles_ready < n as u64 {
+        if Instant::now() > deadline {
+            return Err(format!("restart: {reconciles_ready} of {n} verified").into());
+        }
+        rss_cpu = proc_usage(op.pid());
+        let a = addr.clone();
+        let text = tokio::task::spawn_blocking(move || scrape(&a)).await??;
+        reconciles_ready = metric_value(&text, r#"linktoken_reconciles_total{result="ready"}"#);
+        if reconciles_ready < n as u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let all_verified_secs = t0.elapsed().as_secs_f64();
+    // Let any write the new process would make land before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests1 = api_requests(client).await?;
+    let calls1 = sim.state.calls_total();
+    let after = ready_generations(&lt_all.list(&lp).await?.items);
+    let (rss, cpu) = proc_usage(op.pid());
+    op.kill();
+    let unchanged = before
+        .iter()
+        .filter(|(k, g)| after.get(*k) == Some(*g))
+        .count();
+    let (writes, mut reads) = split(diff(&requests1, &requests0));
+    // The benchmark's own two LISTs (before and after).
+    if let Some(v) = reads.get_mut("LIST linktokens") {
+        *v = v.saturating_sub(2);
+    }
+    reads.retain(|_, v| *v > 0);
+    Ok(Restart {
+        caches_synced_secs,
+        all_verified_secs,
+        reconciles_ready,
+        unchanged,
+        atlas_calls: calls1 - calls0,
+        api_writes: writes.values().sum(),
+        api_writes_by_resource: writes,
+        api_reads: reads.values().sum(),
+        api_reads_by_resource: reads,
+        peak_rss_mib: rss.max(rss_cpu.0),
+        cpu_secs: cpu.max(rss_cpu.1),
+    })
+}
+
+/// "namespace/name" -> observedGeneration of each Ready LinkToken.
+fn ready_generations(items: &[LinkToken]) -> BTreeMap<String, i64> {
+    items
+        .iter()
+        .filter(|lt| is_ready(lt))
+        .map(|lt| {
+            (
+                format!("{}/{}", lt.namespace().unwrap_or_default(), lt.name_any()),
+                lt.status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+/// GET http://{addr}/metrics (plain HTTP/1.0 on loopback: no client library needed).
+fn scrape(addr: &str) -> Result<String, Error> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The value of the sample line starting with `series` (exact labels), 0 when absent.
+fn metric_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 fn parse_labels(s: &str) -> HashMap<String, String> {
@@ -484,16 +909,19 @@ fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeM
 
 fn print_table(rs: &[RunResult]) {
     println!(
-        "{:>6} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>9} {:>13} {:>13}",
+        "{:>6} {:>7} {:>5} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>11} {:>10} {:>9} {:>8} {:>9} {:>13} {:>13}",
         "N",
         "lat_ms",
         "conc",
         "ready_s",
         "tok/s",
+        "ceil/s",
+        "frac",
         "p50_ms",
         "p99_ms",
         "atlas/tok",
         "writes/tok",
+        "reads/tok",
         "rss_MiB",
         "cpu_s",
         "idle_atl/min",
@@ -501,20 +929,60 @@ fn print_table(rs: &[RunResult]) {
     );
     for r in rs {
         println!(
-            "{:>6} {:>7} {:>5} {:>9.1} {:>9.1} {:>9.0} {:>9.0} {:>11.2} {:>10.2} {:>8.1} {:>9.1} {:>13.1} {:>13.1}",
+            "{:>6} {:>7} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>6.2} {:>9.0} {:>9.0} {:>11.2} {:>10.2} {:>9.2} {:>8.1} {:>9.1} {:>13.1} {:>13.1}",
             r.n,
             r.latency_ms,
             r.concurrency,
             r.all_ready_secs,
             r.throughput_per_sec,
+            r.calibration
+                .as_ref()
+                .map_or(f64::NAN, |c| c.ceiling_per_sec),
+            r.fraction_of_ceiling.unwrap_or(f64::NAN),
             r.p50_ms,
             r.p99_ms,
             r.atlas_calls_per_token,
             r.api_writes_per_token,
+            r.api_reads_per_token,
             r.operator_peak_rss_mib,
             r.operator_cpu_secs,
             r.steady_atlas_calls_per_min,
             r.steady_api_writes_per_min
         );
+    }
+    for r in rs {
+        println!(
+            "  N={} writes: {:?}; reads: {:?}",
+            r.n, r.api_writes_by_resource, r.api_reads_by_resource
+        );
+        if let Some(c) = &r.calibration {
+            println!(
+                "  N={} ceiling: {} tokens' write mix at concurrency {} in {:.1}s = {:.1} tokens/s ({:.2} writes/token: {:?})",
+                r.n,
+                c.n,
+                c.concurrency,
+                c.secs,
+                c.ceiling_per_sec,
+                c.api_writes_per_token,
+                c.api_writes_by_resource
+            );
+        }
+        if let Some(x) = &r.restart {
+            println!(
+                "  N={} restart: caches synced {:.1}s, all {} verified {:.1}s after process start ({} unchanged); Atlas calls {}, API writes {} {:?}, reads {} {:?}; peak RSS {:.1} MiB, CPU {:.1}s",
+                r.n,
+                x.caches_synced_secs,
+                x.reconciles_ready,
+                x.all_verified_secs,
+                x.unchanged,
+                x.atlas_calls,
+                x.api_writes,
+                x.api_writes_by_resource,
+                x.api_reads,
+                x.api_reads_by_resource,
+                x.peak_rss_mib,
+                x.cpu_secs
+            );
+        }
     }
 }
