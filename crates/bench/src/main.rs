@@ -1,7 +1,7 @@
 //! Benchmark: N LinkTokens applied at once on a real control plane, with atlas-sim in this
 //! process and the release operator binary as its own process.
 //!
-//! `cargo build --release -p linktoken-operator && cargo run --release -p bench -- [--n 100,1000,5000] [--latency-ms 0,200]
+//! `cargo build --release -p linktoken-operator && cargo run --release -p bench -- [--n 100,1000,5000] [--latency-ms 0,200] [--restart]
 //!  [--concurrency 8] [--quiet-secs 60] [--json out.json]`
 //!
 //! For each (latency, concurrency, N): time until all are Ready, throughput, p50/p99
