@@ -84,7 +84,7 @@ bah copy --chown 0:0 "$ctr" "$rootfs" / >/dev/null
 bah config \
   --user 65532:65532 \
   --entrypoint '["/usr/local/bin/linktoken-operator"]' \
-  --port 8080 --port 8081 \
+  --port 8080/tcp --port 8081/tcp \
   --label org.opencontainers.image.title=linktoken-operator \
   --label "org.opencontainers.image.description=Turns LinkToken resources into MongoDB Atlas live-migration link tokens" \
   --label org.opencontainers.image.licenses=Apache-2.0 \
