@@ -238,7 +238,7 @@ fn image_archive_has_what_the_chart_runs() {
     // Nothing else: no shell, no package manager, no libraries.
     assert_eq!(
         image.files.keys().collect::<Vec<_>>(),
-        [CA_BUNDLE, "etc/group", "etc/passwd", BINARY],
+        ["etc/group", "etc/passwd", CA_BUNDLE, BINARY],
         "unexpected files in the image"
     );
     eprintln!("image sha256:{}", image.config_digest);
@@ -284,4 +284,12 @@ fn image_packaging_is_reproducible() {
         first.config_digest, second.config_digest,
         "two builds of the same binary gave different images"
     );
+}
+
+/// The static check is not vacuous: this test binary is linked dynamically and has a loader.
+#[test]
+fn the_static_check_sees_a_dynamic_binary() {
+    let me = std::fs::read(std::env::current_exe().expect("current exe")).expect("read it");
+    let interpreter = elf_interpreter(&me).expect("a dynamically linked test binary");
+    assert!(interpreter.contains("ld-linux"), "{interpreter}");
 }
