@@ -5,6 +5,9 @@
 #
 #   docker build -t linktoken-operator:dev .
 #
+# scripts/build-image.sh builds the same layout without a container daemon or registry (a static
+# binary on an empty base); keep the path, user, ports and entrypoint of both in step.
+#
 # Both stages are Debian 12 (bookworm), so the binary links against the same glibc it runs on.
 # Pin the base images by digest in release pipelines (e.g. with Renovate).
 

@@ -17,6 +17,16 @@ if ! command -v lua5.1 >/dev/null; then
   fi
 fi
 
+# buildah packages the operator image without a container daemon (scripts/build-image.sh).
+if ! command -v buildah >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing buildah (Debian package)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null
+  else
+    echo "buildah is missing: install it (Debian: apt-get install buildah) or tests/image.rs is skipped" >&2
+  fi
+fi
+
 step "pinned tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)"
 LINKTOKEN_TOOLS_DIR=$(bash scripts/build-tools.sh | tail -n 1)
 export LINKTOKEN_TOOLS_DIR
@@ -29,6 +39,15 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo build --release -p linktoken-operator (what the image ships; tests/workspace.rs inspects it)"
 cargo build --release --locked -p linktoken-operator
+
+step "operator image: static binary packaged with buildah (scripts/build-image.sh; tests/image.rs reads it)"
+if command -v buildah >/dev/null; then
+  image_start=$SECONDS
+  bash scripts/build-image.sh
+  echo "image built in $((SECONDS - image_start))s"
+elif [ "${CI:-}" = true ]; then
+  echo "buildah is missing in CI" >&2; exit 1
+fi
 
 step "cargo test (unit, integration and end-to-end tests on a real control plane)"
 # Every crate of the workspace: the operator, atlas-sim, the testkit and the benchmark. The
