@@ -97,6 +97,18 @@ fn release_binary_has_no_fault_injection_hook() {
             String::from_utf8_lossy(needle)
         );
     }
+    // The image's static build (scripts/build-image.sh) is what users run: the same check.
+    let image_bin = root().join("target/image/x86_64-unknown-linux-gnu/release/linktoken-operator");
+    if let Ok(bytes) = std::fs::read(&image_bin) {
+        for needle in [&b"LINKTOKEN_TEST_PAUSE"[..], b"injected panic"] {
+            assert!(
+                !contains(&bytes, needle),
+                "{} contains {:?}: the pause hook was compiled into the image",
+                image_bin.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
     // The debug binary the tests run is built with the hook: the check above can fail.
     let debug = bin
         .parent()
