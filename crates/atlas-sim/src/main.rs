@@ -51,25 +51,28 @@ fn load_config(args: &Args) -> Result<SimConfig, String> {
     Ok(config)
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+/// SIGTERM and SIGINT, registered before the ready line is printed: a script or test that
+/// stops atlas-sim right after reading that line must get a clean shutdown, not the default
+/// action of a signal nobody listens to yet.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 
@@ -100,11 +103,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut signals = match ShutdownSignals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("atlas-sim: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
         "atlas-sim ready atlas_url={} admin_url={} orgs={orgs}",
         handle.atlas_url, handle.admin_url
     );
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
     ExitCode::SUCCESS
