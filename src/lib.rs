@@ -8,6 +8,8 @@
 //!   Kubernetes types in it.
 //! - [`controller`]: the reconciler. `decide` is pure (observed state -> next action); the
 //!   rest carries actions out (Atlas calls, the token Secret, status, events).
+//! - [`source`]: the Cloud Manager / Ops Manager client that hands the token over (the
+//!   link), on the Atlas client's Digest and transport machinery.
 //! - [`runtime`]: the operator process: flags, logging, probes and metrics server, leader election.
 //!
 //! This crate is the product only. What tests it lives beside it under `crates/` and is never
@@ -17,3 +19,4 @@ pub mod api;
 pub mod atlas;
 pub mod controller;
 pub mod runtime;
+pub mod source;

@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use linktoken_operator::api::{
-    AtlasErrorStatus, CredentialsSecretRef, InFlight, IssuedFor, LinkToken, LinkTokenSpec,
-    LinkTokenStatus, crd,
+    AtlasErrorStatus, CredentialsSecretRef, InFlight, IssuedFor, LinkStatus, LinkToken,
+    LinkTokenSpec, LinkTokenStatus, crd,
 };
 use serde_json::{Value, json};
 
@@ -525,6 +525,24 @@ fn full_status() -> LinkTokenStatus {
             detail: Some(
                 "Resource /api/atlas/v2/orgs/x is limited to 250 requests every 1 minutes.".into(),
             ),
+        }),
+        link: Some(LinkStatus {
+            url: "https://opsmanager.example:8443".into(),
+            org_id: "6a1e9b2a3c4d5e6f7a8b9c0d".into(),
+            credentials_secret_name: "source-api-key".into(),
+            token_sha256: Some(
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            ),
+            posting_sha256: Some(
+                "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+            ),
+            sync_status: Some("SYNCED".into()),
+            linked_at: Some("2025-06-01T12:00:01Z".into()),
+            source_error: Some(AtlasErrorStatus {
+                http_status: Some(409),
+                error_code: Some("MIGRATION_LINK_ALREADY_EXISTS".into()),
+                detail: None,
+            }),
         }),
     }
 }

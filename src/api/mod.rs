@@ -11,11 +11,13 @@ pub mod crd;
 pub mod reason;
 pub mod reference;
 pub mod schema;
+pub mod source;
 pub mod spec;
 pub mod status;
 pub mod time;
 
 pub use reason::Reason;
+pub use source::{CaBundleRef, KeyRef, LinkStatus, SourceSpec};
 pub use spec::{CredentialsSecretRef, DeletionPolicy, LinkToken, LinkTokenSpec, TokenSecretSpec};
 pub use status::{AtlasErrorStatus, InFlight, IssuedFor, LinkTokenStatus};
 
@@ -40,3 +42,5 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 /// Condition type (kstatus): only a user action can help.
 pub const STALLED: &str = "Stalled";
+/// Condition type: the source org (spec.source) is linked with the current token and SYNCED.
+pub const LINKED: &str = "Linked";

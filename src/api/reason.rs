@@ -36,10 +36,31 @@ pub enum Reason {
     SecretWriteFailed,
     /// Deleting, but Atlas refuses (409 active migration) or is unavailable.
     RevocationBlocked,
+    /// spec.source is set and its org is linked with the current token, SYNCED (Ready=True).
+    Linked,
+    /// The token is current; handing it to the source (or waiting for SYNCED) is in flight.
+    Linking,
+    /// The source credentials Secret does not exist.
+    SourceCredentialsNotFound,
+    /// The source credentials Secret lacks publicApiKey/privateApiKey, or the CA bundle is
+    /// missing or not PEM.
+    SourceConfigInvalid,
+    /// The source answered 401.
+    SourceUnauthorized,
+    /// The source answered 403 (not Organization Owner of the source org, IP not allowed).
+    SourceForbidden,
+    /// The source answered 404 for its org.
+    SourceOrgNotFound,
+    /// The source refused the link with another 4xx (a token it does not accept, ...).
+    SourceRejected,
+    /// 5xx, 429, timeout, connection or TLS failure at the source.
+    SourceUnavailable,
+    /// The source reports the link NOT_SYNCED.
+    NotSynced,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 24] = [
         Reason::TokenIssued,
         Reason::Issuing,
         Reason::CredentialsNotFound,
@@ -54,6 +75,16 @@ impl Reason {
         Reason::SecretConflict,
         Reason::SecretWriteFailed,
         Reason::RevocationBlocked,
+        Reason::Linked,
+        Reason::Linking,
+        Reason::SourceCredentialsNotFound,
+        Reason::SourceConfigInvalid,
+        Reason::SourceUnauthorized,
+        Reason::SourceForbidden,
+        Reason::SourceOrgNotFound,
+        Reason::SourceRejected,
+        Reason::SourceUnavailable,
+        Reason::NotSynced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +103,16 @@ impl Reason {
             Reason::SecretConflict => "SecretConflict",
             Reason::SecretWriteFailed => "SecretWriteFailed",
             Reason::RevocationBlocked => "RevocationBlocked",
+            Reason::Linked => "Linked",
+            Reason::Linking => "Linking",
+            Reason::SourceCredentialsNotFound => "SourceCredentialsNotFound",
+            Reason::SourceConfigInvalid => "SourceConfigInvalid",
+            Reason::SourceUnauthorized => "SourceUnauthorized",
+            Reason::SourceForbidden => "SourceForbidden",
+            Reason::SourceOrgNotFound => "SourceOrgNotFound",
+            Reason::SourceRejected => "SourceRejected",
+            Reason::SourceUnavailable => "SourceUnavailable",
+            Reason::NotSynced => "NotSynced",
         }
     }
 
@@ -88,8 +129,33 @@ impl Reason {
                 | Reason::AtlasRejected
                 | Reason::OrgConflict
                 | Reason::SecretConflict
-        )
+        ) || Reason::SOURCE_USER_FIXABLE.contains(&self)
     }
+
+    /// True when the whole declared state holds (Ready=True): the token is issued for the
+    /// current spec and, when spec.source is set, its org is linked with it and SYNCED.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Reason::TokenIssued | Reason::Linked)
+    }
+
+    /// True for the reasons of the link at the source (the Linked condition's reasons).
+    pub fn is_link(self) -> bool {
+        matches!(
+            self,
+            Reason::Linked | Reason::Linking | Reason::SourceUnavailable | Reason::NotSynced
+        ) || Reason::SOURCE_USER_FIXABLE.contains(&self)
+    }
+
+    /// The link failures only a user can fix (credentials, access, the source's org, a token
+    /// the source refuses): Stalled, rechecked on a backing-off timer.
+    pub const SOURCE_USER_FIXABLE: [Reason; 6] = [
+        Reason::SourceCredentialsNotFound,
+        Reason::SourceConfigInvalid,
+        Reason::SourceUnauthorized,
+        Reason::SourceForbidden,
+        Reason::SourceOrgNotFound,
+        Reason::SourceRejected,
+    ];
 
     pub fn parse(s: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == s)

@@ -118,6 +118,11 @@ pub struct LinkTokenSpec {
     /// Retain leaves it in Atlas (and the link usable) and only removes the LinkToken.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Hand the token to its source: a Cloud Manager or Ops Manager organization (see
+    /// docs/source-link.md). Optional: without it the token is only stored in the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<super::source::SourceSpec>,
 }
 
 /// Reference to a Secret in the LinkToken's own namespace. There is deliberately no namespace

@@ -46,6 +46,11 @@ pub struct LinkTokenStatus {
     /// The last Atlas failure; cleared on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atlas_error: Option<AtlasErrorStatus>,
+
+    /// The link at the source (spec.source): where it may exist, with which token, its last
+    /// reported status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<super::source::LinkStatus>,
 }
 
 /// The inputs the current token was issued for.

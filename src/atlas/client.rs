@@ -85,22 +85,12 @@ impl AtlasClient {
         if !trust.platform_errors.is_empty() {
             tracing::warn!(errors = ?trust.platform_errors, "reading the platform's CA store failed in part");
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            // Only the roots chosen above, whatever reqwest features another crate enables.
-            .tls_built_in_root_certs(false);
-        for cert in &trust.certs {
-            let cert = reqwest::Certificate::from_der(cert.as_ref())
-                .map_err(|e| AtlasError::Config(format!("root certificate: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(config.user_agent.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| AtlasError::Config(format!("HTTP client: {e}")))?;
+        let http = http_client(
+            &trust.certs,
+            config.connect_timeout,
+            config.request_timeout,
+            &config.user_agent,
+        )?;
         Ok(AtlasClient {
             inner: Arc::new(Inner {
                 http,
@@ -225,9 +215,7 @@ impl AtlasClient {
         }
     }
 
-    /// Digest with nonce reuse. Steady state: one round trip, signed with the cached nonce and
-    /// the next nc. On a 401 carrying a challenge (a stale or refused nonce, or the answer to an
-    /// unsigned first request) the fresh challenge is answered once; a second 401 stands.
+    /// Digest with nonce reuse: see [`digest_exchange`].
     async fn send_digest(
         &self,
         fp: Fingerprint,
@@ -237,52 +225,16 @@ impl AtlasClient {
         url: &Url,
         body: Option<&[u8]>,
     ) -> Result<Incoming, AtlasError> {
-        let uri = request_uri(url);
-        let sign = |ch: &digest::Challenge, nc: u32| {
-            let value = digest::authorization(
-                ch,
-                username,
-                password,
-                method.as_str(),
-                &uri,
-                nc,
-                &digest::new_cnonce(),
-            );
-            HeaderValue::from_str(&value).ok()
+        let auth = DigestAuth {
+            nonces: &self.inner.nonces,
+            fp,
+            username,
+            password,
         };
-        let cached = self.inner.nonces.next(&fp);
-        let used_nonce = cached.as_ref().map(|(ch, _)| ch.nonce.clone());
-        let auth = cached.and_then(|(ch, nc)| sign(&ch, nc));
-        let first = self.api_request(method.clone(), url, body, auth).await?;
-        if first.status != 401 {
-            return Ok(first);
-        }
-        if let Some(nonce) = &used_nonce {
-            self.inner.nonces.forget(&fp, nonce);
-        }
-        let challenge = digest::parse_challenge(
-            first
-                .headers
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let Some(ch) = challenge else {
-            // A 401 without a challenge we can answer: the 401 is the answer.
-            return Ok(first);
-        };
-        // The fresh nonce is used privately (nc=1) and shared only once the server accepted
-        // it: concurrent calls reusing one nonce can reach the server out of nc order, and a
-        // server that insists on increasing nc refuses the late one. Sharing the fresh nonce
-        // before this answer would let that race hit the retry too.
-        let Some(auth) = sign(&ch, 1) else {
-            return Ok(first);
-        };
-        let second = self.api_request(method, url, body, Some(auth)).await?;
-        if second.status != 401 {
-            self.inner.nonces.store(fp, ch);
-        }
-        Ok(second)
+        digest_exchange(auth, &method, url, |header| {
+            self.api_request(method.clone(), url, body, header)
+        })
+        .await
     }
 
     /// Bearer with a cached token. A 401 with a token that came from the cache (revoked or
@@ -356,6 +308,110 @@ fn bearer(token: &BearerToken) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()
 }
 
+/// The HTTP client of the Atlas and source clients: rustls with exactly `roots`, the
+/// timeouts, our User-Agent, no redirects (an Authorization header never travels to another
+/// host).
+pub(crate) fn http_client(
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+    connect_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, AtlasError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        // Only the roots given, whatever reqwest features another crate enables.
+        .tls_built_in_root_certs(false);
+    for cert in roots {
+        let cert = reqwest::Certificate::from_der(cert.as_ref())
+            .map_err(|e| AtlasError::Config(format!("root certificate: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .user_agent(user_agent)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| AtlasError::Config(format!("HTTP client: {e}")))
+}
+
+/// Who signs a Digest exchange, and the nonce cache it reuses.
+pub(crate) struct DigestAuth<'a> {
+    pub nonces: &'a NonceCache,
+    pub fp: Fingerprint,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+/// Digest with nonce reuse, shared by the Atlas and the source clients (both speak realm "MMS
+/// Public API"). Steady state: one round trip, signed with the cached nonce and the next nc.
+/// On a 401 carrying a challenge (a stale or refused nonce, or the answer to an unsigned first
+/// request) the fresh challenge is answered once; a second 401 stands. `send` makes one round
+/// trip with the given Authorization header.
+pub(crate) async fn digest_exchange<F, Fut>(
+    auth: DigestAuth<'_>,
+    method: &Method,
+    url: &Url,
+    send: F,
+) -> Result<Incoming, AtlasError>
+where
+    F: Fn(Option<HeaderValue>) -> Fut,
+    Fut: std::future::Future<Output = Result<Incoming, AtlasError>>,
+{
+    let DigestAuth {
+        nonces,
+        fp,
+        username,
+        password,
+    } = auth;
+    let uri = request_uri(url);
+    let sign = |ch: &digest::Challenge, nc: u32| {
+        let value = digest::authorization(
+            ch,
+            username,
+            password,
+            method.as_str(),
+            &uri,
+            nc,
+            &digest::new_cnonce(),
+        );
+        HeaderValue::from_str(&value).ok()
+    };
+    let cached = nonces.next(&fp);
+    let used_nonce = cached.as_ref().map(|(ch, _)| ch.nonce.clone());
+    let header = cached.and_then(|(ch, nc)| sign(&ch, nc));
+    let first = send(header).await?;
+    if first.status != 401 {
+        return Ok(first);
+    }
+    if let Some(nonce) = &used_nonce {
+        nonces.forget(&fp, nonce);
+    }
+    let challenge = digest::parse_challenge(
+        first
+            .headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let Some(ch) = challenge else {
+        // A 401 without a challenge we can answer: the 401 is the answer.
+        return Ok(first);
+    };
+    // The fresh nonce is used privately (nc=1) and shared only once the server accepted
+    // it: concurrent calls reusing one nonce can reach the server out of nc order, and a
+    // server that insists on increasing nc refuses the late one. Sharing the fresh nonce
+    // before this answer would let that race hit the retry too.
+    let Some(header) = sign(&ch, 1) else {
+        return Ok(first);
+    };
+    let second = send(Some(header)).await?;
+    if second.status != 401 {
+        nonces.store(fp, ch);
+    }
+    Ok(second)
+}
+
 /// The Digest `uri`: path and query exactly as sent.
 fn request_uri(url: &Url) -> String {
     match url.query() {
@@ -364,7 +420,7 @@ fn request_uri(url: &Url) -> String {
     }
 }
 
-fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
+pub(crate) fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
     // Errors name the URL without any user info: a password typed into it must not be logged.
     let shown = super::redact::redact_url_userinfo(raw.trim());
     let url = Url::parse(raw.trim())
@@ -386,7 +442,7 @@ fn parse_base_url(raw: &str) -> Result<Url, AtlasError> {
 }
 
 /// Appends path segments (percent-encoded) to the base, keeping any path prefix it has.
-fn join(base: &Url, segments: &[&str]) -> Result<Url, AtlasError> {
+pub(crate) fn join(base: &Url, segments: &[&str]) -> Result<Url, AtlasError> {
     let mut url = base.clone();
     url.path_segments_mut()
         .map_err(|()| AtlasError::Config("base URL cannot take a path".into()))?

@@ -16,12 +16,12 @@ pub mod config;
 pub mod credentials;
 mod digest;
 pub mod error;
-mod nonces;
+pub(crate) mod nonces;
 mod oauth;
 pub mod observer;
 mod redact;
 pub mod tls;
-mod transport;
+pub(crate) mod transport;
 
 pub use classify::{Classification, Operation, RetryHint, classify};
 pub use client::{AtlasClient, DeleteOutcome, MEDIA_TYPE};

@@ -10,6 +10,9 @@ pub enum Endpoint {
     LinkTokens,
     /// `/api/oauth/token`
     OAuthToken,
+    /// The source's `/api/public/v1.0/orgs/{orgId}/liveExport/migrationLink[/status]`
+    /// (Cloud Manager or Ops Manager).
+    SourceLink,
 }
 
 impl Endpoint {
@@ -17,6 +20,7 @@ impl Endpoint {
         match self {
             Endpoint::LinkTokens => "linkTokens",
             Endpoint::OAuthToken => "oauthToken",
+            Endpoint::SourceLink => "migrationLink",
         }
     }
 }

@@ -121,7 +121,9 @@ async fn send(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, limits.max_retry_after));
         match endpoint {
-            Endpoint::LinkTokens => ApiFailure::from_api_body(status, &body, retry_after),
+            Endpoint::LinkTokens | Endpoint::SourceLink => {
+                ApiFailure::from_api_body(status, &body, retry_after)
+            }
             Endpoint::OAuthToken => ApiFailure::from_oauth_body(status, &body, retry_after),
         }
     });

@@ -75,6 +75,11 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
             delete_previous,
         } => keep(lt, ctx, &obs, source, rewrite_secret, delete_previous).await?,
     };
+    // spec.source: a current token is handed to the source before Ready (see `link`).
+    let done = Done {
+        report: super::link::follow(lt, ctx, &obs, done.report).await?,
+        delete_previous: done.delete_previous,
+    };
     let reason = done.report.reason.unwrap_or(Reason::TokenIssued);
     let after = report::commit(ctx, lt, done.report).await?;
     if done.delete_previous {
@@ -813,6 +818,7 @@ mod tests {
                 },
                 token_secret: None,
                 deletion_policy: Default::default(),
+                source: None,
             },
         );
         l.metadata.namespace = Some("ns".into());

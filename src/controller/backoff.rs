@@ -77,7 +77,7 @@ impl Retry {
     /// wait, a failure remembered from an earlier reconcile, a refused Secret write.
     pub fn for_reason(reason: Reason) -> Retry {
         match reason {
-            Reason::TokenIssued => Retry::Resync,
+            Reason::TokenIssued | Reason::Linked => Retry::Resync,
             // The claim was just announced: issue once others can see it.
             Reason::Issuing => Retry::Soon(Duration::from_secs(1)),
             // A refused Secret write may clear on its own (a webhook back up, quota freed by
@@ -85,14 +85,25 @@ impl Retry {
             Reason::AtlasRateLimited
             | Reason::AtlasUnavailable
             | Reason::RevocationBlocked
-            | Reason::SecretWriteFailed => Retry::Backoff,
+            | Reason::SecretWriteFailed
+            // The source: unavailable, or not SYNCED yet (it may catch up; followed with
+            // backoff, never polled in a tight loop).
+            | Reason::SourceUnavailable
+            | Reason::Linking
+            | Reason::NotSynced => Retry::Backoff,
             // Fixed by a new or corrected credentials Secret (not watched: see above), or in
             // Atlas (the slow resync, decided in `decide`).
             Reason::CredentialsNotFound
             | Reason::CredentialsInvalid
             | Reason::AtlasUnauthorized
             | Reason::AtlasForbidden
-            | Reason::OrgNotFound => Retry::Recheck,
+            | Reason::OrgNotFound
+            | Reason::SourceCredentialsNotFound
+            | Reason::SourceConfigInvalid
+            | Reason::SourceUnauthorized
+            | Reason::SourceForbidden
+            | Reason::SourceOrgNotFound
+            | Reason::SourceRejected => Retry::Recheck,
             // The owner's deletion triggers a takeover directly; the resync is a safety net.
             Reason::OrgConflict | Reason::SecretConflict => Retry::Resync,
             // Only a spec change fixes a rejected access list.

@@ -117,7 +117,12 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
             format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
         ),
         CleanupStep::Revoke { revoke, skipped } => {
-            let report = held_elsewhere(Report::released(), &skipped);
+            let mut report = held_elsewhere(Report::released(), &skipped);
+            // The source link goes first (a revoked token would leave it NOT_SYNCED).
+            match super::link::unlink_before_revoke(lt, ctx).await {
+                Ok(notes) => report.events.extend(notes),
+                Err(blocked) => return finish(lt, ctx, blocked).await,
+            }
             match creds {
                 Some(creds) => revoke_all(lt, ctx, &creds, &revoke, status, report).await,
                 // decide_cleanup revokes only with valid credentials; stay total anyway.
@@ -125,6 +130,11 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
+    finish(lt, ctx, report).await
+}
+
+/// Commits the deletion's report: released, or blocked (the finalizer stays).
+async fn finish(lt: &LinkToken, ctx: &Context, report: Report) -> Result<Action, Error> {
     let blocked = report
         .reason
         .map(|_| report.status.as_ref().map(|(_, m)| m.clone()));

@@ -42,23 +42,11 @@ pub fn compute(
     now: &Time,
     in_grace: bool,
 ) -> Vec<Condition> {
-    let ready = reason == Reason::TokenIssued;
+    let ready = reason.is_ready();
     let stalled = reason.is_stalled() && !in_grace;
     let reconciling = !ready && !stalled;
     let make = |type_: &str, status: bool, reason_str: &str, msg: &str| {
-        let status = if status { "True" } else { "False" }.to_string();
-        let last = previous
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.into(),
-            status,
-            reason: reason_str.into(),
-            message: msg.into(),
-            observed_generation: generation,
-            last_transition_time: last.unwrap_or_else(|| now.clone()),
-        }
+        condition(previous, generation, now, type_, status, reason_str, msg)
     };
     vec![
         make(READY, ready, reason.as_str(), message),
@@ -79,6 +67,31 @@ pub fn compute(
             if stalled { message } else { "" },
         ),
     ]
+}
+
+/// One condition; lastTransitionTime is kept from `previous` when its status is unchanged.
+pub fn condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: last.unwrap_or_else(|| now.clone()),
+    }
 }
 
 /// The Ready condition's reason and message, if any.

@@ -18,6 +18,8 @@ use crate::runtime::metrics::Metrics;
 pub struct Context {
     pub client: Client,
     pub atlas: AtlasClient,
+    /// The source side (spec.source): Cloud Manager / Ops Manager.
+    pub source: crate::source::SourceClient,
     pub metrics: Metrics,
     pub recorder: Recorder,
     /// Every watched scope (the org index spans them all).
@@ -107,6 +109,7 @@ impl Context {
         Context {
             client,
             atlas,
+            source: crate::source::SourceClient::new(Default::default(), None),
             metrics,
             recorder,
             scopes: scopes.scopes(),

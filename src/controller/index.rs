@@ -264,6 +264,7 @@ mod tests {
                 },
                 token_secret: None,
                 deletion_policy: Default::default(),
+                source: None,
             },
         );
         l.metadata.namespace = Some(ns.into());

@@ -25,6 +25,7 @@ pub mod context;
 pub mod decide;
 pub mod error;
 pub mod index;
+pub mod link;
 pub mod observe;
 pub mod pause;
 pub mod report;
@@ -48,7 +49,7 @@ pub use context::{Context, Scope};
 use backoff::Retry;
 pub use error::Error;
 
-use crate::api::{FINALIZER, LinkToken, Reason};
+use crate::api::{FINALIZER, LinkToken};
 use crate::runtime::metrics::ReconcileResult;
 
 /// How the controller runs.
@@ -255,7 +256,7 @@ impl Reconciled {
             .is_some()
         };
         match self {
-            Reconciled::Live(out) if out.reason == Reason::TokenIssued => ReconcileResult::Ready,
+            Reconciled::Live(out) if out.reason.is_ready() => ReconcileResult::Ready,
             Reconciled::Live(out) if out.reason.is_stalled() && !in_grace(out.reason) => {
                 ReconcileResult::Stalled
             }

@@ -240,6 +240,12 @@ pub fn with_outcome(
     )
     .is_some();
     status.conditions = conditions::compute(&previous, generation, reason, message, &now, in_grace);
+    let declared = lt.spec.source.is_some();
+    if let Some(linked) = super::link::linked_condition(
+        &previous, generation, &now, declared, &status, reason, message,
+    ) {
+        status.conditions.push(linked);
+    }
     status.observed_generation = generation;
     status
 }
@@ -294,7 +300,8 @@ async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, message: &
     ctx.metrics.track(&key_of(lt), Some(reason));
     if current_reason(lt) == Some(reason)
         || reason == Reason::Issuing
-        || reason == Reason::TokenIssued
+        || reason == Reason::Linking
+        || reason.is_ready()
     {
         return;
     }

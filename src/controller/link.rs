@@ -1,0 +1,874 @@
+//! The link at the source (spec.source): hand the issued token to Cloud Manager or Ops Manager
+//! and follow the link until SYNCED. docs/source-link.md explains the choices.
+//!
+//! [`decide_link`] is pure (what the spec declares, what status.link records, the current
+//! token's hash -> [`LinkStep`]), as is [`linked_condition`]. [`follow`] carries a step out
+//! after the issuing path reported the token current (Ready reason TokenIssued), and turns that
+//! report into the link's: Ready is True only once the source org is linked with the current
+//! token and SYNCED.
+//!
+//! Crash safety, in the issuing path's marker discipline: before a POST to the source the
+//! hash of the token being posted is written to `status.link.postingSha256` (with the source's
+//! URL and org, so deletion knows where a link may exist); the status recording the source's
+//! answer clears it. After a crash in between, the next reconcile asks the source's status
+//! before posting again, so the org is linked once. A new token is never linked in the
+//! reconcile that issued it: that one records the token (status), the next one links it, so
+//! every state a crash can leave is one of the rows of [`decide_link`].
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::backoff::Retry;
+use super::conditions;
+use super::context::Context;
+use super::error::Error;
+use super::observe::Observation;
+use super::report::{self, Report, now_rfc3339};
+use super::secret;
+use crate::api::{
+    AtlasErrorStatus, CaBundleRef, LINKED, LinkStatus, LinkToken, LinkTokenStatus, Reason,
+    SourceSpec,
+};
+use crate::atlas::{Credentials, CredentialsKind, LinkTokenValue};
+use crate::source::{SourceError, SyncStatus, Target, Unlinked};
+
+/// Where the spec says the link should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    pub url: String,
+    pub org_id: String,
+}
+
+/// The next step at the source, once the token is current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStep {
+    /// No source declared and none recorded: nothing to do.
+    Nothing,
+    /// A link is recorded where the spec no longer points (spec.source removed or moved):
+    /// DELETE it there (with the credentials recorded), drop status.link, then look again.
+    UnlinkRecorded,
+    /// POST the current token (never linked with it, or a drifted link).
+    Post,
+    /// Ask the source's status: the org was linked with the current token, or a POST with it
+    /// may have reached the source before a crash (its marker).
+    Check { posted_before_crash: bool },
+}
+
+/// The link decision.
+pub fn decide_link(
+    declared: Option<&Declared>,
+    recorded: Option<&LinkStatus>,
+    token_sha256: &str,
+) -> LinkStep {
+    match (declared, recorded) {
+        (None, None) => LinkStep::Nothing,
+        (None, Some(_)) => LinkStep::UnlinkRecorded,
+        (Some(d), Some(r)) if r.url != d.url || r.org_id != d.org_id => LinkStep::UnlinkRecorded,
+        (Some(_), Some(r)) if r.token_sha256.as_deref() == Some(token_sha256) => LinkStep::Check {
+            posted_before_crash: false,
+        },
+        (Some(_), Some(r)) if r.posting_sha256.as_deref() == Some(token_sha256) => {
+            LinkStep::Check {
+                posted_before_crash: true,
+            }
+        }
+        (Some(_), _) => LinkStep::Post,
+    }
+}
+
+/// What a status check found, and what follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// SYNCED with the current token: Linked.
+    Linked,
+    /// Linked with the current token, but the source says NOT_SYNCED: reported, followed.
+    NotSynced,
+    /// POST the current token (the link is gone, or holds an older token).
+    Post,
+}
+
+/// After a status answer. `None`: the source has no link. A link recorded with the current
+/// token that vanished at the source (drift) is linked again; after a crash during a POST,
+/// SYNCED means that POST landed (the only live token of the Atlas org is the current one:
+/// every issue revokes before it mints), anything else means post again.
+pub fn after_check(status: Option<SyncStatus>, posted_before_crash: bool) -> CheckOutcome {
+    match (status, posted_before_crash) {
+        (Some(SyncStatus::Synced), _) => CheckOutcome::Linked,
+        (Some(SyncStatus::NotSynced), false) => CheckOutcome::NotSynced,
+        (Some(SyncStatus::NotSynced), true) | (None, _) => CheckOutcome::Post,
+    }
+}
+
+/// The Linked condition for a status being written, or None when no source is declared (and
+/// the reason is not about one). A link reason sets it. Any other reason (issuing, an Atlas
+/// failure) keeps it, but never keeps True unless status.link still records the current token
+/// as SYNCED: after a rotation or a revocation the old link is not reported as healthy.
+pub fn linked_condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+    declared: bool,
+    status: &LinkTokenStatus,
+    reason: Reason,
+    message: &str,
+) -> Option<Condition> {
+    let make = |ok: bool, r: &str, m: &str| {
+        conditions::condition(previous, generation, now, LINKED, ok, r, m)
+    };
+    if reason.is_link() {
+        return Some(make(reason == Reason::Linked, reason.as_str(), message));
+    }
+    if !declared {
+        return None;
+    }
+    let holds = status.link.as_ref().is_some_and(|l| {
+        l.sync_status.as_deref() == Some(SyncStatus::Synced.as_str())
+            && l.token_sha256.is_some()
+            && l.token_sha256
+                == status
+                    .issued_for
+                    .as_ref()
+                    .and_then(|i| i.token_sha256.clone())
+    });
+    let before = previous.iter().find(|c| c.type_ == LINKED);
+    Some(match before {
+        Some(c) if c.status == "True" && holds => make(true, &c.reason, &c.message),
+        Some(c) if c.status == "False" => make(false, &c.reason, &c.message),
+        _ => make(
+            false,
+            Reason::Linking.as_str(),
+            "waiting for a link token issued for the current spec",
+        ),
+    })
+}
+
+fn declared(spec: Option<&SourceSpec>) -> Option<Declared> {
+    spec.map(|s| Declared {
+        url: s.url.trim_end_matches('/').to_string(),
+        org_id: s.org_id.clone(),
+    })
+}
+
+/// Carries the link out after the issuing path's report. Only a report that says the token is
+/// current (TokenIssued) is followed; any other passes through unchanged.
+pub async fn follow(
+    lt: &LinkToken,
+    ctx: &Context,
+    obs: &Observation,
+    report: Report,
+) -> Result<Report, Error> {
+    if report.reason != Some(Reason::TokenIssued) {
+        return Ok(report);
+    }
+    let Some((status, _)) = report.status.clone() else {
+        return Ok(report);
+    };
+    let want = declared(lt.spec.source.as_ref());
+    if want.is_none() && status.link.is_none() {
+        return Ok(report);
+    }
+    if report.issued {
+        // A new token: record it first (this report), link it in the next reconcile, so the
+        // status naming the token always lands before the source sees it.
+        let org = want.as_ref().map(|d| d.org_id.clone()).unwrap_or_default();
+        let mut r = report;
+        r.reason = Some(Reason::Linking);
+        r.retry = Retry::Soon(Duration::from_millis(200));
+        r.status = Some((
+            status,
+            format!("a new link token is issued; handing it to source org {org} next"),
+        ));
+        return Ok(r);
+    }
+    let sha = status
+        .issued_for
+        .as_ref()
+        .and_then(|i| i.token_sha256.clone())
+        .unwrap_or_default();
+    let step = decide_link(want.as_ref(), status.link.as_ref(), &sha);
+    let run = Run {
+        lt,
+        ctx,
+        base: report,
+        status,
+    };
+    match step {
+        LinkStep::Nothing => Ok(run.base),
+        LinkStep::UnlinkRecorded => run.unlink_recorded().await,
+        LinkStep::Post => run.post(obs, &sha).await,
+        LinkStep::Check {
+            posted_before_crash,
+        } => run.check(obs, &sha, posted_before_crash).await,
+    }
+}
+
+/// One link step: the issuing path's Ready report, and the status it would write.
+struct Run<'a> {
+    lt: &'a LinkToken,
+    ctx: &'a Context,
+    base: Report,
+    status: LinkTokenStatus,
+}
+
+/// The source's access as read for this LinkToken.
+struct Access {
+    creds: Credentials,
+    ca: Option<Vec<u8>>,
+}
+
+impl Run<'_> {
+    fn source(&self) -> Option<&SourceSpec> {
+        self.lt.spec.source.as_ref()
+    }
+
+    /// The report of the link: `reason` with `message`, `status` recorded.
+    fn report(&self, reason: Reason, message: String, status: LinkTokenStatus) -> Report {
+        let mut r = self.base.clone();
+        r.reason = Some(reason);
+        r.retry = Retry::for_reason(reason);
+        r.status = Some((status, message));
+        r
+    }
+
+    fn failed(&self, mut status: LinkTokenStatus, e: &SourceError, doing: &str) -> Report {
+        let reason = e.reason();
+        if let Some(l) = status.link.as_mut() {
+            l.source_error = Some(source_error_status(e));
+        }
+        let hint = hint(reason);
+        tracing::info!(linktoken = %report::key_of(self.lt), reason = %reason,
+            http_status = ?e.http_status(), error_code = e.error_code().unwrap_or(""), "source call failed");
+        let mut r = self.report(reason, format!("{doing}: {e}{hint}"), status);
+        if let Some(after) = e.retry_after() {
+            r.retry = Retry::After(after);
+        }
+        r
+    }
+
+    async fn access(&self, spec: &SourceSpec) -> Result<Access, Report> {
+        let ns = self.lt.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let wait = |reason: Reason, message: String| {
+            let mut status = self.status.clone();
+            if let Some(l) = status.link.as_mut() {
+                l.source_error = None;
+            }
+            self.report(reason, message, status)
+        };
+        let name = &spec.credentials_secret_ref.name;
+        let creds_secret = match secrets.get_opt(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(wait(
+                    Reason::SourceUnavailable,
+                    format!("reading the source credentials Secret {name}: {e}"),
+                ));
+            }
+        };
+        let Some(creds_secret) = creds_secret else {
+            return Err(wait(
+                Reason::SourceCredentialsNotFound,
+                format!("the source credentials Secret {name} does not exist; waiting for it"),
+            ));
+        };
+        let creds = match source_credentials(&secret_data(&creds_secret)) {
+            Ok(c) => c,
+            Err(why) => {
+                return Err(wait(
+                    Reason::SourceConfigInvalid,
+                    format!("source credentials Secret {name}: {why}"),
+                ));
+            }
+        };
+        let ca = match &spec.ca_bundle {
+            None => None,
+            Some(r) => match read_ca(self.ctx, &ns, r).await {
+                Ok(pem) => Some(pem),
+                Err(why) => return Err(wait(Reason::SourceConfigInvalid, why)),
+            },
+        };
+        Ok(Access { creds, ca })
+    }
+
+    /// The token the Secret holds (its hash is the issued one), from the target Secret or the
+    /// previous one during a rename.
+    fn token(obs: &Observation, sha: &str) -> Option<LinkTokenValue> {
+        [obs.target.as_ref(), obs.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.data.as_ref())
+            .flat_map(|d| d.values())
+            .find(|v| secret::token_sha256(&v.0) == sha)
+            .and_then(|v| std::str::from_utf8(&v.0).ok())
+            .map(|t| LinkTokenValue::new(t.to_string()))
+    }
+
+    fn recorded(&self, spec: &SourceSpec) -> LinkStatus {
+        let mut l = self.status.link.clone().unwrap_or_default();
+        l.url = spec.url.trim_end_matches('/').to_string();
+        l.org_id = spec.org_id.clone();
+        l.credentials_secret_name = spec.credentials_secret_ref.name.clone();
+        l
+    }
+
+    async fn check(
+        self,
+        obs: &Observation,
+        sha: &str,
+        posted_before_crash: bool,
+    ) -> Result<Report, Error> {
+        let Some(spec) = self.source().cloned() else {
+            return Ok(self.base);
+        };
+        let access = match self.access(&spec).await {
+            Ok(a) => a,
+            Err(r) => return Ok(r),
+        };
+        let target = Target {
+            url: &spec.url,
+            ca_pem: access.ca.as_deref(),
+        };
+        let answer = self
+            .ctx
+            .source
+            .status(target, &access.creds, &spec.org_id)
+            .await;
+        let mut status = self.status.clone();
+        let mut link = self.recorded(&spec);
+        match answer {
+            Err(e) => {
+                status.link = Some(link);
+                Ok(self.failed(status, &e, "asking the source for the link's status"))
+            }
+            Ok(s) => match after_check(s, posted_before_crash) {
+                CheckOutcome::Linked => {
+                    let first = link.token_sha256.as_deref() != Some(sha);
+                    link.token_sha256 = Some(sha.to_string());
+                    link.posting_sha256 = None;
+                    link.sync_status = Some(SyncStatus::Synced.as_str().into());
+                    link.source_error = None;
+                    if first {
+                        link.linked_at = Some(now_rfc3339());
+                    }
+                    status.link = Some(link);
+                    let r = self.report(Reason::Linked, linked_message(&spec), status);
+                    Ok(if first {
+                        r.event(EventType::Normal, "Linked", linked_message(&spec))
+                    } else {
+                        r
+                    })
+                }
+                CheckOutcome::NotSynced => {
+                    link.sync_status = Some(SyncStatus::NotSynced.as_str().into());
+                    link.source_error = None;
+                    status.link = Some(link);
+                    Ok(self.report(
+                        Reason::NotSynced,
+                        format!(
+                            "source org {} reports the link NOT_SYNCED although it holds the current token; if the token was revoked in Atlas, rotate (annotate atlasmigration.io/rotate) to issue and link a new one",
+                            spec.org_id
+                        ),
+                        status,
+                    ))
+                }
+                CheckOutcome::Post => {
+                    let run = Run { status, ..self };
+                    run.post(obs, sha).await
+                }
+            },
+        }
+    }
+
+    /// Marker, POST (a 409 from a link with another token: DELETE, then POST once more),
+    /// then the status recording the answer.
+    async fn post(self, obs: &Observation, sha: &str) -> Result<Report, Error> {
+        let Some(spec) = self.source().cloned() else {
+            return Ok(self.base);
+        };
+        let Some(token) = Self::token(obs, sha) else {
+            // The Secret changed under us; its watch event brings a fresh look.
+            return Ok(self.report(
+                Reason::Linking,
+                "the token Secret changed; looking again".into(),
+                self.status.clone(),
+            ));
+        };
+        let access = match self.access(&spec).await {
+            Ok(a) => a,
+            Err(r) => return Ok(r),
+        };
+        let mut status = self.status.clone();
+        let relink = status
+            .link
+            .as_ref()
+            .is_some_and(|l| l.token_sha256.is_some());
+        let mut link = self.recorded(&spec);
+        link.posting_sha256 = Some(sha.to_string());
+        status.link = Some(link.clone());
+        // The marker: from here a link with this token may exist at the source.
+        let marked = report::with_outcome(
+            self.lt,
+            status.clone(),
+            Reason::Linking,
+            &format!("handing the link token to source org {}", spec.org_id),
+            self.ctx.credentials_grace,
+        );
+        let rv =
+            report::write_status_at(self.ctx, self.lt, &marked, self.base.fence.as_deref()).await?;
+        let run = Run {
+            base: self.base.clone().fenced_at(rv),
+            ..self
+        };
+        super::pause::point("before-link-post").await;
+        let target = Target {
+            url: &spec.url,
+            ca_pem: access.ca.as_deref(),
+        };
+        let source = &run.ctx.source;
+        let mut answer = source
+            .link(target, &access.creds, &spec.org_id, &token)
+            .await;
+        if answer.as_ref().is_err_and(SourceError::is_already_linked) {
+            // Linked with another token (the one before a rotation): unlink, then link.
+            answer = match source.unlink(target, &access.creds, &spec.org_id).await {
+                Ok(_) => {
+                    source
+                        .link(target, &access.creds, &spec.org_id, &token)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+        }
+        drop(token);
+        super::pause::point("after-link-post").await;
+        match answer {
+            Err(e) => Ok(run.failed(status, &e, "linking the source org")),
+            Ok(sync) => {
+                link.token_sha256 = Some(sha.to_string());
+                link.posting_sha256 = None;
+                link.sync_status = sync.map(|s| s.as_str().to_string());
+                link.source_error = None;
+                link.linked_at = Some(now_rfc3339());
+                status.link = Some(link);
+                let (ev, note) = if relink {
+                    (
+                        "Relinked",
+                        format!("linked source org {} with the new token", spec.org_id),
+                    )
+                } else {
+                    ("Linked", linked_message(&spec))
+                };
+                let r = if sync == Some(SyncStatus::Synced) {
+                    run.report(Reason::Linked, linked_message(&spec), status)
+                } else {
+                    run.report(
+                        Reason::Linking,
+                        format!(
+                            "source org {} accepted the token; waiting for SYNCED",
+                            spec.org_id
+                        ),
+                        status,
+                    )
+                };
+                Ok(r.event(EventType::Normal, ev, note))
+            }
+        }
+    }
+
+    /// spec.source was removed or moved: delete the recorded link, then forget it.
+    async fn unlink_recorded(self) -> Result<Report, Error> {
+        let Some(recorded) = self.status.link.clone() else {
+            return Ok(self.base);
+        };
+        let outcome = unlink(self.ctx, self.lt, &recorded).await;
+        let mut status = self.status.clone();
+        match outcome {
+            Unlink::Done(note) | Unlink::Skipped(note) => {
+                status.link = None;
+                let mut r = self.report(
+                    Reason::Linking,
+                    "the previous source link is removed; looking again".into(),
+                    status,
+                );
+                r.retry = Retry::Soon(Duration::from_millis(200));
+                Ok(match note.skipped {
+                    true => r.warning("UnlinkSkipped", note.text),
+                    false => r.event(EventType::Normal, "Unlinked", note.text),
+                })
+            }
+            Unlink::Blocked(e) => Ok(self.failed(status, &e, "removing the previous source link")),
+        }
+    }
+}
+
+struct Note {
+    skipped: bool,
+    text: String,
+}
+
+/// What unlinking found.
+enum Unlink {
+    /// Deleted, or there was none.
+    Done(Note),
+    /// It could not be deleted for a reason only a user can fix (credentials, 401/403, an
+    /// unknown org, a bad CA bundle): a warning, never a block.
+    Skipped(Note),
+    /// Transient trouble: retry.
+    Blocked(SourceError),
+}
+
+/// DELETE the recorded link at the source, with the credentials Secret recorded with it.
+async fn unlink(ctx: &Context, lt: &LinkToken, recorded: &LinkStatus) -> Unlink {
+    let skipped = |why: String| {
+        Unlink::Skipped(Note {
+            skipped: true,
+            text: format!(
+                "the link of source org {} was not removed: {why}; remove it there (DELETE /api/public/v1.0/orgs/{}/liveExport/migrationLink) if it still matters",
+                recorded.org_id, recorded.org_id
+            ),
+        })
+    };
+    let ns = lt.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let creds = match secrets.get_opt(&recorded.credentials_secret_name).await {
+        Ok(Some(s)) => match source_credentials(&secret_data(&s)) {
+            Ok(c) => c,
+            Err(why) => return skipped(why),
+        },
+        Ok(None) => {
+            return skipped(format!(
+                "the source credentials Secret {} does not exist",
+                recorded.credentials_secret_name
+            ));
+        }
+        Err(e) => {
+            return Unlink::Blocked(SourceError::Config(format!(
+                "reading the source credentials Secret: {e}"
+            )));
+        }
+    };
+    // The CA bundle of the current spec when it still names the same source.
+    let ca = match lt.spec.source.as_ref() {
+        Some(s) if s.url.trim_end_matches('/') == recorded.url => match &s.ca_bundle {
+            Some(r) => read_ca(ctx, &ns, r).await.ok(),
+            None => None,
+        },
+        _ => None,
+    };
+    let target = Target {
+        url: &recorded.url,
+        ca_pem: ca.as_deref(),
+    };
+    match ctx.source.unlink(target, &creds, &recorded.org_id).await {
+        Ok(Unlinked::Deleted) => Unlink::Done(Note {
+            skipped: false,
+            text: format!("removed the link of source org {}", recorded.org_id),
+        }),
+        Ok(Unlinked::NoLink) => Unlink::Done(Note {
+            skipped: false,
+            text: format!("source org {} had no link any more", recorded.org_id),
+        }),
+        Err(e) if e.reason() == Reason::SourceUnavailable => Unlink::Blocked(e),
+        Err(e) => skipped(format!("the source refused ({e})")),
+    }
+}
+
+/// Deletion: the link at the source goes before the token is revoked in Atlas (a revoked
+/// token would leave the source linked to nothing, NOT_SYNCED). Ok(notes): go on with the
+/// revocation, publishing the notes; Err(report): transient trouble at the source, the
+/// finalizer stays (RevocationBlocked, retried with backoff).
+pub async fn unlink_before_revoke(
+    lt: &LinkToken,
+    ctx: &Context,
+) -> Result<Vec<(EventType, &'static str, String)>, Report> {
+    let Some(recorded) = lt.status.as_ref().and_then(|s| s.link.clone()) else {
+        return Ok(Vec::new());
+    };
+    match unlink(ctx, lt, &recorded).await {
+        Unlink::Done(n) => Ok(vec![(EventType::Normal, "Unlinked", n.text)]),
+        Unlink::Skipped(n) => Ok(vec![(EventType::Warning, "UnlinkSkipped", n.text)]),
+        Unlink::Blocked(e) => {
+            let mut status = lt.status.clone().unwrap_or_default();
+            if let Some(l) = status.link.as_mut() {
+                l.source_error = Some(source_error_status(&e));
+            }
+            let message = format!(
+                "removing the link at the source before revoking the token: {e}; retrying. Set spec.deletionPolicy: Retain to delete without unlinking or revoking"
+            );
+            Err(Report::new(lt, Reason::RevocationBlocked, Retry::Backoff).status(status, message))
+        }
+    }
+}
+
+fn linked_message(spec: &SourceSpec) -> String {
+    format!(
+        "source org {} is linked with the current link token (SYNCED)",
+        spec.org_id
+    )
+}
+
+/// What to do, by reason, appended to a failure message.
+fn hint(reason: Reason) -> &'static str {
+    match reason {
+        Reason::SourceUnauthorized => {
+            "; check publicApiKey/privateApiKey in the source credentials Secret"
+        }
+        Reason::SourceForbidden => {
+            "; the API key must be Organization Owner of the source org, and its access list must allow the operator's address"
+        }
+        Reason::SourceOrgNotFound => "; check spec.source.orgId and spec.source.url",
+        Reason::SourceRejected => {
+            "; if the source does not accept the token, rotate it (annotate atlasmigration.io/rotate)"
+        }
+        _ => "",
+    }
+}
+
+fn source_error_status(e: &SourceError) -> AtlasErrorStatus {
+    AtlasErrorStatus {
+        http_status: e.http_status().map(i32::from),
+        error_code: e.error_code().map(str::to_string),
+        detail: Some(
+            e.detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string()),
+        ),
+    }
+}
+
+fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+/// Source credentials: an API key only (Digest, realm "MMS Public API"). The message names
+/// keys, never values.
+fn source_credentials(data: &BTreeMap<String, Vec<u8>>) -> Result<Credentials, String> {
+    match Credentials::from_secret_data(data) {
+        Ok(c) if c.kind() == CredentialsKind::ApiKey => Ok(c),
+        Ok(_) => Err(
+            "holds a service account (clientId/clientSecret); the source needs an API key (publicApiKey and privateApiKey)"
+                .into(),
+        ),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The PEM CA bundle from a Secret or ConfigMap key; the error names the object and key.
+async fn read_ca(ctx: &Context, ns: &str, r: &CaBundleRef) -> Result<Vec<u8>, String> {
+    let missing = |kind: &str, name: &str, key: &str| {
+        format!("spec.source.caBundle: {kind} {name} has no key {key} (or does not exist)")
+    };
+    if let Some(k) = &r.secret_key_ref {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let s = api
+            .get_opt(&k.name)
+            .await
+            .map_err(|e| format!("reading Secret {}: {e}", k.name))?;
+        return s
+            .and_then(|s| s.data.and_then(|mut d| d.remove(&k.key)))
+            .map(|v| v.0)
+            .ok_or_else(|| missing("Secret", &k.name, &k.key));
+    }
+    if let Some(k) = &r.config_map_key_ref {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+        let c = api
+            .get_opt(&k.name)
+            .await
+            .map_err(|e| format!("reading ConfigMap {}: {e}", k.name))?;
+        return c
+            .and_then(|c| c.data.and_then(|mut d| d.remove(&k.key)))
+            .map(String::into_bytes)
+            .ok_or_else(|| missing("ConfigMap", &k.name, &k.key));
+    }
+    Err("spec.source.caBundle names neither a Secret nor a ConfigMap".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::IssuedFor;
+
+    const URL: &str = "https://om.example:8443";
+    const ORG: &str = "6a1e9b2a3c4d5e6f7a8b9c0d";
+
+    fn d() -> Declared {
+        Declared {
+            url: URL.into(),
+            org_id: ORG.into(),
+        }
+    }
+
+    fn rec(token: Option<&str>, posting: Option<&str>) -> LinkStatus {
+        LinkStatus {
+            url: URL.into(),
+            org_id: ORG.into(),
+            credentials_secret_name: "src".into(),
+            token_sha256: token.map(Into::into),
+            posting_sha256: posting.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_link_decision_table() {
+        let check = |crash| LinkStep::Check {
+            posted_before_crash: crash,
+        };
+        let cases: Vec<(Option<Declared>, Option<LinkStatus>, LinkStep)> = vec![
+            // No source: nothing, or remove the link left behind.
+            (None, None, LinkStep::Nothing),
+            (None, Some(rec(Some("t1"), None)), LinkStep::UnlinkRecorded),
+            // Never linked: post.
+            (Some(d()), None, LinkStep::Post),
+            (Some(d()), Some(rec(None, None)), LinkStep::Post),
+            // Linked with the current token: follow its status.
+            (Some(d()), Some(rec(Some("t1"), None)), check(false)),
+            // Rotated: the link holds the old token; post the new one.
+            (Some(d()), Some(rec(Some("t0"), None)), LinkStep::Post),
+            // Crash after the marker: ask before posting again.
+            (Some(d()), Some(rec(Some("t0"), Some("t1"))), check(true)),
+            (Some(d()), Some(rec(None, Some("t1"))), check(true)),
+            // A marker of an older token does not count.
+            (Some(d()), Some(rec(None, Some("t0"))), LinkStep::Post),
+        ];
+        for (declared, recorded, want) in cases {
+            assert_eq!(
+                decide_link(declared.as_ref(), recorded.as_ref(), "t1"),
+                want,
+                "{declared:?} {recorded:?}"
+            );
+        }
+        // The spec moved to another org or URL: the old link goes first.
+        let moved = Declared {
+            org_id: "0000000000000000000000aa".into(),
+            ..d()
+        };
+        assert_eq!(
+            decide_link(Some(&moved), Some(&rec(Some("t1"), None)), "t1"),
+            LinkStep::UnlinkRecorded
+        );
+        let other_url = Declared {
+            url: "https://cloud.mongodb.com".into(),
+            ..d()
+        };
+        assert_eq!(
+            decide_link(Some(&other_url), Some(&rec(Some("t1"), None)), "t1"),
+            LinkStep::UnlinkRecorded
+        );
+    }
+
+    #[test]
+    fn a_status_answer_decides_what_follows() {
+        use SyncStatus::*;
+        assert_eq!(after_check(Some(Synced), false), CheckOutcome::Linked);
+        assert_eq!(after_check(Some(Synced), true), CheckOutcome::Linked);
+        // NOT_SYNCED with the current token is reported, never hidden by a re-post.
+        assert_eq!(after_check(Some(NotSynced), false), CheckOutcome::NotSynced);
+        // After a crash mid-POST, NOT_SYNCED is the old token's link: post the new one.
+        assert_eq!(after_check(Some(NotSynced), true), CheckOutcome::Post);
+        // The link vanished at the source (drift) or never landed: post.
+        assert_eq!(after_check(None, false), CheckOutcome::Post);
+        assert_eq!(after_check(None, true), CheckOutcome::Post);
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn status(link_sha: Option<&str>, sync: &str, issued_sha: &str) -> LinkTokenStatus {
+        LinkTokenStatus {
+            issued_for: Some(IssuedFor {
+                token_sha256: Some(issued_sha.into()),
+                ..Default::default()
+            }),
+            link: Some(LinkStatus {
+                token_sha256: link_sha.map(Into::into),
+                sync_status: Some(sync.into()),
+                ..rec(None, None)
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_linked_condition_is_never_kept_true_for_an_old_token() {
+        let now = t("2026-11-30T09:00:00Z");
+        let st = status(Some("t1"), "SYNCED", "t1");
+        let linked = linked_condition(&[], Some(1), &now, true, &st, Reason::Linked, "ok")
+            .expect("declared");
+        assert_eq!(
+            (linked.status.as_str(), linked.reason.as_str()),
+            ("True", "Linked")
+        );
+
+        // An Atlas failure while the link still holds the current token: stays True.
+        let prev = vec![linked.clone()];
+        let c = linked_condition(
+            &prev,
+            Some(1),
+            &now,
+            true,
+            &st,
+            Reason::AtlasUnavailable,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.status, "True");
+        assert_eq!(c.last_transition_time, linked.last_transition_time);
+
+        // A rotation issued a new token: the old link is not reported as healthy.
+        let rotated = status(Some("t1"), "SYNCED", "t2");
+        let c =
+            linked_condition(&prev, Some(2), &now, true, &rotated, Reason::Issuing, "x").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Linking"));
+
+        // Failures at the source set it.
+        let c = linked_condition(&prev, Some(2), &now, true, &st, Reason::NotSynced, "m").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotSynced")
+        );
+
+        // No source: no condition.
+        assert!(
+            linked_condition(
+                &[],
+                Some(1),
+                &now,
+                false,
+                &LinkTokenStatus::default(),
+                Reason::TokenIssued,
+                ""
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn source_credentials_must_be_an_api_key() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert!(
+            source_credentials(&data(&[("publicApiKey", "p"), ("privateApiKey", "s3cr3t")]))
+                .is_ok()
+        );
+        let e = source_credentials(&data(&[("clientId", "i"), ("clientSecret", "s3cr3t")]))
+            .unwrap_err();
+        assert!(e.contains("API key") && !e.contains("s3cr3t"), "{e}");
+        let e = source_credentials(&data(&[("publicApiKey", "p")])).unwrap_err();
+        assert!(!e.is_empty());
+    }
+}

@@ -1,0 +1,11 @@
+//! The source side of the link: Cloud Manager or Ops Manager, which receives the link token
+//! (`/api/public/v1.0/orgs/{orgId}/liveExport/migrationLink`). No Kubernetes types in here.
+//!
+//! - [`client`]: [`SourceClient`], `link` / `status` / `unlink`, reusing the Atlas client's
+//!   Digest, transport and typed-failure machinery; one HTTP client per CA bundle.
+//! - [`error`]: [`SourceError`] and its one mapping onto the Linked reasons.
+pub mod client;
+pub mod error;
+
+pub use client::{SourceClient, SourceConfig, SyncStatus, Target, Unlinked};
+pub use error::SourceError;
