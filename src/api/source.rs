@@ -16,7 +16,7 @@ pub const CLOUD_MANAGER_URL: &str = "https://cloud.mongodb.com";
 /// /api/public/v1.0/orgs/{orgId}/liveExport/migrationLink), follows the link's status until
 /// SYNCED, re-links after every rotation and unlinks before revoking on deletion. The Linked
 /// condition reports it; Ready is True only once the link is SYNCED.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// Base URL of the source: https://cloud.mongodb.com (Cloud Manager, the default) or an Ops
@@ -40,6 +40,23 @@ pub struct SourceSpec {
     /// namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
+
+    /// Whether the token is also stored in the token Secret (the default). false: the token
+    /// exists only in transit, from Atlas to the source; no Secret is written. Trade-off: a
+    /// token that is stored nowhere cannot be handed over again, so a failed hand-over or a
+    /// link removed at the source costs a new token (revoke, then issue), and nobody can ever
+    /// read it. See docs/source-link.md.
+    #[serde(default = "yes")]
+    #[schemars(transform = default_true)]
+    pub store_token: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_true(s: &mut Schema) {
+    s.insert("default".into(), json!(true));
 }
 
 /// Where a PEM CA bundle is read from: exactly one of secretKeyRef and configMapKeyRef.
@@ -159,5 +176,6 @@ mod tests {
         .unwrap();
         assert_eq!(s.url, CLOUD_MANAGER_URL);
         assert_eq!(s.ca_bundle, None);
+        assert!(s.store_token, "the token is stored unless asked not to");
     }
 }

@@ -153,6 +153,11 @@ async fn issue(
     let org = lt.spec.org_id.clone();
     let target_name = obs.observed.target_secret_name.clone();
     let mut status = lt.status.clone().unwrap_or_default();
+    // storeToken: false: no Secret to dry-run; the source must be able to take the token.
+    let source_only = obs.observed.token_store != decide::TokenStore::Secret;
+    if source_only && let Some(not_now) = super::link::preflight(lt, ctx).await {
+        return Ok(not_now.into());
+    }
 
     // 0. Would the API server accept the Secret? A quota, an admission webhook or invalid
     // metadata refusing it only after the POST would leave a minted org API key that every
@@ -160,17 +165,18 @@ async fn issue(
     // and its error message cannot echo a real token, so it can go into the Ready message.
     let placeholder = [b'x'; DRY_RUN_TOKEN_LEN];
     let placeholder_attempt = "0".repeat(new_attempt_id().len());
-    if let Err(e) = write_secret(
-        lt,
-        ctx,
-        &target_name,
-        &placeholder,
-        &now_rfc3339(),
-        Some(&placeholder_attempt),
-        &plan,
-        true,
-    )
-    .await
+    if !source_only
+        && let Err(e) = write_secret(
+            lt,
+            ctx,
+            &target_name,
+            &placeholder,
+            &now_rfc3339(),
+            Some(&placeholder_attempt),
+            &plan,
+            true,
+        )
+        .await
     {
         return match SecretRefusal::of(&e) {
             // The Secret changed since it was observed: look again (its event requeues too).
@@ -235,6 +241,22 @@ async fn issue(
     };
 
     super::pause::point("after-post").await;
+    if source_only {
+        // The token exists only here: straight to the source, recorded as issued first.
+        let sha = secret::token_sha256(token.expose().as_bytes());
+        let mut issued = status_marked;
+        issued.in_flight = None;
+        issued.atlas_error = None;
+        issued.issued_at = Some(now_rfc3339());
+        issued.issued_for = Some(IssuedFor {
+            org_id: org.clone(),
+            access_list_ips: lt.spec.access_list_ips.clone(),
+            rotate: obs.observed.rotate.clone(),
+            token_sha256: Some(sha.clone()),
+        });
+        let report = super::link::hand_over(lt, ctx, token, &sha, why, issued, rv).await?;
+        return Ok(report.into());
+    }
     // 4. The Secret, at once: the token exists nowhere else. Created if it was observed
     // absent (one that appeared meanwhile is not ours to take), else updated only if it is
     // still the very object observed.
@@ -846,6 +868,7 @@ mod tests {
                 reported_unusable: false,
                 last_stalled: None,
                 retry_hold: None,
+                token_store: decide::TokenStore::Secret,
             },
             credentials: None,
             target: None,

@@ -129,6 +129,20 @@ pub struct Observed {
     pub reported_unusable: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
+    /// Where the token lives: its Secret (the default), or only at the source
+    /// (`spec.source.storeToken: false`; see docs/source-link.md).
+    pub token_store: TokenStore,
+}
+
+/// Where the current token is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TokenStore {
+    /// In the token Secret.
+    #[default]
+    Secret,
+    /// Nowhere but at the source: `at_source` when status.link says the source holds the
+    /// issued token (or a POST of it was in flight: the link step asks the source).
+    SourceOnly { at_source: bool },
 }
 
 /// Why a new token is needed.
@@ -145,6 +159,9 @@ pub enum IssueWhy {
     AccessListChanged,
     OrgChanged,
     RotateRequested,
+    /// `storeToken: false` and the source does not hold the issued token (a hand-over that
+    /// failed, or a link removed at the source): it is stored nowhere, so a new one is due.
+    NotAtSource,
 }
 
 impl IssueWhy {
@@ -162,6 +179,9 @@ impl IssueWhy {
             IssueWhy::AccessListChanged => "spec.accessListIps changed",
             IssueWhy::OrgChanged => "spec.orgId changed",
             IssueWhy::RotateRequested => "the atlasmigration.io/rotate annotation changed",
+            IssueWhy::NotAtSource => {
+                "the token is stored nowhere (spec.source.storeToken: false) and the source does not hold it"
+            }
         }
     }
 }
@@ -316,7 +336,8 @@ fn check_org(o: &Observed) -> Option<Step> {
 }
 
 fn check_target_secret(o: &Observed) -> Option<Step> {
-    if o.target_secret != SecretState::Foreign {
+    // Without a token Secret (storeToken: false) no Secret can be in the way.
+    if o.target_secret != SecretState::Foreign || o.token_store != TokenStore::Secret {
         return None;
     }
     let reason = Reason::SecretConflict;
@@ -342,6 +363,10 @@ fn check_target_secret(o: &Observed) -> Option<Step> {
 /// link and re-issuing would only churn. It is adopted only under [`adoptable`]; otherwise the
 /// issue is redone (DELETE, then POST), which also revokes the stored token.
 fn check_interrupted_issue(o: &Observed) -> Option<Step> {
+    if o.token_store != TokenStore::Secret {
+        // No Secret holds an interrupted issue's token: it is reissued (DELETE first).
+        return None;
+    }
     let flight = o.in_flight.as_ref()?;
     let SecretState::Ours(s) = &o.target_secret else {
         return None;
@@ -426,6 +451,9 @@ fn issue_needed(o: &Observed) -> Option<IssueWhy> {
     }
     if issued.rotate != o.rotate {
         return Some(IssueWhy::RotateRequested);
+    }
+    if let TokenStore::SourceOnly { at_source } = o.token_store {
+        return (!at_source).then_some(IssueWhy::NotAtSource);
     }
     match current_token_location(o) {
         TokenLocation::Found(_) => None,
@@ -605,6 +633,16 @@ pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
 }
 
 fn keep(o: &Observed) -> Step {
+    if o.token_store != TokenStore::Secret {
+        // Nothing to write: the token is kept nowhere but at the source.
+        return Step::Keep {
+            source: SecretSource::Target {
+                key: o.target_secret_key.clone(),
+            },
+            rewrite_secret: false,
+            delete_previous: false,
+        };
+    }
     let source = match current_token_location(o) {
         TokenLocation::Found(s) => s,
         // issue_needed returned None, so the token was found; keep the type total anyway.

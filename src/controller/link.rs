@@ -26,6 +26,7 @@ use std::time::Duration;
 use super::backoff::Retry;
 use super::conditions;
 use super::context::Context;
+use super::decide::{IssueWhy, TokenStore};
 use super::error::Error;
 use super::observe::Observation;
 use super::report::{self, Report, now_rfc3339};
@@ -154,6 +155,25 @@ fn declared(spec: Option<&SourceSpec>) -> Option<Declared> {
     })
 }
 
+/// Where the token is kept: its Secret, or (`spec.source.storeToken: false`) only at the
+/// source, which holds it when status.link records the issued token as linked, or as being
+/// posted when a crash interrupted the hand-over (the link step then asks the source).
+pub fn token_store(lt: &LinkToken) -> TokenStore {
+    if lt.spec.source.as_ref().is_none_or(|s| s.store_token) {
+        return TokenStore::Secret;
+    }
+    let status = lt.status.as_ref();
+    let issued = status
+        .and_then(|s| s.issued_for.as_ref())
+        .and_then(|i| i.token_sha256.as_deref());
+    let at_source = issued.is_some_and(|sha| {
+        status.and_then(|s| s.link.as_ref()).is_some_and(|l| {
+            l.token_sha256.as_deref() == Some(sha) || l.posting_sha256.as_deref() == Some(sha)
+        })
+    });
+    TokenStore::SourceOnly { at_source }
+}
+
 /// Carries the link out after the issuing path's report. Only a report that says the token is
 /// current (TokenIssued) is followed; any other passes through unchanged.
 pub async fn follow(
@@ -165,9 +185,13 @@ pub async fn follow(
     if report.reason != Some(Reason::TokenIssued) {
         return Ok(report);
     }
-    let Some((status, _)) = report.status.clone() else {
+    let Some((mut status, _)) = report.status.clone() else {
         return Ok(report);
     };
+    if token_store(lt) != TokenStore::Secret {
+        // No Secret holds the token: status names none.
+        status.token_secret_name = None;
+    }
     let want = declared(lt.spec.source.as_ref());
     if want.is_none() && status.link.is_none() {
         return Ok(report);
@@ -384,30 +408,54 @@ impl Run<'_> {
         }
     }
 
-    /// Marker, POST (a 409 from a link with another token: DELETE, then POST once more),
-    /// then the status recording the answer.
+    /// The current token from its Secret, then [`Run::post_with`]. With storeToken: false
+    /// no Secret holds it: the link is recorded as lost, and the next reconcile reissues
+    /// (revoking it first).
     async fn post(self, obs: &Observation, sha: &str) -> Result<Report, Error> {
         let Some(spec) = self.source().cloned() else {
             return Ok(self.base);
         };
         let Some(token) = Self::token(obs, sha) else {
-            // The Secret changed under us; its watch event brings a fresh look.
-            return Ok(self.report(
-                Reason::Linking,
-                "the token Secret changed; looking again".into(),
-                self.status.clone(),
-            ));
+            let mut status = self.status.clone();
+            let message = if spec.store_token {
+                // The Secret changed under us; its watch event brings a fresh look.
+                "the token Secret changed; looking again".to_string()
+            } else {
+                if let Some(l) = status.link.as_mut() {
+                    l.token_sha256 = None;
+                    l.posting_sha256 = None;
+                }
+                format!(
+                    "source org {} does not hold the token, which is stored nowhere else (storeToken: false): a new one is issued and linked",
+                    spec.org_id
+                )
+            };
+            let mut r = self.report(Reason::Linking, message, status);
+            r.retry = Retry::Soon(Duration::from_millis(200));
+            return Ok(r);
         };
         let access = match self.access(&spec).await {
             Ok(a) => a,
             Err(r) => return Ok(r),
         };
+        self.post_with(&spec, &access, token, sha).await
+    }
+
+    /// Marker, POST (a 409 from a link with another token: DELETE, then POST once more),
+    /// then the status recording the answer.
+    async fn post_with(
+        self,
+        spec: &SourceSpec,
+        access: &Access,
+        token: LinkTokenValue,
+        sha: &str,
+    ) -> Result<Report, Error> {
         let mut status = self.status.clone();
         let relink = status
             .link
             .as_ref()
             .is_some_and(|l| l.token_sha256.is_some());
-        let mut link = self.recorded(&spec);
+        let mut link = self.recorded(spec);
         link.posting_sha256 = Some(sha.to_string());
         status.link = Some(link.clone());
         // The marker: from here a link with this token may exist at the source.
@@ -461,10 +509,10 @@ impl Run<'_> {
                         format!("linked source org {} with the new token", spec.org_id),
                     )
                 } else {
-                    ("Linked", linked_message(&spec))
+                    ("Linked", linked_message(spec))
                 };
                 let r = if sync == Some(SyncStatus::Synced) {
-                    run.report(Reason::Linked, linked_message(&spec), status)
+                    run.report(Reason::Linked, linked_message(spec), status)
                 } else {
                     run.report(
                         Reason::Linking,
@@ -504,6 +552,85 @@ impl Run<'_> {
             Unlink::Blocked(e) => Ok(self.failed(status, &e, "removing the previous source link")),
         }
     }
+}
+
+/// storeToken: false, issuing: a source that cannot take the token must be found out before
+/// a token is minted (a token stored nowhere is lost when the hand-over fails). Reads the
+/// source's credentials and CA and asks its link status; None: go ahead.
+pub async fn preflight(lt: &LinkToken, ctx: &Context) -> Option<Report> {
+    let spec = lt.spec.source.as_ref()?;
+    let status = lt.status.clone().unwrap_or_default();
+    let run = Run {
+        lt,
+        ctx,
+        base: Report::new(lt, Reason::Linking, Retry::Backoff),
+        status,
+    };
+    let access = match run.access(spec).await {
+        Ok(a) => a,
+        Err(r) => return Some(r),
+    };
+    let target = Target {
+        url: &spec.url,
+        ca_pem: access.ca.as_deref(),
+    };
+    match ctx.source.status(target, &access.creds, &spec.org_id).await {
+        Ok(_) => None,
+        Err(e) => {
+            let mut status = run.status.clone();
+            status.link = Some(run.recorded(spec));
+            Some(run.failed(
+                status,
+                &e,
+                "checking the source before issuing (storeToken: false)",
+            ))
+        }
+    }
+}
+
+/// storeToken: false, right after the Atlas POST: the token exists only in memory, so it goes
+/// to the source in this reconcile. `issued` is the status recording the new token (issue
+/// marker cleared: from here a crash leaves a token status knows of, which the next issue
+/// revokes first), written with the link's marker before the POST to the source; `fence` is
+/// the version the issue marker's write returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn hand_over(
+    lt: &LinkToken,
+    ctx: &Context,
+    token: LinkTokenValue,
+    sha: &str,
+    why: IssueWhy,
+    mut issued: LinkTokenStatus,
+    fence: Option<String>,
+) -> Result<Report, Error> {
+    issued.token_secret_name = None;
+    let (ev, note) = if why.is_rotation() {
+        (
+            "TokenRotated",
+            format!("issued a new link token: {}", why.describe()),
+        )
+    } else {
+        ("TokenIssued", "issued a link token".to_string())
+    };
+    let mut base = Report::new(lt, Reason::Linking, Retry::Backoff)
+        .fenced_at(fence)
+        .event(EventType::Normal, ev, note)
+        .memory(report::Memory::Forget);
+    base.issued = true;
+    let run = Run {
+        lt,
+        ctx,
+        base,
+        status: issued,
+    };
+    let Some(spec) = run.source().cloned() else {
+        return Ok(run.base);
+    };
+    let access = match run.access(&spec).await {
+        Ok(a) => a,
+        Err(r) => return Ok(r),
+    };
+    run.post_with(&spec, &access, token, sha).await
 }
 
 struct Note {
@@ -850,6 +977,51 @@ mod tests {
                 ""
             )
             .is_none()
+        );
+    }
+
+    #[test]
+    fn without_a_token_secret_the_token_is_current_while_the_source_holds_it() {
+        let lt = |store: bool, link: Option<LinkStatus>| {
+            let mut l = LinkToken::new(
+                "lt",
+                crate::api::LinkTokenSpec {
+                    source: Some(SourceSpec {
+                        url: URL.into(),
+                        org_id: ORG.into(),
+                        credentials_secret_ref: Default::default(),
+                        ca_bundle: None,
+                        store_token: store,
+                    }),
+                    ..Default::default()
+                },
+            );
+            l.status = Some(LinkTokenStatus {
+                issued_for: Some(IssuedFor {
+                    token_sha256: Some("t1".into()),
+                    ..Default::default()
+                }),
+                link,
+                ..Default::default()
+            });
+            l
+        };
+        assert_eq!(token_store(&lt(true, None)), TokenStore::Secret);
+        let only = |at_source| TokenStore::SourceOnly { at_source };
+        assert_eq!(token_store(&lt(false, None)), only(false));
+        assert_eq!(
+            token_store(&lt(false, Some(rec(Some("t1"), None)))),
+            only(true)
+        );
+        // A crash during the hand-over: the link step asks the source.
+        assert_eq!(
+            token_store(&lt(false, Some(rec(None, Some("t1"))))),
+            only(true)
+        );
+        // Linked with an older token: the issued one is stored nowhere.
+        assert_eq!(
+            token_store(&lt(false, Some(rec(Some("t0"), None)))),
+            only(false)
         );
     }
 

@@ -53,11 +53,14 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     // Without usable credentials `decide` stops at the credentials check: skip the Secret
     // reads, which keeps a flood of misconfigured LinkTokens cheap.
     let usable = credentials_state == CredentialsState::Valid;
-    let target = match usable {
+    let token_store = super::link::token_store(lt);
+    // Without a token Secret (storeToken: false) there is none to read.
+    let reads = usable && token_store == decide::TokenStore::Secret;
+    let target = match reads {
         true => secrets.get_opt(&target_name).await?,
         false => None,
     };
-    let previous = match (&previous_name, usable) {
+    let previous = match (&previous_name, reads) {
         (Some(n), true) => secrets.get_opt(n).await?,
         _ => None,
     };
@@ -120,6 +123,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         reported_unusable: !index::has_usable_credentials(lt),
         last_stalled,
         retry_hold,
+        token_store,
     };
     Ok(Observation {
         observed,

@@ -8,7 +8,8 @@
 //!
 //! Points: `before-revoke` (marker written, before any DELETE), `before-post` (after the
 //! DELETEs), `after-post` (token received, Secret not written), `after-secret` (Secret written,
-//! status not).
+//! status not); for the link at the source (`controller::link`): `before-link-post` (link
+//! marker written, nothing posted) and `after-link-post` (posted, answer not recorded).
 
 #[cfg(feature = "fault-injection")]
 mod hook {

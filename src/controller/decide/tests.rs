@@ -51,6 +51,7 @@ fn ready() -> Observed {
         reported_unusable: false,
         last_stalled: None,
         retry_hold: None,
+        token_store: TokenStore::Secret,
     }
 }
 
@@ -979,4 +980,54 @@ fn a_foreign_secret_with_a_marker_revokes_the_marked_org_before_waiting() {
         ..o
     };
     assert_eq!(reason(&decide(&no_marker)), Some(Reason::SecretConflict));
+}
+
+/// storeToken: false. The token lives nowhere but at the source: no Secret is read, written,
+/// adopted or in the way; the token is current only while the source holds it.
+#[test]
+fn without_a_token_secret_the_source_holds_the_token() {
+    let at_source = |yes| TokenStore::SourceOnly { at_source: yes };
+    let linked = Observed {
+        target_secret: SecretState::Absent,
+        token_store: at_source(true),
+        ..ready()
+    };
+    assert_eq!(
+        decide(&linked),
+        Step::Keep {
+            source: SecretSource::Target {
+                key: "linkToken".into()
+            },
+            rewrite_secret: false,
+            delete_previous: false,
+        },
+        "no Secret is written or read"
+    );
+    // The source lost it (a failed hand-over, a link removed there): revoke, reissue.
+    let lost = Observed {
+        token_store: at_source(false),
+        ..linked.clone()
+    };
+    assert_eq!(decide(&lost), issue(IssueWhy::NotAtSource, &[ORG]));
+    // A Secret of someone else's with the LinkToken's name is not in the way.
+    let foreign = Observed {
+        target_secret: SecretState::Foreign,
+        ..linked.clone()
+    };
+    assert!(matches!(decide(&foreign), Step::Keep { .. }));
+    // An interrupted issue is never adopted (no Secret holds its token): DELETE, then POST.
+    let interrupted = Observed {
+        issued_for: None,
+        in_flight: Some(marker(ORG)),
+        target_secret: owned("linkToken", SHA),
+        token_store: at_source(false),
+        ..ready()
+    };
+    assert_eq!(decide(&interrupted), issue(IssueWhy::Interrupted, &[ORG]));
+    // Spec changes still reissue.
+    let rotated = Observed {
+        rotate: Some("2".into()),
+        ..linked
+    };
+    assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
 }
