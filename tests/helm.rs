@@ -556,6 +556,7 @@ fn default_values_render_a_restricted_least_privilege_operator() {
     assert_eq!(
         grants(&operator_roles[0]["rules"]),
         [
+            "/configmaps:get",
             "/secrets:create",
             "/secrets:delete",
             "/secrets:get",
@@ -1271,6 +1272,7 @@ async fn namespaced_rbac_is_enough_and_no_more() {
             "linktokens.atlasmigration.io/finalizers",
             Some(&ns),
         ),
+        ("get", "configmaps", Some(&ns)),
         ("get", "secrets", Some(&ns)),
         ("list", "secrets", Some(&ns)),
         ("watch", "secrets", Some(&ns)),
@@ -1303,8 +1305,10 @@ async fn namespaced_rbac_is_enough_and_no_more() {
         ("list", "linktokens.atlasmigration.io", None),
         ("update", "secrets", Some(&ns)),
         ("deletecollection", "secrets", Some(&ns)),
+        // ConfigMaps (a source CA bundle): get only, only in the watched namespace.
+        ("list", "configmaps", Some(&ns)),
+        ("get", "configmaps", Some(other.as_str())),
         // Nothing else.
-        ("get", "configmaps", Some(&ns)),
         ("create", "pods", Some(&ns)),
         ("create", "events", Some(&ns)),
         ("list", "leases.coordination.k8s.io", Some(&op_ns)),
@@ -1362,7 +1366,8 @@ async fn cluster_wide_rbac_is_enough_and_no_more() {
         ("delete", "linktokens.atlasmigration.io"),
         ("create", "linktokens.atlasmigration.io"),
         ("update", "secrets"),
-        ("get", "configmaps"),
+        ("list", "configmaps"),
+        ("watch", "configmaps"),
         ("create", "pods"),
         ("list", "leases.coordination.k8s.io"),
         ("create", "leases.coordination.k8s.io"),

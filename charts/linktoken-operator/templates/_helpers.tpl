@@ -95,6 +95,11 @@ The rules the operator needs in every namespace it manages: the same list for th
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "patch", "delete"]
+# ConfigMaps: get only, by name: the PEM CA bundle a LinkToken names in
+# spec.source.caBundle.configMapKeyRef (an Ops Manager with a private CA). Never listed or watched.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 # Events (events.k8s.io/v1) via kube's Recorder: create a new event, patch its series count
 # when it repeats.
 - apiGroups: ["events.k8s.io"]
