@@ -42,6 +42,14 @@ struct Args {
     rate_limit_refill_per_minute: Option<u32>,
 }
 
+/// The source port: as given, else 127.0.0.1:8092 with `--demo`, else off.
+fn source_listen(args: &Args) -> Option<SocketAddr> {
+    args.source_listen.or_else(|| {
+        args.demo
+            .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_SOURCE_PORT)))
+    })
+}
+
 fn load_config(args: &Args) -> Result<SimConfig, String> {
     let mut config = match (&args.config, args.demo) {
         (Some(path), _) => SimConfig::from_yaml_file(path).map_err(|e| e.to_string())?,
@@ -106,10 +114,7 @@ async fn main() -> ExitCode {
     let listen = SimListen {
         atlas: args.listen,
         admin: args.admin_listen,
-        source: args.source_listen.or_else(|| {
-            args.demo
-                .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_SOURCE_PORT)))
-        }),
+        source: source_listen(&args),
     };
     let handle = match SimServer::start_listen(config, listen, None).await {
         Ok(h) => h,
@@ -137,4 +142,29 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down");
     handle.shutdown().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_of(argv: &[&str]) -> Option<SocketAddr> {
+        let args = Args::try_parse_from(std::iter::once("atlas-sim").chain(argv.iter().copied()))
+            .expect("parses");
+        source_listen(&args)
+    }
+
+    #[test]
+    fn source_port_is_off_unless_asked_for_or_demo() {
+        assert_eq!(source_of(&[]), None);
+        assert_eq!(source_of(&["--demo"]), "127.0.0.1:8092".parse().ok());
+        assert_eq!(
+            source_of(&["--demo", "--source-listen", "127.0.0.1:0"]),
+            "127.0.0.1:0".parse().ok()
+        );
+        assert_eq!(
+            source_of(&["--source-listen", "0.0.0.0:9092"]),
+            "0.0.0.0:9092".parse().ok()
+        );
+    }
 }

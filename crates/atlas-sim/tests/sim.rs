@@ -1284,7 +1284,9 @@ async fn stop_binary(mut child: tokio::process::Child) -> String {
 
 #[tokio::test]
 async fn binary_demo_serves_and_logs_no_secrets() {
-    let (child, atlas_url, admin_url) = spawn_binary(&["--demo"]).await;
+    // A free source port: --demo alone would take the fixed 8092, which a local demo may hold.
+    let (child, atlas_url, admin_url) =
+        spawn_binary(&["--demo", "--source-listen", "127.0.0.1:0"]).await;
     let mut c = DigestClient::new(&atlas_url, USER, PASS);
     let r = c.send(Method::POST, &link_path(ORG), Some(BODY)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);

@@ -546,3 +546,42 @@ fn source_config_loads_from_yaml() {
     assert_eq!(demo.source_api_keys[0].public_key, SRC_USER);
     assert_eq!(demo.source_api_keys[0].private_key, SRC_PASS);
 }
+
+#[tokio::test]
+async fn atlas_nonces_and_bearer_tokens_mean_nothing_on_the_source_port() {
+    let h = start(SimConfig::demo()).await;
+    // A nonce the Atlas port handed out, used correctly on the source port: stale there.
+    let mut atlas = DigestClient::new(&h.atlas_url, USER, PASS);
+    let r = atlas.send(Method::DELETE, &link_path(ORG), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let nonce = atlas.nonce.clone().expect("atlas nonce");
+    let path = status_path(SRC_ORG);
+    let auth = super::digest_auth("GET", &path, SRC_USER, SRC_PASS, &nonce, 1);
+    let r = client()
+        .get(format!("{}{path}", source_url(&h)))
+        .header("Authorization", auth)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        super::parse_challenge(&r).1,
+        "stale=true: retry with a source nonce"
+    );
+    // A service-account bearer token of the Atlas side is refused (no service accounts here).
+    let t = super::oauth_token(&h, "mdb_sa_id_demo", "mdb_sa_sk_demo").await;
+    let bearer = t.json()["access_token"].as_str().expect("token").to_owned();
+    let r = client()
+        .get(format!("{}{path}", source_url(&h)))
+        .header("Authorization", format!("Bearer {bearer}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The source client itself gets through (404: nothing linked yet).
+    let mut c = source_client(&h, SRC_USER, SRC_PASS);
+    assert_eq!(
+        send(&mut c, Method::GET, &path, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
