@@ -585,3 +585,54 @@ async fn atlas_nonces_and_bearer_tokens_mean_nothing_on_the_source_port() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn python_urllib_digest_client_on_the_source_port() {
+    let h = start(SimConfig::demo()).await;
+    let token = mint(&h).await;
+    let base = source_url(&h);
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        super::python_client(
+            ["source", &base, SRC_ORG, SRC_USER, SRC_PASS, &token]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "python source: {out}{err}");
+    for line in [
+        "link 200 SYNCED",
+        "status 200 SYNCED",
+        "unlink 204",
+        "unlink-again 404 MIGRATION_LINK_NOT_FOUND",
+        "status-after 404 MIGRATION_LINK_NOT_FOUND",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(h.state.source_link(SRC_ORG).is_none());
+}
+
+#[tokio::test]
+async fn a_status_fault_can_answer_not_synced() {
+    // How a test makes the source report NOT_SYNCED while the token is still live.
+    let h = start(SimConfig::demo()).await;
+    let token = mint(&h).await;
+    let mut c = source_client(&h, SRC_USER, SRC_PASS);
+    assert_eq!(
+        post_token(&mut c, SRC_ORG, &token).await.status,
+        StatusCode::OK
+    );
+    let f = admin_post(
+        &h,
+        "/faults",
+        json!({"kind": "status", "status": 200, "body": {"status": "NOT_SYNCED"}, "count": 1,
+               "method": "GET", "target": "source"}),
+    )
+    .await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.text);
+    let r = send(&mut c, Method::GET, &status_path(SRC_ORG), None).await;
+    assert_eq!(r.json(), json!({"status": "NOT_SYNCED"}));
+    let r = send(&mut c, Method::GET, &status_path(SRC_ORG), None).await;
+    assert_eq!(r.json(), json!({"status": "SYNCED"}));
+}
