@@ -119,6 +119,9 @@ pub enum CallKind {
     SourceLink,
     /// GET /api/public/v1.0/orgs/{orgId}/liveExport/migrationLink/status (source port).
     SourceLinkStatus,
+    /// Any other path on the source port.
+    SourceOther,
+    /// Any other path on the Atlas port.
     Other,
 }
 
@@ -138,7 +141,21 @@ impl CallKind {
             CallKind::OauthRevoke => "oauthRevoke",
             CallKind::SourceLink => "sourceLink",
             CallKind::SourceLinkStatus => "sourceLinkStatus",
+            CallKind::SourceOther => "sourceOther",
             CallKind::Other => "other",
+        }
+    }
+
+    /// The port this kind of call arrives on.
+    pub fn port(self) -> Port {
+        match self {
+            CallKind::SourceLink | CallKind::SourceLinkStatus | CallKind::SourceOther => {
+                Port::Source
+            }
+            CallKind::LinkTokens
+            | CallKind::OauthToken
+            | CallKind::OauthRevoke
+            | CallKind::Other => Port::Atlas,
         }
     }
 
@@ -162,15 +179,15 @@ impl CallKind {
     /// Classifies a path of the source port; for migrationLink paths also returns the org id.
     pub fn classify_source(path: &str) -> (CallKind, Option<&str>) {
         let Some(rest) = path.strip_prefix("/api/public/v1.0/orgs/") else {
-            return (CallKind::Other, None);
+            return (CallKind::SourceOther, None);
         };
         let Some((org, tail)) = rest.split_once('/') else {
-            return (CallKind::Other, None);
+            return (CallKind::SourceOther, None);
         };
         match tail {
             "liveExport/migrationLink" => (CallKind::SourceLink, Some(org)),
             "liveExport/migrationLink/status" => (CallKind::SourceLinkStatus, Some(org)),
-            _ => (CallKind::Other, None),
+            _ => (CallKind::SourceOther, None),
         }
     }
 }
@@ -292,8 +309,10 @@ mod tests {
         );
         assert_eq!(
             CallKind::classify_source("/api/public/v1.0/orgs/abc/other"),
-            (CallKind::Other, None)
+            (CallKind::SourceOther, None)
         );
+        assert_eq!(CallKind::SourceOther.port(), Port::Source);
+        assert_eq!(CallKind::Other.port(), Port::Atlas);
     }
 
     #[test]

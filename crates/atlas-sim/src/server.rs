@@ -76,7 +76,7 @@ impl SimHandle {
         self.source_url.clone()
     }
 
-    /// Stops both servers: open connections get up to 5 s to finish, then are cut.
+    /// Stops the servers: open connections get up to 5 s to finish, then are cut.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {

@@ -17,7 +17,7 @@ use super::config::{
     ServiceAccountConfig, SimConfig,
 };
 use super::digest::NonceStore;
-use super::faults::{ActiveFault, CallKind, FaultQueue, FaultSpec};
+use super::faults::{ActiveFault, CallKind, FaultQueue, FaultSpec, Port};
 use super::ratelimit::TokenBucket;
 use super::source::{SourceCall, SourceOrgSnapshot, SourceState};
 
@@ -310,8 +310,19 @@ impl SimState {
             .unwrap_or(0)
     }
 
+    /// Calls answered on both API ports (Atlas and source).
     pub fn calls_total(&self) -> u64 {
         self.lock().calls.values().sum()
+    }
+
+    /// Calls answered on one API port.
+    pub fn calls_on(&self, port: Port) -> u64 {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|((_, kind, _), _)| kind.port() == port)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn oauth_tokens_minted(&self, client_id: &str) -> u64 {

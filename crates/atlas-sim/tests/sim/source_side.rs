@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use atlas_sim::config::{DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PRIVATE_KEY, DEMO_SOURCE_PUBLIC_KEY};
-use atlas_sim::{CallKind, SimConfig, SimHandle, SimServer, SimTls, SyncStatus};
+use atlas_sim::{CallKind, Port, SimConfig, SimHandle, SimServer, SimTls, SyncStatus};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -149,6 +149,12 @@ async fn link_status_follows_the_atlas_token() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(h.state.calls("POST", CallKind::SourceLink, 200), 3);
     assert_eq!(h.state.calls("GET", CallKind::SourceLinkStatus, 404), 2);
+    // Per-port totals: every source call so far, and the Atlas calls (3 mints + 1 revoke,
+    // each a challenge and an answer) apart.
+    let source_calls = h.state.source_calls().len() as u64;
+    assert_eq!(h.state.calls_on(Port::Source), source_calls);
+    assert_eq!(h.state.calls_on(Port::Atlas), 8);
+    assert_eq!(h.state.calls_total(), source_calls + 8);
 }
 
 #[tokio::test]
