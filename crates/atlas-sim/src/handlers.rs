@@ -223,7 +223,7 @@ pub(crate) fn invalid_org_id(org_id: &str) -> Reply {
     )
 }
 
-pub(crate) fn org_not_found(org_id: &str) -> Reply {
+fn org_not_found(org_id: &str) -> Reply {
     Reply::error(
         StatusCode::NOT_FOUND,
         "RESOURCE_NOT_FOUND",

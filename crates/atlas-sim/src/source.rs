@@ -25,8 +25,7 @@ use super::config::{ApiKeyConfig, ORG_OWNER, SimConfig, SourceOrgConfig, is_vali
 use super::digest::NonceStore;
 use super::faults::CallKind;
 use super::handlers::{
-    bad_request, invalid_org_id, media_type, not_org_owner, org_not_found, parse_format,
-    parse_object,
+    bad_request, invalid_org_id, media_type, not_org_owner, parse_format, parse_object,
 };
 use super::reply::{PLAIN_JSON, Reply};
 use super::state::{AdminError, Inner, SimState, TokenStatus, sha256_hex};
@@ -308,7 +307,14 @@ fn handle(
         return invalid_org_id(org_id);
     }
     if !inner.source.orgs.contains_key(org_id) {
-        return org_not_found(org_id);
+        // A code that names the org, unlike the Atlas side's RESOURCE_NOT_FOUND: a client must
+        // tell "no such org" from MIGRATION_LINK_NOT_FOUND ("no link") on the same 404.
+        return Reply::error(
+            StatusCode::NOT_FOUND,
+            "ORG_NOT_FOUND",
+            format!("No organization with ID {org_id} exists."),
+        )
+        .parameters(json!([org_id]));
     }
     if !inner.source.is_owner(user, org_id) {
         return not_org_owner();
@@ -570,7 +576,7 @@ mod tests {
             Method::POST,
         );
         assert_eq!(r.status, StatusCode::NOT_FOUND);
-        assert_eq!(r.error_code.as_deref(), Some("RESOURCE_NOT_FOUND"));
+        assert_eq!(r.error_code.as_deref(), Some("ORG_NOT_FOUND"));
         // An Atlas org id is not a source org.
         let r = run(DEMO_ORG_ID, DEMO_SOURCE_PUBLIC_KEY, Method::POST);
         assert_eq!(r.status, StatusCode::NOT_FOUND);

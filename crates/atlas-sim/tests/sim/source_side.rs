@@ -213,7 +213,7 @@ async fn source_auth_roles_orgs_and_bodies() {
     for org in ["0123456789abcdef01234567", ORG] {
         let r = send(&mut c, Method::POST, &link(org), Some(&body)).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{org}");
-        assert_eq!(r.json()["errorCode"], "RESOURCE_NOT_FOUND");
+        assert_eq!(r.json()["errorCode"], "ORG_NOT_FOUND");
     }
     let r = send(&mut c, Method::GET, &status_path("nope"), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -440,8 +440,9 @@ async fn curl_digest_client_on_the_source_port() {
         "{out}"
     );
     let unknown = format!("{base}{}", status_path("0123456789abcdef01234567"));
-    let (code, _) = curl_source(SRC_USER, SRC_PASS, method_args("GET", &unknown)).await;
+    let (code, out) = curl_source(SRC_USER, SRC_PASS, method_args("GET", &unknown)).await;
     assert_eq!(code, "404");
+    assert_eq!(body_of(&out)["errorCode"], "ORG_NOT_FOUND");
     h.state
         .add_source_api_key(atlas_sim::ApiKeyConfig::new(
             "member",
