@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::config::{ApiKeyConfig, OrgConfig, ServiceAccountConfig};
+use super::config::{ApiKeyConfig, OrgConfig, ServiceAccountConfig, SourceOrgConfig};
 use super::faults::FaultSpec;
 use super::state::{AdminError, SimState, TokenStatus, sha256_hex};
 
@@ -25,6 +25,8 @@ pub fn router(state: SimState) -> Router {
         .route("/orgs/{org_id}/migrating", post(set_migrating))
         .route("/api-keys", post(add_api_key))
         .route("/service-accounts", post(add_service_account))
+        .route("/source-orgs", post(add_source_org))
+        .route("/source-api-keys", post(add_source_api_key))
         .route(
             "/faults",
             post(add_fault).get(list_faults).delete(clear_faults),
@@ -92,44 +94,73 @@ async fn check_token(State(state): State<SimState>, body: Bytes) -> Response {
     }
 }
 
-async fn add_org(State(state): State<SimState>, body: Bytes) -> Response {
-    let org = match parse::<OrgConfig>(&body) {
-        Ok(o) => o,
+/// Parses a configuration item, adds it with `add`, and answers 201 with `{field: id}`.
+fn create<T: DeserializeOwned>(
+    state: &SimState,
+    body: &[u8],
+    field: &str,
+    id: fn(&T) -> String,
+    add: fn(&SimState, T) -> Result<(), AdminError>,
+) -> Response {
+    let item = match parse::<T>(body) {
+        Ok(item) => item,
         Err(e) => return bad(e),
     };
-    let id = org.id.clone();
-    match state.add_org(org) {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),
+    let id = id(&item);
+    match add(state, item) {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ field: id }))).into_response(),
         Err(e) => admin_error(e),
     }
+}
+
+async fn add_org(State(state): State<SimState>, body: Bytes) -> Response {
+    create(
+        &state,
+        &body,
+        "id",
+        |o: &OrgConfig| o.id.clone(),
+        SimState::add_org,
+    )
 }
 
 async fn add_api_key(State(state): State<SimState>, body: Bytes) -> Response {
-    let key = match parse::<ApiKeyConfig>(&body) {
-        Ok(k) => k,
-        Err(e) => return bad(e),
-    };
-    let public_key = key.public_key.clone();
-    match state.add_api_key(key) {
-        Ok(()) => (
-            StatusCode::CREATED,
-            Json(json!({ "publicKey": public_key })),
-        )
-            .into_response(),
-        Err(e) => admin_error(e),
-    }
+    create(
+        &state,
+        &body,
+        "publicKey",
+        |k: &ApiKeyConfig| k.public_key.clone(),
+        SimState::add_api_key,
+    )
 }
 
 async fn add_service_account(State(state): State<SimState>, body: Bytes) -> Response {
-    let sa = match parse::<ServiceAccountConfig>(&body) {
-        Ok(s) => s,
-        Err(e) => return bad(e),
-    };
-    let client_id = sa.client_id.clone();
-    match state.add_service_account(sa) {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "clientId": client_id }))).into_response(),
-        Err(e) => admin_error(e),
-    }
+    create(
+        &state,
+        &body,
+        "clientId",
+        |s: &ServiceAccountConfig| s.client_id.clone(),
+        SimState::add_service_account,
+    )
+}
+
+async fn add_source_org(State(state): State<SimState>, body: Bytes) -> Response {
+    create(
+        &state,
+        &body,
+        "id",
+        |o: &SourceOrgConfig| o.id.clone(),
+        SimState::add_source_org,
+    )
+}
+
+async fn add_source_api_key(State(state): State<SimState>, body: Bytes) -> Response {
+    create(
+        &state,
+        &body,
+        "publicKey",
+        |k: &ApiKeyConfig| k.public_key.clone(),
+        SimState::add_source_api_key,
+    )
 }
 
 #[derive(Deserialize)]

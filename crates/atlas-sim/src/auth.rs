@@ -1,11 +1,14 @@
-//! Authentication of Atlas API calls: HTTP Digest (API keys) or Bearer (service accounts).
+//! Authentication of Atlas API calls: HTTP Digest (API keys) or Bearer (service accounts);
+//! and of source-side calls (Digest only, with the source side's own keys and nonces).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::digest::{self, NonceCheck, REALM};
+use super::config::ApiKeyConfig;
+use super::digest::{self, NonceCheck, NonceStore, REALM};
 use super::reply::Reply;
 use super::state::{Principal, SimState, sha256_hex};
 
@@ -55,8 +58,16 @@ pub fn authenticate(
                     None => AuthFailure::UnknownPrincipal,
                 }
             } else if scheme.eq_ignore_ascii_case("digest") {
-                match check_digest(&mut inner, method, request_uri, value, now) {
-                    Ok(p) => return Ok(p),
+                let inner = &mut *inner;
+                match check_digest(
+                    &inner.api_keys,
+                    &mut inner.nonces,
+                    method,
+                    request_uri,
+                    value,
+                    now,
+                ) {
+                    Ok(user) => return Ok(Principal::ApiKey(user)),
                     Err(f) => f,
                 }
             } else {
@@ -64,24 +75,50 @@ pub fn authenticate(
             }
         }
     };
-    let nonce = inner.nonces.issue(now);
+    Err((failure, unauthorized(&mut inner.nonces, failure, now)))
+}
+
+/// The 401 answer: the Atlas body and a Digest challenge with a fresh nonce.
+pub fn unauthorized(nonces: &mut NonceStore, failure: AuthFailure, now: Instant) -> Reply {
+    let nonce = nonces.issue(now);
     let stale = failure == AuthFailure::StaleNonce;
-    let reply = Reply::error(
+    Reply::error(
         StatusCode::UNAUTHORIZED,
         "UNEXPECTED_ERROR",
         "You are not authorized for this resource.",
     )
-    .header(WWW_AUTHENTICATE, digest::challenge(&nonce, stale));
-    Err((failure, reply))
+    .header(WWW_AUTHENTICATE, digest::challenge(&nonce, stale))
 }
 
+/// Authenticates a Digest-only call (the source side has no bearer tokens) against `keys`
+/// and `nonces`; returns the public key.
+pub fn authenticate_digest(
+    keys: &HashMap<String, ApiKeyConfig>,
+    nonces: &mut NonceStore,
+    method: &str,
+    request_uri: &str,
+    headers: &HeaderMap,
+) -> Result<String, (AuthFailure, Reply)> {
+    let now = Instant::now();
+    let failure = match headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => AuthFailure::Missing,
+        Some(value) => match check_digest(keys, nonces, method, request_uri, value, now) {
+            Ok(user) => return Ok(user),
+            Err(f) => f,
+        },
+    };
+    Err((failure, unauthorized(nonces, failure, now)))
+}
+
+/// Checks a Digest Authorization value; returns the public key it was made with.
 fn check_digest(
-    inner: &mut super::state::Inner,
+    keys: &HashMap<String, ApiKeyConfig>,
+    nonces: &mut NonceStore,
     method: &str,
     request_uri: &str,
     value: &str,
     now: Instant,
-) -> Result<Principal, AuthFailure> {
+) -> Result<String, AuthFailure> {
     let p = digest::parse_authorization(value).ok_or(AuthFailure::Malformed)?;
     if p.realm != REALM
         || p.qop.as_deref() != Some("auth")
@@ -96,10 +133,7 @@ fn check_digest(
         p.nc.as_deref()
             .and_then(|nc| u64::from_str_radix(nc, 16).ok())
             .ok_or(AuthFailure::Malformed)?;
-    let key = inner
-        .api_keys
-        .get(&p.username)
-        .ok_or(AuthFailure::UnknownPrincipal)?;
+    let key = keys.get(&p.username).ok_or(AuthFailure::UnknownPrincipal)?;
     let expected = digest::expected_response(&p, method, &key.private_key);
     if !digest::constant_time_eq(
         expected.as_bytes(),
@@ -111,8 +145,8 @@ fn check_digest(
     if p.uri != request_uri {
         return Err(AuthFailure::UriMismatch);
     }
-    match inner.nonces.check(&p.nonce, nc, now) {
-        NonceCheck::Fresh => Ok(Principal::ApiKey(p.username)),
+    match nonces.check(&p.nonce, nc, now) {
+        NonceCheck::Fresh => Ok(p.username),
         NonceCheck::Stale => Err(AuthFailure::StaleNonce),
         NonceCheck::Replayed => Err(AuthFailure::ReplayedNonceCount),
     }

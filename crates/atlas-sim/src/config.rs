@@ -20,6 +20,10 @@ pub const DEMO_PUBLIC_KEY: &str = "demopublic";
 pub const DEMO_PRIVATE_KEY: &str = "demo-private-key-0000";
 pub const DEMO_CLIENT_ID: &str = "mdb_sa_id_demo";
 pub const DEMO_CLIENT_SECRET: &str = "mdb_sa_sk_demo";
+/// The demo Cloud Manager / Ops Manager org (source side) and its Organization Owner API key.
+pub const DEMO_SOURCE_ORG_ID: &str = "6a1e9b2a3c4d5e6f7a8b9c0d";
+pub const DEMO_SOURCE_PUBLIC_KEY: &str = "demosourcepublic";
+pub const DEMO_SOURCE_PRIVATE_KEY: &str = "demo-source-private-0000";
 
 /// Roles of a principal, keyed by org id (e.g. `{"5f1e...": ["ORG_OWNER"]}`).
 pub type OrgRoles = BTreeMap<String, Vec<String>>;
@@ -33,6 +37,13 @@ pub struct SimConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub service_accounts: Vec<ServiceAccountConfig>,
+    /// Cloud Manager / Ops Manager orgs served on the source port (a namespace of their own:
+    /// an id here is not an Atlas org).
+    #[serde(default)]
+    pub source_orgs: Vec<SourceOrgConfig>,
+    /// Digest API keys of the source side; roles are keyed by source org id.
+    #[serde(default)]
+    pub source_api_keys: Vec<ApiKeyConfig>,
     /// Default per-org token bucket (orgs may override it).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -52,6 +63,15 @@ pub struct OrgConfig {
     pub migrating: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A Cloud Manager / Ops Manager organization (the source side of a live migration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceOrgConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +137,8 @@ impl Default for SimConfig {
             orgs: Vec::new(),
             api_keys: Vec::new(),
             service_accounts: Vec::new(),
+            source_orgs: Vec::new(),
+            source_api_keys: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             digest_nonce_lifetime_seconds: default_nonce_lifetime(),
         }
@@ -167,6 +189,26 @@ impl ServiceAccountConfig {
     }
 }
 
+impl SourceOrgConfig {
+    pub fn new(id: &str, name: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // Cloud Manager and Ops Manager org ids are ObjectIds too.
+        if !is_valid_org_id(&self.id) {
+            return Err(ConfigError::Invalid(format!(
+                "source org id {:?} is not 24 lowercase hex digits",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl OrgConfig {
     pub fn new(id: &str, name: &str) -> Self {
         Self {
@@ -176,6 +218,26 @@ impl OrgConfig {
             rate_limit: None,
         }
     }
+}
+
+/// Validates each item and refuses an id listed twice.
+fn unique<T>(
+    items: &[T],
+    what: &str,
+    validate: fn(&T) -> Result<(), ConfigError>,
+    id: fn(&T) -> &String,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for item in items {
+        validate(item)?;
+        if !seen.insert(id(item)) {
+            return Err(ConfigError::Invalid(format!(
+                "duplicate {what} {}",
+                id(item)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `{org_id: [role]}` for one org.
@@ -257,7 +319,7 @@ impl ServiceAccountConfig {
 impl SimConfig {
     /// The local-demo configuration: three orgs (one per example in deploy/examples, since
     /// Atlas keeps one link per org), one API key and one service account, both Organization
-    /// Owner of all three.
+    /// Owner of all three; on the source side one org and one API key that owns it.
     pub fn demo() -> Self {
         let owner_of_all = || {
             let mut r = roles(DEMO_ORG_ID, ORG_OWNER);
@@ -285,6 +347,12 @@ impl SimConfig {
                 DEMO_CLIENT_SECRET,
                 owner_of_all(),
             )],
+            source_orgs: vec![SourceOrgConfig::new(DEMO_SOURCE_ORG_ID, "demo-source-org")],
+            source_api_keys: vec![ApiKeyConfig::new(
+                DEMO_SOURCE_PUBLIC_KEY,
+                DEMO_SOURCE_PRIVATE_KEY,
+                roles(DEMO_SOURCE_ORG_ID, ORG_OWNER),
+            )],
             ..Self::default()
         }
     }
@@ -310,33 +378,28 @@ impl SimConfig {
                 "digestNonceLifetimeSeconds must be positive".into(),
             ));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for org in &self.orgs {
-            org.validate()?;
-            if !seen.insert(org.id.as_str()) {
-                return Err(ConfigError::Invalid(format!("duplicate org id {}", org.id)));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for key in &self.api_keys {
-            key.validate()?;
-            if !seen.insert(key.public_key.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "duplicate API key {}",
-                    key.public_key
-                )));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for sa in &self.service_accounts {
-            sa.validate()?;
-            if !seen.insert(sa.client_id.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "duplicate service account {}",
-                    sa.client_id
-                )));
-            }
-        }
+        unique(&self.orgs, "org id", OrgConfig::validate, |o| &o.id)?;
+        unique(&self.api_keys, "API key", ApiKeyConfig::validate, |k| {
+            &k.public_key
+        })?;
+        unique(
+            &self.service_accounts,
+            "service account",
+            ServiceAccountConfig::validate,
+            |s| &s.client_id,
+        )?;
+        unique(
+            &self.source_orgs,
+            "source org id",
+            SourceOrgConfig::validate,
+            |o| &o.id,
+        )?;
+        unique(
+            &self.source_api_keys,
+            "source API key",
+            ApiKeyConfig::validate,
+            |k| &k.public_key,
+        )?;
         Ok(())
     }
 }

@@ -31,6 +31,8 @@ pub enum FaultTarget {
     Oauth,
     /// Every call on the Atlas port.
     Any,
+    /// Every call on the source (Cloud Manager / Ops Manager) port.
+    Source,
 }
 
 /// What `POST /faults` accepts.
@@ -54,7 +56,8 @@ pub struct FaultSpec {
     /// Only calls with this HTTP method (case-insensitive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Only link-token calls for this org.
+    /// Only calls for this org (link-token calls on the Atlas port, migrationLink calls on
+    /// the source port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
     #[serde(default)]
@@ -86,11 +89,12 @@ impl FaultSpec {
 
     fn matches(&self, call: &CallInfo<'_>) -> bool {
         let target_ok = match self.target {
-            FaultTarget::Any => true,
+            FaultTarget::Any => call.port == Port::Atlas,
             FaultTarget::LinkTokens => call.kind == CallKind::LinkTokens,
             FaultTarget::Oauth => {
                 matches!(call.kind, CallKind::OauthToken | CallKind::OauthRevoke)
             }
+            FaultTarget::Source => call.port == Port::Source,
         };
         target_ok
             && self
@@ -111,7 +115,22 @@ pub enum CallKind {
     LinkTokens,
     OauthToken,
     OauthRevoke,
+    /// POST/DELETE /api/public/v1.0/orgs/{orgId}/liveExport/migrationLink (source port).
+    SourceLink,
+    /// GET /api/public/v1.0/orgs/{orgId}/liveExport/migrationLink/status (source port).
+    SourceLinkStatus,
+    /// Any other path on the source port.
+    SourceOther,
+    /// Any other path on the Atlas port.
     Other,
+}
+
+/// Which listening port a call came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Port {
+    Atlas,
+    Source,
 }
 
 impl CallKind {
@@ -120,7 +139,23 @@ impl CallKind {
             CallKind::LinkTokens => "linkTokens",
             CallKind::OauthToken => "oauthToken",
             CallKind::OauthRevoke => "oauthRevoke",
+            CallKind::SourceLink => "sourceLink",
+            CallKind::SourceLinkStatus => "sourceLinkStatus",
+            CallKind::SourceOther => "sourceOther",
             CallKind::Other => "other",
+        }
+    }
+
+    /// The port this kind of call arrives on.
+    pub fn port(self) -> Port {
+        match self {
+            CallKind::SourceLink | CallKind::SourceLinkStatus | CallKind::SourceOther => {
+                Port::Source
+            }
+            CallKind::LinkTokens
+            | CallKind::OauthToken
+            | CallKind::OauthRevoke
+            | CallKind::Other => Port::Atlas,
         }
     }
 
@@ -140,9 +175,25 @@ impl CallKind {
         }
         (CallKind::Other, None)
     }
+
+    /// Classifies a path of the source port; for migrationLink paths also returns the org id.
+    pub fn classify_source(path: &str) -> (CallKind, Option<&str>) {
+        let Some(rest) = path.strip_prefix("/api/public/v1.0/orgs/") else {
+            return (CallKind::SourceOther, None);
+        };
+        let Some((org, tail)) = rest.split_once('/') else {
+            return (CallKind::SourceOther, None);
+        };
+        match tail {
+            "liveExport/migrationLink" => (CallKind::SourceLink, Some(org)),
+            "liveExport/migrationLink/status" => (CallKind::SourceLinkStatus, Some(org)),
+            _ => (CallKind::SourceOther, None),
+        }
+    }
 }
 
 pub struct CallInfo<'a> {
+    pub port: Port,
     pub method: &'a str,
     pub kind: CallKind,
     pub org_id: Option<&'a str>,
@@ -222,6 +273,7 @@ mod tests {
         let mut q = FaultQueue::default();
         q.add(spec(Some(2), Some("post")));
         let post = CallInfo {
+            port: Port::Atlas,
             method: "POST",
             kind: CallKind::LinkTokens,
             org_id: Some("a"),
@@ -247,5 +299,52 @@ mod tests {
             (CallKind::OauthToken, None)
         );
         assert_eq!(CallKind::classify("/x"), (CallKind::Other, None));
+        assert_eq!(
+            CallKind::classify_source("/api/public/v1.0/orgs/abc/liveExport/migrationLink"),
+            (CallKind::SourceLink, Some("abc"))
+        );
+        assert_eq!(
+            CallKind::classify_source("/api/public/v1.0/orgs/abc/liveExport/migrationLink/status"),
+            (CallKind::SourceLinkStatus, Some("abc"))
+        );
+        assert_eq!(
+            CallKind::classify_source("/api/public/v1.0/orgs/abc/other"),
+            (CallKind::SourceOther, None)
+        );
+        assert_eq!(CallKind::SourceOther.port(), Port::Source);
+        assert_eq!(CallKind::Other.port(), Port::Atlas);
+    }
+
+    #[test]
+    fn source_target_matches_only_the_source_port() {
+        let mut q = FaultQueue::default();
+        let mut s = spec(None, None);
+        s.target = FaultTarget::Source;
+        q.add(s);
+        let atlas = CallInfo {
+            port: Port::Atlas,
+            method: "POST",
+            kind: CallKind::LinkTokens,
+            org_id: Some("a"),
+        };
+        assert!(q.take(&atlas).is_none());
+        let source = CallInfo {
+            port: Port::Source,
+            kind: CallKind::SourceLink,
+            ..atlas
+        };
+        assert!(q.take(&source).is_some());
+        // `any` keeps meaning every Atlas-port call.
+        q.clear();
+        let mut s = spec(None, None);
+        s.target = FaultTarget::Any;
+        q.add(s);
+        let source = CallInfo {
+            port: Port::Source,
+            method: "GET",
+            kind: CallKind::SourceLinkStatus,
+            org_id: Some("a"),
+        };
+        assert!(q.take(&source).is_none());
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::auth::authenticate;
 use super::config::is_valid_org_id;
@@ -24,7 +24,7 @@ pub const VERSION_MEDIA_TYPE: &str = "application/vnd.atlas.2023-01-01+json";
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 
-fn media_type(value: &str) -> String {
+pub(crate) fn media_type(value: &str) -> String {
     value
         .split(';')
         .next()
@@ -76,7 +76,7 @@ fn parse_bool_flag(query: Option<&str>, name: &str) -> Result<bool, Reply> {
     Ok(value)
 }
 
-fn parse_format(query: Option<&str>) -> Result<Format, Reply> {
+pub(crate) fn parse_format(query: Option<&str>) -> Result<Format, Reply> {
     Ok(Format {
         envelope: parse_bool_flag(query, "envelope")?,
         pretty: parse_bool_flag(query, "pretty")?,
@@ -87,27 +87,21 @@ fn is_ip_or_cidr(s: &str) -> bool {
     s.parse::<IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
 }
 
-fn bad_request(code: &str, detail: String, param: Value, field: &str, desc: String) -> Reply {
+pub(crate) fn bad_request(
+    code: &str,
+    detail: String,
+    param: Value,
+    field: &str,
+    desc: String,
+) -> Reply {
     Reply::error(StatusCode::BAD_REQUEST, code, detail)
         .parameters(param)
         .bad_fields(&[(field.to_owned(), desc)])
 }
 
-/// Validates the `TargetOrgRequest` body and returns its access list.
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
-    if let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        let mt = media_type(ct);
-        if mt.starts_with("application/vnd.atlas.") && mt != VERSION_MEDIA_TYPE {
-            return Err(not_acceptable());
-        }
-        if mt != VERSION_MEDIA_TYPE && mt != "application/json" {
-            return Err(Reply::error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
-                format!("Unsupported Content-Type {mt}."),
-            ));
-        }
-    }
+/// Parses a required JSON object body whose only attribute may be `allowed`: 400
+/// MALFORMED_JSON (empty or not JSON), INVALID_JSON (not an object) or INVALID_ATTRIBUTE.
+pub(crate) fn parse_object(body: &[u8], allowed: &str) -> Result<Map<String, Value>, Reply> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad_request(
             "MALFORMED_JSON",
@@ -117,6 +111,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
             "A request body is required.".into(),
         ));
     }
+    // serde_json's messages name a position, never the input: a garbled secret stays out.
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         bad_request(
             "MALFORMED_JSON",
@@ -135,7 +130,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
             "must be a JSON object".into(),
         ));
     };
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "accessListIps") {
+    if let Some(unknown) = obj.keys().find(|k| k.as_str() != allowed) {
         return Err(bad_request(
             "INVALID_ATTRIBUTE",
             format!("Invalid attribute {unknown} specified."),
@@ -144,6 +139,25 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
             "unknown attribute".into(),
         ));
     }
+    Ok(obj)
+}
+
+/// Validates the `TargetOrgRequest` body and returns its access list.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
+    if let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        let mt = media_type(ct);
+        if mt.starts_with("application/vnd.atlas.") && mt != VERSION_MEDIA_TYPE {
+            return Err(not_acceptable());
+        }
+        if mt != VERSION_MEDIA_TYPE && mt != "application/json" {
+            return Err(Reply::error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("Unsupported Content-Type {mt}."),
+            ));
+        }
+    }
+    let obj = parse_object(body, "accessListIps")?;
     let items = match obj.get("accessListIps") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -198,6 +212,35 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Reply> {
     }
 }
 
+/// 400 for an orgId that is not 24 lowercase hex digits.
+pub(crate) fn invalid_org_id(org_id: &str) -> Reply {
+    bad_request(
+        "INVALID_PATH_PARAMETER",
+        format!("Invalid path parameter orgId specified: {org_id}."),
+        json!(["orgId"]),
+        "orgId",
+        "must match ^([a-f0-9]{24})$".into(),
+    )
+}
+
+fn org_not_found(org_id: &str) -> Reply {
+    Reply::error(
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        format!("No organization with ID {org_id} exists."),
+    )
+    .parameters(json!([org_id]))
+}
+
+/// 403 for a caller without ORG_OWNER on the org.
+pub(crate) fn not_org_owner() -> Reply {
+    Reply::error(
+        StatusCode::FORBIDDEN,
+        "USER_UNAUTHORIZED",
+        "Current user is not authorized to perform this action: the Organization Owner role is required.",
+    )
+}
+
 pub async fn link_tokens(
     State(state): State<SimState>,
     method: Method,
@@ -236,24 +279,13 @@ fn handle(
     body: &[u8],
 ) -> Reply {
     if !is_valid_org_id(org_id) {
-        return bad_request(
-            "INVALID_PATH_PARAMETER",
-            format!("Invalid path parameter orgId specified: {org_id}."),
-            json!(["orgId"]),
-            "orgId",
-            "must match ^([a-f0-9]{24})$".into(),
-        );
+        return invalid_org_id(org_id);
     }
     let now = Instant::now();
     let mut inner = state.lock();
     let owner = inner.is_owner(principal, org_id);
     let Some(org) = inner.orgs.get_mut(org_id) else {
-        return Reply::error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            format!("No organization with ID {org_id} exists."),
-        )
-        .parameters(json!([org_id]));
+        return org_not_found(org_id);
     };
     let (limit, remaining) = match org.bucket.try_take(now) {
         Take::Allowed { limit, remaining } => (limit, remaining),
@@ -273,11 +305,7 @@ fn handle(
         }
     };
     let reply = if !owner {
-        Reply::error(
-            StatusCode::FORBIDDEN,
-            "USER_UNAUTHORIZED",
-            "Current user is not authorized to perform this action: the Organization Owner role is required.",
-        )
+        not_org_owner()
     } else if *method == Method::POST {
         match parse_body(headers, body) {
             Err(reply) => reply,

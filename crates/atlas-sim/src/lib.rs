@@ -1,5 +1,6 @@
 //! `atlas-sim`: a simulator of the Atlas link-token API (Digest and OAuth auth, POST/DELETE
-//! linkTokens, ApiError bodies, rate limiting) with an admin API for state and fault
+//! linkTokens, ApiError bodies, rate limiting) and of the Cloud Manager / Ops Manager side
+//! that takes the token (`liveExport/migrationLink`), with an admin API for state and fault
 //! injection. Used by the operator's tests, the benchmark and the local demo; see
 //! docs/atlas-sim.md.
 //!
@@ -18,14 +19,16 @@ mod oauth;
 pub mod ratelimit;
 mod reply;
 mod server;
+pub mod source;
 pub mod state;
 mod tls;
 
 pub use config::{
     ApiKeyConfig, ConfigError, ORG_OWNER, OrgConfig, OrgRoles, RateLimitConfig,
-    ServiceAccountConfig, SimConfig, roles,
+    ServiceAccountConfig, SimConfig, SourceOrgConfig, roles,
 };
-pub use faults::{CallKind, FaultKind, FaultSpec, FaultTarget};
-pub use server::{SimError, SimHandle, SimServer};
+pub use faults::{CallKind, FaultKind, FaultSpec, FaultTarget, Port};
+pub use server::{SimError, SimHandle, SimListen, SimServer};
+pub use source::{SourceCall, SourceLink, SyncStatus};
 pub use state::{AdminError, SimState, StateSnapshot, TokenStatus};
 pub use tls::{SimTls, TlsError};

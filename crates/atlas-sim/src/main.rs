@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use atlas_sim::{SimConfig, SimServer};
+use atlas_sim::{SimConfig, SimListen, SimServer};
 use clap::Parser;
+
+/// The source port `--demo` serves when `--source-listen` is not given.
+const DEMO_SOURCE_PORT: u16 = 8092;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,7 +24,11 @@ struct Args {
     /// Address of the admin API.
     #[arg(long, env = "ATLAS_SIM_ADMIN_LISTEN", default_value = "127.0.0.1:8091")]
     admin_listen: SocketAddr,
-    /// YAML configuration (orgs, apiKeys, serviceAccounts, rateLimit, ...).
+    /// Address of the Cloud Manager / Ops Manager (source) API; off unless given or --demo
+    /// (then 127.0.0.1:8092).
+    #[arg(long, env = "ATLAS_SIM_SOURCE_LISTEN")]
+    source_listen: Option<SocketAddr>,
+    /// YAML configuration (orgs, apiKeys, serviceAccounts, sourceOrgs, sourceApiKeys, ...).
     #[arg(long, env = "ATLAS_SIM_CONFIG", conflicts_with = "demo")]
     config: Option<PathBuf>,
     /// Use the built-in demo configuration.
@@ -33,6 +40,14 @@ struct Args {
     /// Override the default per-org refill (tokens per minute).
     #[arg(long, env = "ATLAS_SIM_RATE_LIMIT_REFILL_PER_MINUTE")]
     rate_limit_refill_per_minute: Option<u32>,
+}
+
+/// The source port: as given, else 127.0.0.1:8092 with `--demo`, else off.
+fn source_listen(args: &Args) -> Option<SocketAddr> {
+    args.source_listen.or_else(|| {
+        args.demo
+            .then(|| SocketAddr::from(([127, 0, 0, 1], DEMO_SOURCE_PORT)))
+    })
 }
 
 fn load_config(args: &Args) -> Result<SimConfig, String> {
@@ -96,7 +111,12 @@ async fn main() -> ExitCode {
         }
     };
     let orgs = config.orgs.len();
-    let handle = match SimServer::start(config, args.listen, args.admin_listen).await {
+    let listen = SimListen {
+        atlas: args.listen,
+        admin: args.admin_listen,
+        source: source_listen(&args),
+    };
+    let handle = match SimServer::start_listen(config, listen, None).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("atlas-sim: {e}");
@@ -110,12 +130,41 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let source = handle
+        .source_url()
+        .map(|u| format!(" source_url={u}"))
+        .unwrap_or_default();
     println!(
-        "atlas-sim ready atlas_url={} admin_url={} orgs={orgs}",
+        "atlas-sim ready atlas_url={} admin_url={} orgs={orgs}{source}",
         handle.atlas_url, handle.admin_url
     );
     signals.wait().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_of(argv: &[&str]) -> Option<SocketAddr> {
+        let args = Args::try_parse_from(std::iter::once("atlas-sim").chain(argv.iter().copied()))
+            .expect("parses");
+        source_listen(&args)
+    }
+
+    #[test]
+    fn source_port_is_off_unless_asked_for_or_demo() {
+        assert_eq!(source_of(&[]), None);
+        assert_eq!(source_of(&["--demo"]), "127.0.0.1:8092".parse().ok());
+        assert_eq!(
+            source_of(&["--demo", "--source-listen", "127.0.0.1:0"]),
+            "127.0.0.1:0".parse().ok()
+        );
+        assert_eq!(
+            source_of(&["--source-listen", "0.0.0.0:9092"]),
+            "0.0.0.0:9092".parse().ok()
+        );
+    }
 }

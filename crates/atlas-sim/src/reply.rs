@@ -103,10 +103,16 @@ impl Reply {
 
     /// Applies `envelope` (HTTP 200, `{"status", "content"}`) and `pretty`.
     pub fn render(self, format: Format) -> Response {
+        self.render_as(format, VERSIONED_JSON)
+    }
+
+    /// Like [`Reply::render`], with `success_type` as the Content-Type of success answers
+    /// (the unversioned Cloud Manager / Ops Manager API answers plain JSON).
+    pub fn render_as(self, format: Format, success_type: &'static str) -> Response {
         let content_type = if self.is_error() {
             PLAIN_JSON
         } else {
-            VERSIONED_JSON
+            success_type
         };
         let (status, body) = if format.envelope {
             let content = self.body.unwrap_or(Value::Null);

@@ -1,5 +1,5 @@
-//! Wiring: the Atlas router (with the per-call log/counter/fault layer), the admin router,
-//! and the in-process server handle.
+//! Wiring: the Atlas and source routers (with the per-call log/counter/fault layer), the
+//! admin router, and the in-process server handle.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -20,11 +20,12 @@ use tokio::task::JoinHandle;
 
 use super::config::{ConfigError, SimConfig};
 use super::conn::{ConnMeta, KillableListener};
-use super::faults::{CallInfo, CallKind, FaultKind, FaultSpec};
+use super::faults::{CallInfo, CallKind, FaultKind, FaultSpec, Port};
 use super::reply::{Dropped, ErrorCode, FaultApplied, Format, Reply};
+use super::source::SourceCall;
 use super::state::SimState;
 use super::tls::{SimTls, TlsListener};
-use super::{admin, handlers, oauth};
+use super::{admin, handlers, oauth, source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -41,8 +42,17 @@ pub enum SimError {
 
 pub struct SimServer;
 
-/// The Atlas port's server, plain or TLS.
-type AtlasServe = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+/// An API port's server (Atlas or source), plain or TLS.
+type ApiServe = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// Where the simulator listens. Port 0 picks a free port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimListen {
+    pub atlas: SocketAddr,
+    pub admin: SocketAddr,
+    /// The Cloud Manager / Ops Manager (source) port; None = not served.
+    pub source: Option<SocketAddr>,
+}
 
 /// A running simulator. Dropping it stops the servers too (without waiting).
 pub struct SimHandle {
@@ -51,13 +61,22 @@ pub struct SimHandle {
     pub admin_url: String,
     pub atlas_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The source port, when served.
+    pub source_addr: Option<SocketAddr>,
     pub state: SimState,
+    source_url: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl SimHandle {
-    /// Stops both servers: open connections get up to 5 s to finish, then are cut.
+    /// The Cloud Manager / Ops Manager base URL (no trailing slash; the API is under
+    /// `/api/public/v1.0`), e.g. `http://127.0.0.1:8092`; None when the source port is off.
+    pub fn source_url(&self) -> Option<String> {
+        self.source_url.clone()
+    }
+
+    /// Stops the servers: open connections get up to 5 s to finish, then are cut.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
@@ -83,34 +102,52 @@ async fn wait_for_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// The in-process default: a source port on a free port of the Atlas address's IP when the
+/// configuration has source orgs (so a test using `SimConfig::demo()` gets one), none else.
+fn default_listen(config: &SimConfig, atlas: SocketAddr, admin: SocketAddr) -> SimListen {
+    SimListen {
+        atlas,
+        admin,
+        source: (!config.source_orgs.is_empty()).then(|| SocketAddr::new(atlas.ip(), 0)),
+    }
+}
+
 impl SimServer {
-    /// Binds both ports (port 0 picks a free one) and serves until the handle is shut down.
+    /// Binds the ports (port 0 picks a free one) and serves until the handle is shut down.
+    /// The source port is served (on a free port) when `config` has source orgs.
     pub async fn start(
         config: SimConfig,
         atlas_addr: SocketAddr,
         admin_addr: SocketAddr,
     ) -> Result<SimHandle, SimError> {
-        Self::start_with(config, atlas_addr, admin_addr, None).await
+        let listen = default_listen(&config, atlas_addr, admin_addr);
+        Self::start_listen(config, listen, None).await
     }
 
-    /// Like [`SimServer::start`], but the Atlas port speaks TLS with `tls`'s certificate
-    /// (the admin port stays plain HTTP: it is the test's, not the client's). `atlas_url` is
-    /// then `https://localhost:<port>`.
+    /// Like [`SimServer::start`], but the Atlas and source ports speak TLS with `tls`'s
+    /// certificate (the admin port stays plain HTTP: it is the test's, not the client's).
+    /// `atlas_url` (and `source_url()`) are then `https://localhost:<port>`.
     pub async fn start_tls(
         config: SimConfig,
         atlas_addr: SocketAddr,
         admin_addr: SocketAddr,
         tls: &SimTls,
     ) -> Result<SimHandle, SimError> {
-        Self::start_with(config, atlas_addr, admin_addr, Some(tls)).await
+        let listen = default_listen(&config, atlas_addr, admin_addr);
+        Self::start_listen(config, listen, Some(tls)).await
     }
 
-    async fn start_with(
+    /// Binds exactly the ports in `listen`; with `tls`, the Atlas and source ports speak TLS.
+    pub async fn start_listen(
         config: SimConfig,
-        atlas_addr: SocketAddr,
-        admin_addr: SocketAddr,
+        listen: SimListen,
         tls: Option<&SimTls>,
     ) -> Result<SimHandle, SimError> {
+        let SimListen {
+            atlas: atlas_addr,
+            admin: admin_addr,
+            source: source_addr,
+        } = listen;
         let state = SimState::new(&config)?;
         let bind = |addr: SocketAddr| async move {
             let listener = TcpListener::bind(addr)
@@ -125,36 +162,29 @@ impl SimServer {
         let (admin_listener, admin_local) = bind(admin_addr).await?;
         let (tx, rx) = watch::channel(false);
 
-        let killable = KillableListener::new(atlas_listener);
-        let router = atlas_router(state.clone());
-        let atlas_url = match tls {
-            None => format!("http://{atlas_local}"),
-            Some(_) => format!("https://localhost:{}", atlas_local.port()),
+        let url = |local: SocketAddr| match tls {
+            None => format!("http://{local}"),
+            Some(_) => format!("https://localhost:{}", local.port()),
         };
-        let atlas: AtlasServe = match tls {
-            None => Box::pin(
-                axum::serve(
-                    killable,
-                    router.into_make_service_with_connect_info::<ConnMeta>(),
-                )
-                .with_graceful_shutdown(wait_for_shutdown(rx.clone()))
-                .into_future(),
-            ),
-            Some(tls) => Box::pin(
-                axum::serve(
-                    TlsListener::new(killable, tls).map_err(|source| SimError::Bind {
-                        addr: atlas_addr,
-                        source,
-                    })?,
-                    router.into_make_service_with_connect_info::<ConnMeta>(),
-                )
-                .with_graceful_shutdown(wait_for_shutdown(rx.clone()))
-                .into_future(),
-            ),
-        };
+        let atlas_url = url(atlas_local);
+        let atlas = serve_api(atlas_listener, atlas_router(state.clone()), tls, rx.clone())
+            .map_err(|source| SimError::Bind {
+                addr: atlas_addr,
+                source,
+            })?;
+        let mut source_local = None;
+        let mut source_serve = None;
+        if let Some(addr) = source_addr {
+            let (listener, local) = bind(addr).await?;
+            source_local = Some(local);
+            source_serve = Some(
+                serve_api(listener, source_router(state.clone()), tls, rx.clone())
+                    .map_err(|source| SimError::Bind { addr, source })?,
+            );
+        }
         let admin = axum::serve(admin_listener, admin::router(state.clone()))
             .with_graceful_shutdown(wait_for_shutdown(rx));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(async move {
                 if let Err(e) = atlas.await {
                     tracing::error!(error = %e, "atlas server stopped");
@@ -166,16 +196,48 @@ impl SimServer {
                 }
             }),
         ];
+        if let Some(source) = source_serve {
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = source.await {
+                    tracing::error!(error = %e, "source server stopped");
+                }
+            }));
+        }
         Ok(SimHandle {
             atlas_url,
             admin_url: format!("http://{admin_local}"),
             atlas_addr: atlas_local,
             admin_addr: admin_local,
+            source_addr: source_local,
+            source_url: source_local.map(url),
             state,
             shutdown: tx,
             tasks,
         })
     }
+}
+
+/// Serves one API port (Atlas or source): cuttable connections for drop faults, plain or TLS.
+fn serve_api(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<&SimTls>,
+    rx: watch::Receiver<bool>,
+) -> std::io::Result<ApiServe> {
+    let killable = KillableListener::new(listener);
+    let service = router.into_make_service_with_connect_info::<ConnMeta>();
+    Ok(match tls {
+        None => Box::pin(
+            axum::serve(killable, service)
+                .with_graceful_shutdown(wait_for_shutdown(rx))
+                .into_future(),
+        ),
+        Some(tls) => Box::pin(
+            axum::serve(TlsListener::new(killable, tls)?, service)
+                .with_graceful_shutdown(wait_for_shutdown(rx))
+                .into_future(),
+        ),
+    })
 }
 
 pub fn atlas_router(state: SimState) -> Router {
@@ -187,8 +249,43 @@ pub fn atlas_router(state: SimState) -> Router {
         .route("/api/oauth/token", post(oauth::token))
         .route("/api/oauth/revoke", post(oauth::revoke))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), per_call))
+        .layer(middleware::from_fn_with_state(
+            CallCtx {
+                state: state.clone(),
+                port: Port::Atlas,
+            },
+            per_call,
+        ))
         .with_state(state)
+}
+
+/// The Cloud Manager / Ops Manager port: the three migrationLink calls.
+pub fn source_router(state: SimState) -> Router {
+    Router::new()
+        .route(
+            "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink",
+            any(source::migration_link),
+        )
+        .route(
+            "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status",
+            any(source::migration_link),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            CallCtx {
+                state: state.clone(),
+                port: Port::Source,
+            },
+            per_call,
+        ))
+        .with_state(state)
+}
+
+/// What the per-call layer needs: the state and which port it wraps.
+#[derive(Clone)]
+struct CallCtx {
+    state: SimState,
+    port: Port,
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -200,15 +297,24 @@ async fn not_found(uri: Uri) -> Response {
     .render(Format::default())
 }
 
-/// Runs around every Atlas-port call: applies a matching fault, counts the call and logs one
-/// line (method, path, status, errorCode, duration). Never logs headers, bodies or queries.
-async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Response {
+/// Runs around every Atlas- and source-port call: applies a matching fault, counts the call
+/// (and keeps source calls in the admin history) and logs one line (method, path, status,
+/// errorCode, duration). Never logs headers, bodies or queries.
+async fn per_call(
+    State(CallCtx { state, port }): State<CallCtx>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let (kind, org_id) = CallKind::classify(&path);
+    let (kind, org_id) = match port {
+        Port::Atlas => CallKind::classify(&path),
+        Port::Source => CallKind::classify_source(&path),
+    };
     let fault = if req.headers().contains_key(AUTHORIZATION) {
         state.lock().faults.take(&CallInfo {
+            port,
             method: &method,
             kind,
             org_id,
@@ -228,6 +334,13 @@ async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Re
         response.status().as_u16()
     };
     state.record_call(&method, kind, status);
+    if port == Port::Source {
+        state.record_source_call(SourceCall {
+            method: method.clone(),
+            path: path.clone(),
+            status,
+        });
+    }
     let error_code = response
         .extensions()
         .get::<ErrorCode>()
@@ -245,7 +358,11 @@ async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Re
         error_code = %error_code,
         duration_ms = %format!("{duration_ms:.1}"),
         fault = faulted || response.extensions().get::<FaultApplied>().is_some(),
-        "atlas call"
+        "{}",
+        match port {
+            Port::Atlas => "atlas call",
+            Port::Source => "source call",
+        }
     );
     response
 }

@@ -17,8 +17,9 @@ use super::config::{
     ServiceAccountConfig, SimConfig,
 };
 use super::digest::NonceStore;
-use super::faults::{ActiveFault, CallKind, FaultQueue, FaultSpec};
+use super::faults::{ActiveFault, CallKind, FaultQueue, FaultSpec, Port};
 use super::ratelimit::TokenBucket;
+use super::source::{SourceCall, SourceOrgSnapshot, SourceState};
 
 /// Prefix of every link token the simulator mints (easy to spot in a leak).
 pub const LINK_TOKEN_PREFIX: &str = "atlsim_lt_";
@@ -115,9 +116,24 @@ pub(crate) struct Inner {
     pub oauth: BTreeMap<String, OauthStats>,
     pub calls: BTreeMap<(String, CallKind, u16), u64>,
     pub faults: FaultQueue,
+    /// The Cloud Manager / Ops Manager side (its own orgs, keys, nonces and links).
+    pub source: SourceState,
 }
 
 impl Inner {
+    /// Where the link token with this sha256 stands on the Atlas side.
+    pub fn token_status_by_hash(&self, sha256: &str) -> TokenStatus {
+        for (id, org) in &self.orgs {
+            if org.links.iter().any(|l| l.token_sha256 == sha256) {
+                return TokenStatus::Live { org_id: id.clone() };
+            }
+            if org.revoked_hashes.contains(sha256) {
+                return TokenStatus::Revoked { org_id: id.clone() };
+            }
+        }
+        TokenStatus::Unknown
+    }
+
     pub fn roles_of(&self, principal: &Principal) -> Option<&OrgRoles> {
         match principal {
             Principal::ApiKey(k) => self.api_keys.get(k).map(|c| &c.roles),
@@ -212,6 +228,10 @@ pub struct StateSnapshot {
     pub calls_total: u64,
     pub oauth: BTreeMap<String, OauthSnapshot>,
     pub faults: Vec<ActiveFault>,
+    /// Source-side orgs: linked or not, to which Atlas org, SYNCED or NOT_SYNCED.
+    pub source_orgs: BTreeMap<String, SourceOrgSnapshot>,
+    /// The latest source-port calls, oldest first (method, path, status; nothing secret).
+    pub source_calls: Vec<SourceCall>,
 }
 
 /// Cheap-to-clone handle on the simulator state.
@@ -247,6 +267,7 @@ impl SimState {
             oauth: BTreeMap::new(),
             calls: BTreeMap::new(),
             faults: FaultQueue::default(),
+            source: SourceState::new(config),
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
@@ -269,16 +290,7 @@ impl SimState {
     }
 
     pub fn token_status_by_hash(&self, sha256: &str) -> TokenStatus {
-        let inner = self.lock();
-        for (id, org) in &inner.orgs {
-            if org.links.iter().any(|l| l.token_sha256 == sha256) {
-                return TokenStatus::Live { org_id: id.clone() };
-            }
-            if org.revoked_hashes.contains(sha256) {
-                return TokenStatus::Revoked { org_id: id.clone() };
-            }
-        }
-        TokenStatus::Unknown
+        self.lock().token_status_by_hash(sha256)
     }
 
     pub fn token_status(&self, link_token: &str) -> TokenStatus {
@@ -298,8 +310,19 @@ impl SimState {
             .unwrap_or(0)
     }
 
+    /// Calls answered on both API ports (Atlas and source).
     pub fn calls_total(&self) -> u64 {
         self.lock().calls.values().sum()
+    }
+
+    /// Calls answered on one API port.
+    pub fn calls_on(&self, port: Port) -> u64 {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|((_, kind, _), _)| kind.port() == port)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn oauth_tokens_minted(&self, client_id: &str) -> u64 {
@@ -376,6 +399,8 @@ impl SimState {
             calls,
             oauth,
             faults: inner.faults.list(),
+            source_orgs: inner.source_snapshot(),
+            source_calls: inner.source.history.iter().cloned().collect(),
         }
     }
 
@@ -439,9 +464,10 @@ impl SimState {
         self.lock().faults.list()
     }
 
-    /// Clears links, revocation history, counters, rate-limit buckets and faults. Keeps the
-    /// configuration (orgs, principals, migrating flags) and live nonces and bearer tokens,
-    /// so that a client's cached session survives a reset between test cases.
+    /// Clears links (both sides), revocation history, counters, the source call history,
+    /// rate-limit buckets and faults. Keeps the configuration (orgs, principals, migrating
+    /// flags) and live nonces and bearer tokens, so that a client's cached session survives a
+    /// reset between test cases.
     pub fn reset(&self) {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -455,6 +481,7 @@ impl SimState {
         inner.calls.clear();
         inner.oauth.clear();
         inner.faults.clear();
+        inner.source.reset();
     }
 
     pub(crate) fn new_api_key_id() -> String {

@@ -1,5 +1,10 @@
 //! Black-box tests of atlas-sim over loopback HTTP. Digest responses are computed here by
-//! hand (md5), and curl and Python's urllib act as independent clients.
+//! hand (md5), and curl and Python's urllib act as independent clients. The source side
+//! (Cloud Manager / Ops Manager) is tested in `sim/source_side.rs`, with these helpers.
+
+// Not tests/source_side.rs: that would also be built as a test target of its own.
+#[path = "sim/source_side.rs"]
+mod source_side;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -116,6 +121,8 @@ struct DigestClient {
     base: String,
     user: String,
     pass: String,
+    /// Content-Type of request bodies.
+    content_type: String,
     nonce: Option<String>,
     nc: u32,
 }
@@ -127,6 +134,7 @@ impl DigestClient {
             base: base.to_owned(),
             user: user.to_owned(),
             pass: pass.to_owned(),
+            content_type: VERSION.to_owned(),
             nonce: None,
             nc: 0,
         }
@@ -147,7 +155,9 @@ impl DigestClient {
             rb = rb.header("Accept", a);
         }
         if let Some(b) = body {
-            rb = rb.header("Content-Type", VERSION).body(b.to_owned());
+            rb = rb
+                .header("Content-Type", &self.content_type)
+                .body(b.to_owned());
         }
         if let Some(a) = auth {
             rb = rb.header("Authorization", a);
@@ -1216,6 +1226,20 @@ async fn python_urllib_digest_and_oauth_clients() {
 
 /// Runs the real binary; returns (child, atlas_url, admin_url).
 async fn spawn_binary(args: &[&str]) -> (tokio::process::Child, String, String) {
+    let (child, line) = spawn_binary_ready(args).await;
+    let field = |name: &str| ready_field(&line, name).expect("url in ready line");
+    (child, field("atlas_url="), field("admin_url="))
+}
+
+/// The value of `name` (e.g. `"atlas_url="`) in the ready line.
+fn ready_field(line: &str, name: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .map(str::to_owned)
+}
+
+/// Runs the real binary; returns the child and its ready line.
+async fn spawn_binary_ready(args: &[&str]) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_atlas-sim"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -1235,13 +1259,7 @@ async fn spawn_binary(args: &[&str]) -> (tokio::process::Child, String, String) 
         .expect("read")
         .expect("a line");
     assert!(line.starts_with("atlas-sim ready"), "{line}");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .expect("url in ready line")
-            .to_owned()
-    };
-    (child, field("atlas_url="), field("admin_url="))
+    (child, line)
 }
 
 async fn stop_binary(mut child: tokio::process::Child) -> String {
@@ -1266,7 +1284,9 @@ async fn stop_binary(mut child: tokio::process::Child) -> String {
 
 #[tokio::test]
 async fn binary_demo_serves_and_logs_no_secrets() {
-    let (child, atlas_url, admin_url) = spawn_binary(&["--demo"]).await;
+    // A free source port: --demo alone would take the fixed 8092, which a local demo may hold.
+    let (child, atlas_url, admin_url) =
+        spawn_binary(&["--demo", "--source-listen", "127.0.0.1:0"]).await;
     let mut c = DigestClient::new(&atlas_url, USER, PASS);
     let r = c.send(Method::POST, &link_path(ORG), Some(BODY)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -1325,7 +1345,7 @@ async fn binary_reads_yaml_config_and_rate_limit_flags() {
         format!("orgs:\n  - id: {ORG}\napiKeys:\n  - publicKey: {USER}\n    privateKey: {PASS}\n    roles: {{{ORG}: [ORG_OWNER]}}\n"),
     )
     .expect("write");
-    let (child, atlas_url, _) = spawn_binary(&[
+    let (child, line) = spawn_binary_ready(&[
         "--config",
         path.to_str().expect("utf8"),
         "--rate-limit-capacity",
@@ -1334,6 +1354,9 @@ async fn binary_reads_yaml_config_and_rate_limit_flags() {
         "1",
     ])
     .await;
+    // The source port is off unless asked for (or --demo).
+    assert_eq!(ready_field(&line, "source_url="), None, "{line}");
+    let atlas_url = ready_field(&line, "atlas_url=").expect("atlas_url");
     let mut c = DigestClient::new(&atlas_url, USER, PASS);
     assert_eq!(
         c.send(Method::DELETE, &link_path(ORG), None).await.status,

@@ -7,6 +7,9 @@ Usage:
   sim_client.py oauth ATLAS_URL ORG_ID CLIENT_ID CLIENT_SECRET
       Mint a bearer token, POST a link token with it, revoke the bearer token, and check the
       next call is refused.
+  sim_client.py source SOURCE_URL SOURCE_ORG_ID PUBLIC_KEY PRIVATE_KEY LINK_TOKEN
+      Link LINK_TOKEN on the Cloud Manager / Ops Manager side (Digest), read the status, unlink,
+      and check a second unlink and the status answer 404.
 Prints one line per step as "step status detail" and exits non-zero on any surprise.
 """
 import base64
@@ -28,12 +31,12 @@ def link_url(base, org):
     return f"{base}/api/atlas/v2/orgs/{org}/liveMigrations/linkTokens"
 
 
-def call(opener, method, url, body=None, headers=None):
+def call(opener, method, url, body=None, headers=None, media=VERSION):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", VERSION)
+    req.add_header("Accept", media)
     if data is not None:
-        req.add_header("Content-Type", VERSION)
+        req.add_header("Content-Type", media)
     for k, v in (headers or {}).items():
         req.add_header(k, v)
     try:
@@ -100,8 +103,37 @@ def oauth(base, org, client_id, secret):
     print(f"after-revoke {status}")
 
 
+def source(base, org, user, password, token):
+    mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    mgr.add_password(None, base, user, password)
+    opener = urllib.request.build_opener(urllib.request.HTTPDigestAuthHandler(mgr))
+    link = f"{base}/api/public/v1.0/orgs/{org}/liveExport/migrationLink"
+
+    def send(method, url, body=None):
+        return call(opener, method, url, body, media="application/json")
+
+    status, body = send("POST", link, {"linkToken": token})
+    if status != 200 or json.loads(body) != {"status": "SYNCED"}:
+        fail(f"link {status} {body}")
+    print(f"link {status} {json.loads(body)['status']}")
+    status, body = send("GET", link + "/status")
+    if status != 200:
+        fail(f"status {status} {body}")
+    print(f"status {status} {json.loads(body)['status']}")
+    status, body = send("DELETE", link)
+    if status != 204:
+        fail(f"unlink {status} {body}")
+    print(f"unlink {status}")
+    for step, method, url in [("unlink-again", "DELETE", link), ("status-after", "GET", link + "/status")]:
+        status, body = send(method, url)
+        if status != 404:
+            fail(f"{step} {status} {body}")
+        print(f"{step} {status} {json.loads(body)['errorCode']}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 6 or sys.argv[1] not in ("digest", "oauth"):
+    modes = {"digest": (digest, 6), "oauth": (oauth, 6), "source": (source, 7)}
+    if len(sys.argv) < 2 or sys.argv[1] not in modes or len(sys.argv) != modes[sys.argv[1]][1]:
         print(__doc__)
         sys.exit(2)
-    {"digest": digest, "oauth": oauth}[sys.argv[1]](*sys.argv[2:])
+    modes[sys.argv[1]][0](*sys.argv[2:])
