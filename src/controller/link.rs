@@ -256,6 +256,12 @@ impl Run<'_> {
         r.reason = Some(reason);
         r.retry = Retry::for_reason(reason);
         r.status = Some((status, message));
+        // Only a held link ends the failure streak: until then the retries back off (the
+        // issuing path's report forgets it, as its own work succeeded).
+        r.memory = match reason {
+            Reason::Linked => report::Memory::Forget,
+            _ => report::Memory::Keep,
+        };
         r
     }
 
