@@ -14,7 +14,9 @@
 #   3. starts atlas-sim --demo in the background (pid and log under .local/);
 #   4. starts the operator in the background against both (pid and log under .local/);
 #   5. applies deploy/examples/ and waits until every LinkToken is Ready;
-#   6. prints the LinkTokens, their Secrets (the token masked: length and sha256 prefix) and
+#   6. hands atlas-link's token to atlas-sim's Cloud Manager side (spec.source) and waits until
+#      it is Linked (docs/source-link.md);
+#   7. prints the LinkTokens, their Secrets (the token masked: length and sha256 prefix) and
 #      what to try next.
 # Running it again reuses what runs and restarts what died (or was rebuilt since it started).
 # Every listener is on 127.0.0.1. Ports are chosen once (the usual ones when free) and kept in
@@ -118,6 +120,12 @@ load_ports() {
     printf 'SIM_PORT=%s\nSIM_ADMIN_PORT=%s\nMETRICS_PORT=%s\nPROBE_PORT=%s\n' \
       "$SIM_PORT" "$SIM_ADMIN_PORT" "$METRICS_PORT" "$PROBE_PORT" >"$LOCAL/ports.env"
   fi
+  # atlas-sim's Cloud Manager / Ops Manager side; added to a ports.env of an older run.
+  if [[ -z ${SOURCE_PORT:-} ]]; then
+    SOURCE_PORT=$(pick_port 8092 "$SIM_PORT" "$SIM_ADMIN_PORT" "$METRICS_PORT" "$PROBE_PORT")
+    printf 'SOURCE_PORT=%s\n' "$SOURCE_PORT" >>"$LOCAL/ports.env"
+  fi
+  SOURCE_URL="http://127.0.0.1:$SOURCE_PORT"
   ATLAS_URL="http://127.0.0.1:$SIM_PORT"
   ADMIN_URL="http://127.0.0.1:$SIM_ADMIN_PORT"
   METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics"
@@ -166,7 +174,9 @@ start_sim() {
   stop_process atlas-sim 10
   port_free "$SIM_PORT" || die "port $SIM_PORT (atlas-sim) is taken by another process; delete .local/ports.env to pick new ports"
   port_free "$SIM_ADMIN_PORT" || die "port $SIM_ADMIN_PORT (atlas-sim admin) is taken; delete .local/ports.env to pick new ports"
-  spawn atlas-sim --demo --listen "127.0.0.1:$SIM_PORT" --admin-listen "127.0.0.1:$SIM_ADMIN_PORT"
+  port_free "$SOURCE_PORT" || die "port $SOURCE_PORT (atlas-sim source side) is taken; delete .local/ports.env to pick new ports"
+  spawn atlas-sim --demo --listen "127.0.0.1:$SIM_PORT" --admin-listen "127.0.0.1:$SIM_ADMIN_PORT" \
+    --source-listen "127.0.0.1:$SOURCE_PORT"
   for ((i = 0; i < 300; i++)); do
     grep -q '^atlas-sim ready' "$LOCAL/atlas-sim.log" 2>/dev/null && break
     running atlas-sim || { tail -n 20 "$LOCAL/atlas-sim.log" >&2; die "atlas-sim exited; log: $LOCAL/atlas-sim.log"; }
@@ -233,6 +243,23 @@ apply_examples() {
   phase_done "examples applied and Ready" "$t"
 }
 
+# The whole link: atlas-link's token handed to atlas-sim's Cloud Manager side (the demo source
+# org and its Organization Owner key); Ready only once the source reports it SYNCED.
+link_source() {
+  local t
+  t=$(now)
+  kubectl create secret generic source-api-key --from-literal=publicApiKey=demosourcepublic \
+    --from-literal=privateApiKey=demo-source-private-0000 --dry-run=client -o yaml |
+    kubectl apply -f - >/dev/null
+  kubectl patch lt atlas-link --type=merge -p \
+    "{\"spec\":{\"source\":{\"url\":\"$SOURCE_URL\",\"orgId\":\"6a1e9b2a3c4d5e6f7a8b9c0d\",\"credentialsSecretRef\":{\"name\":\"source-api-key\"}}}}" >/dev/null
+  if ! kubectl wait --for=condition=Linked lt/atlas-link --timeout="$WAIT_READY_TIMEOUT" >/dev/null; then
+    kubectl get lt atlas-link -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2 || true
+    die "atlas-link did not turn Linked; see kubectl describe lt atlas-link and $LOCAL/linktoken-operator.log"
+  fi
+  phase_done "atlas-link linked to the source" "$t"
+}
+
 write_env() {
   cat >"$LOCAL/env" <<EOF
 # source .local/env   (written by scripts/run-local.sh)
@@ -240,6 +267,7 @@ export KUBECONFIG='$KUBECONFIG'
 export PATH='$TOOLS_DIR':"\$PATH"
 export ATLAS_URL='$ATLAS_URL'
 export ATLAS_SIM_ADMIN='$ADMIN_URL'
+export ATLAS_SIM_SOURCE='$SOURCE_URL'
 export METRICS_URL='$METRICS_URL'
 EOF
 }
@@ -265,15 +293,20 @@ show() {
     printf '  %-16s secret/%-24s key %-16s %s; annotation token-sha256 %s...\n' "$name" "$secret" "$key" \
       "$(kubectl get secret "$secret" -o go-template="{{index .data \"$key\"}}" | base64 -d | mask)" "${sha:0:12}"
   done < <(kubectl get lt -o go-template='{{range .items}}{{.metadata.name}} {{.status.tokenSecretName}} {{with .spec.tokenSecret}}{{.key}}{{end}}{{"\n"}}{{end}}')
+  echo
+  echo "== The link at the source (atlas-sim's Cloud Manager side, $SOURCE_URL)"
+  kubectl get lt atlas-link -o jsonpath='  atlas-link: Linked={.status.conditions[?(@.type=="Linked")].status}: {.status.conditions[?(@.type=="Linked")].message}{"\n"}  source org {.status.link.orgId} holds the token with sha256 {.status.link.tokenSha256}{"\n"}'
   cat <<EOF
 
 == Try next
-  source .local/env                   # KUBECONFIG, kubectl on PATH, ATLAS_SIM_ADMIN, METRICS_URL
+  source .local/env                   # KUBECONFIG, kubectl on PATH, ATLAS_SIM_ADMIN, ATLAS_SIM_SOURCE, METRICS_URL
   kubectl describe lt atlas-link      # conditions, status.issuedFor, events
   kubectl events --for lt/atlas-link
   kubectl annotate lt/atlas-link atlasmigration.io/rotate="\$(date +%s)" --overwrite   # rotate
   kubectl delete secret atlas-link    # drift: the operator revokes and reissues
-  kubectl delete lt atlas-link        # revokes the token in Atlas (deletionPolicy Delete)
+  kubectl delete lt atlas-link        # unlinks at the source, then revokes the token in Atlas
+  curl -s --digest -u demosourcepublic:demo-source-private-0000 \\
+    $SOURCE_URL/api/public/v1.0/orgs/6a1e9b2a3c4d5e6f7a8b9c0d/liveExport/migrationLink/status
   curl -s $ADMIN_URL/state            # atlas-sim: live links per org, calls made
   curl -s $METRICS_URL | grep '^linktoken_'
   docs/quickstart-local.md walks through all of it.
@@ -295,6 +328,7 @@ cmd_start() {
   start_sim
   start_operator
   apply_examples
+  link_source
   write_env
   show
   echo
@@ -328,7 +362,7 @@ cmd_status() {
   else
     echo "control plane: not running"
   fi
-  echo "atlas-sim: $ATLAS_URL (admin $ADMIN_URL); metrics: $METRICS_URL"
+  echo "atlas-sim: $ATLAS_URL (admin $ADMIN_URL, source side $SOURCE_URL); metrics: $METRICS_URL"
 }
 
 case "${1:-start}" in
@@ -336,6 +370,6 @@ case "${1:-start}" in
   stop) mkdir -p "$LOCAL"; cmd_stop ;;
   status) mkdir -p "$LOCAL"; cmd_status ;;
   clean) mkdir -p "$LOCAL"; cmd_stop; rm -rf "$LOCAL"; log "deleted $LOCAL" ;;
-  -h | --help | help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1' (start, status, stop, clean)" ;;
 esac

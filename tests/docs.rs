@@ -326,6 +326,10 @@ async fn local_quickstart_runs_as_written() {
             env.sim.admin_url.trim_end_matches('/').to_string(),
         ),
         ("ATLAS_URL", env.sim.atlas_url.to_string()),
+        (
+            "ATLAS_SIM_SOURCE",
+            env.sim.source_url().expect("atlas-sim's source side"),
+        ),
         ("METRICS_URL", metrics_url),
     ];
 
@@ -346,7 +350,7 @@ async fn local_quickstart_runs_as_written() {
         );
     }
     let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    secrets.extend([PRIVATE_KEY, CLIENT_SECRET]);
+    secrets.extend([PRIVATE_KEY, CLIENT_SECRET, "demo-source-private-0000"]);
     env.assert_no_secret_leaked(&secrets).await;
     // One live link per org, as the walk-through leaves them: `early` (after atlas-link was
     // revoked), atlas-link-sa, and migration-prod's retained token.
