@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use atlas_sim::{
     ApiKeyConfig, FaultSpec, FaultTarget, ORG_OWNER, SimConfig, SimServer, SimTls, SourceOrgConfig,
-    roles,
+    TokenStatus, roles,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use linktoken_operator::api::{LinkToken, Reason};
+use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials};
+use linktoken_operator::source::{SourceClient, Target};
 use sha2::{Digest, Sha256};
-use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml, status_fault};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, linktoken_yaml, status_fault};
 use testkit::eventually;
 use testkit::operator::PAUSE_ENV;
 
@@ -648,4 +650,195 @@ async fn sigkill_after_the_atlas_post_before_the_secret_links_the_reissued_token
         assert!(env.sim.state.source_link(SOURCE_ORG).is_none());
     })
     .await;
+}
+
+/// Atlas POSTs (token mints) answered so far.
+fn mints(env: &Env) -> u64 {
+    env.sim
+        .state
+        .calls("POST", atlas_sim::CallKind::LinkTokens, 201)
+}
+
+/// The source's own API, as a person (or another tool) would call it.
+fn source_client(env: &Env) -> (SourceClient, String, Credentials) {
+    (
+        SourceClient::new(Default::default(), None),
+        source_url(env),
+        Credentials::api_key(SOURCE_PUBLIC, SOURCE_PRIVATE),
+    )
+}
+
+/// What the source reports is never hidden: a token revoked in Atlas behind the operator's back
+/// turns the link NOT_SYNCED, reported as NotSynced (Ready False) until a rotation links a new
+/// one; a link removed at the source is made again with the stored token (no new token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_synced_is_reported_and_a_link_removed_at_the_source_is_repaired() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "src-drift").await;
+    env.api_key_secret("creds").await;
+    source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
+    env.start_operator(&["--resync-interval=2s"]);
+    linked_token(&env, "migration", ORG, SOURCE_ORG, "source-creds").await;
+    let token = wait_linked(&env, "migration", SOURCE_ORG).await;
+
+    // Removed at the source: linked again with the same token at the next resync.
+    let (source, url, creds) = source_client(&env);
+    let target = Target {
+        url: &url,
+        ca_pem: None,
+    };
+    source
+        .unlink(target, &creds, SOURCE_ORG)
+        .await
+        .expect("unlink at the source");
+    eventually(WAIT, "linked again", || async {
+        env.sim.state.source_link(SOURCE_ORG).map(|_| ())
+    })
+    .await;
+    assert_eq!(wait_linked(&env, "migration", SOURCE_ORG).await, token);
+    assert_eq!(
+        mints(&env),
+        1,
+        "no new token for a link the stored one can repair"
+    );
+
+    // Revoked in Atlas by someone else: the source reports NOT_SYNCED, and so does Ready.
+    let atlas = AtlasClient::new(AtlasConfig::with_base_url(env.sim.atlas_url.clone()))
+        .expect("Atlas client");
+    atlas
+        .delete_link_token(&Credentials::api_key(PUBLIC_KEY, PRIVATE_KEY), ORG)
+        .await
+        .expect("revoke behind the operator's back");
+    let lt = env.wait_reason("migration", Reason::NotSynced, WAIT).await;
+    assert_eq!(condition(&lt, "Ready").0, "False");
+    assert_eq!(condition(&lt, "Linked").1, "NotSynced");
+    assert_eq!(condition(&lt, "Reconciling").0, "True");
+    assert!(condition(&lt, "Ready").2.contains("rotate"));
+    // A rotation is the fix: a new token, linked.
+    env.rotate("migration", "after-revoke").await;
+    let new = env.wait_new_token("migration", &token, WAIT).await;
+    eventually(WAIT, "linked with the new token", || async {
+        let t = wait_linked(&env, "migration", SOURCE_ORG).await;
+        (t == new).then_some(())
+    })
+    .await;
+}
+
+/// storeToken: false: no Secret ever holds the token; Ready means the source holds it. A source
+/// that cannot take a token costs no mint (the operator asks it first); a link lost at the
+/// source is replaced by a new token, the lost one revoked; deletion unlinks, then revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_store_token_false_the_token_exists_only_in_transit() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "src-transit").await;
+    env.api_key_secret("creds").await;
+    source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
+    env.start_operator(&["--resync-interval=2s"]);
+    // The source is down at first: the token must not be minted meanwhile.
+    env.fault(source_fault(503, "SERVICE_UNAVAILABLE", None, SOURCE_ORG));
+    let url = source_url(&env);
+    env.apply_yaml(&linktoken_yaml(
+        "migration",
+        ORG,
+        &[],
+        "creds",
+        &source_spec(&url, SOURCE_ORG, "source-creds", "    storeToken: false\n"),
+    ))
+    .await;
+    env.wait_reason("migration", Reason::SourceUnavailable, WAIT)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        mints(&env),
+        0,
+        "no token minted for a source that cannot take it"
+    );
+    env.sim.state.clear_faults();
+
+    let lt = env.wait_reason("migration", Reason::Linked, WAIT).await;
+    let st = lt.status.clone().expect("status");
+    let sha = st
+        .issued_for
+        .as_ref()
+        .and_then(|i| i.token_sha256.clone())
+        .expect("issued");
+    assert_eq!(st.token_secret_name, None, "no Secret named in status");
+    assert!(
+        env.secrets()
+            .get_opt("migration")
+            .await
+            .expect("get")
+            .is_none(),
+        "no token Secret"
+    );
+    assert_eq!(
+        env.sim
+            .state
+            .source_link(SOURCE_ORG)
+            .expect("linked")
+            .token_sha256,
+        sha
+    );
+    assert_eq!(env.sim.state.live_token_hashes(ORG), vec![sha.clone()]);
+    assert_eq!(mints(&env), 1);
+    // Steady: no new token at the resyncs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(mints(&env), 1);
+
+    // Lost at the source: stored nowhere else, so a new token replaces it (the lost one
+    // revoked first).
+    let (source, url, creds) = source_client(&env);
+    let target = Target {
+        url: &url,
+        ca_pem: None,
+    };
+    source
+        .unlink(target, &creds, SOURCE_ORG)
+        .await
+        .expect("unlink at the source");
+    let new_sha = eventually(WAIT, "a new token linked", || async {
+        let l = env.sim.state.source_link(SOURCE_ORG)?;
+        (l.token_sha256 != sha).then_some(l.token_sha256)
+    })
+    .await;
+    assert!(matches!(
+        env.sim.state.token_status_by_hash(&sha),
+        TokenStatus::Revoked { .. }
+    ));
+    assert_eq!(env.sim.state.live_token_hashes(ORG), vec![new_sha.clone()]);
+    env.wait_reason("migration", Reason::Linked, WAIT).await;
+
+    env.delete_linktoken("migration").await;
+    env.wait_linktoken_gone("migration", WAIT).await;
+    assert!(env.sim.state.source_link(SOURCE_ORG).is_none(), "unlinked");
+    assert_eq!(env.sim.state.live_links(ORG), 0, "revoked");
+    env.assert_no_secret_leaked(&[SOURCE_PRIVATE]).await;
+}
+
+/// spec.source removed: the link goes at the source, the LinkToken is Ready as a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_spec_source_removes_the_link() {
+    let c = require_cluster!();
+    let (env, token) = linked_env(c, "src-remove").await;
+    env.apply_yaml(&linktoken_yaml("migration", ORG, &[], "creds", ""))
+        .await;
+    let lt = env
+        .wait_reason("migration", Reason::TokenIssued, WAIT)
+        .await;
+    assert!(env.sim.state.source_link(SOURCE_ORG).is_none(), "unlinked");
+    assert_eq!(lt.status.expect("status").link, None);
+    assert_eq!(
+        condition(&env.get("migration").await.expect("lt"), "Linked").0,
+        ""
+    );
+    assert_eq!(
+        env.token_in("migration", "linkToken").await,
+        Some(token.clone())
+    );
+    assert!(
+        env.sim.state.is_token_live(&token),
+        "the token itself stays"
+    );
+    env.wait_event("migration", "Unlinked", "Normal", WAIT)
+        .await;
 }
