@@ -117,13 +117,20 @@ async fn wait_linked(env: &Env, name: &str, source_org: &str) -> String {
     token
 }
 
-/// A namespace, atlas-sim, the operator, and LinkToken `migration` (Atlas org ORG) linked to
-/// the demo source org; returns the linked token.
-async fn linked_env(c: &'static testkit::TestCluster, prefix: &str) -> (Env, String) {
+/// A namespace, atlas-sim, the credentials Secrets `creds` (Atlas) and `source-creds` (the demo
+/// source key), and the operator started with `args`.
+async fn source_env(c: &'static testkit::TestCluster, prefix: &str, args: &[&str]) -> Env {
     let mut env = Env::new(c, prefix).await;
     env.api_key_secret("creds").await;
     source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
-    env.start_operator(&[]);
+    env.start_operator(args);
+    env
+}
+
+/// A namespace, atlas-sim, the operator, and LinkToken `migration` (Atlas org ORG) linked to
+/// the demo source org; returns the linked token.
+async fn linked_env(c: &'static testkit::TestCluster, prefix: &str) -> (Env, String) {
+    let env = source_env(c, prefix, &[]).await;
     linked_token(&env, "migration", ORG, SOURCE_ORG, "source-creds").await;
     let token = wait_linked(&env, "migration", SOURCE_ORG).await;
     (env, token)
@@ -674,10 +681,7 @@ fn source_client(env: &Env) -> (SourceClient, String, Credentials) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_synced_is_reported_and_a_link_removed_at_the_source_is_repaired() {
     let c = require_cluster!();
-    let mut env = Env::new(c, "src-drift").await;
-    env.api_key_secret("creds").await;
-    source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
-    env.start_operator(&["--resync-interval=2s"]);
+    let env = source_env(c, "src-drift", &["--resync-interval=2s"]).await;
     linked_token(&env, "migration", ORG, SOURCE_ORG, "source-creds").await;
     let token = wait_linked(&env, "migration", SOURCE_ORG).await;
 
@@ -730,10 +734,7 @@ async fn not_synced_is_reported_and_a_link_removed_at_the_source_is_repaired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_store_token_false_the_token_exists_only_in_transit() {
     let c = require_cluster!();
-    let mut env = Env::new(c, "src-transit").await;
-    env.api_key_secret("creds").await;
-    source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
-    env.start_operator(&["--resync-interval=2s"]);
+    let env = source_env(c, "src-transit", &["--resync-interval=2s"]).await;
     // The source is down at first: the token must not be minted meanwhile.
     env.fault(source_fault(503, "SERVICE_UNAVAILABLE", None, SOURCE_ORG));
     let url = source_url(&env);
@@ -763,12 +764,9 @@ async fn with_store_token_false_the_token_exists_only_in_transit() {
         .and_then(|i| i.token_sha256.clone())
         .expect("issued");
     assert_eq!(st.token_secret_name, None, "no Secret named in status");
-    assert!(
-        env.secrets()
-            .get_opt("migration")
-            .await
-            .expect("get")
-            .is_none(),
+    assert_eq!(
+        env.token_in("migration", "linkToken").await,
+        None,
         "no token Secret"
     );
     assert_eq!(
