@@ -26,6 +26,7 @@ use linktoken_operator::source::{SourceClient, Target};
 use sha2::{Digest, Sha256};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, linktoken_yaml, status_fault};
 use testkit::eventually;
+use testkit::kstatus::{kstatus_bin, kstatus_of};
 use testkit::operator::PAUSE_ENV;
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -234,6 +235,32 @@ async fn deletion_unlinks_at_the_source_before_revoking_in_atlas() {
     assert_eq!(env.sim.state.live_links(ORG), 0);
 }
 
+/// LinkToken `name` in an Atlas org of its own (the `i`th; one link per Atlas org, so each
+/// LinkToken of a test needs one), with that org's API key, linked to `source_org` with the
+/// source credentials Secret `creds`.
+async fn own_linked_token(env: &Env, i: usize, name: &str, source_org: &str, creds: &str) {
+    let org = format!("a{i:07x}0000000000000000");
+    env.add_owned_org(&org);
+    let key = format!("{name}-atlas");
+    env.put_secret(
+        &key,
+        &[
+            ("publicApiKey", &format!("pub{}", &org[..8])),
+            ("privateApiKey", "private-key-of-a-test-org"),
+        ],
+    )
+    .await;
+    let url = source_url(env);
+    env.apply_yaml(&linktoken_yaml(
+        name,
+        &org,
+        &[],
+        &key,
+        &source_spec(&url, source_org, creds, ""),
+    ))
+    .await;
+}
+
 /// Adds source orgs `orgs` to atlas-sim and an API key `public` that is Organization Owner of
 /// `owns`, with its credentials Secret `{public}-creds` (private key `{public}-private`).
 async fn source_owner(env: &Env, public: &str, orgs: &[&str], owns: &[&str]) {
@@ -350,34 +377,9 @@ async fn every_source_failure_maps_to_its_reason_without_a_hot_loop() {
             "API key",
         ),
     ];
-    // Each needs an Atlas org of its own (one link per Atlas org).
-    let atlas_orgs: Vec<String> = (0..cases.len())
-        .map(|i| format!("a{i:07x}0000000000000000"))
-        .collect();
-    for o in &atlas_orgs {
-        env.add_owned_org(o);
-    }
     env.start_operator(&[]);
-    for ((name, source_org, creds, ..), org) in cases.iter().zip(&atlas_orgs) {
-        // The demo API key of `creds` owns only the demo orgs; each test org has its own key.
-        let key = format!("{name}-atlas");
-        env.put_secret(
-            &key,
-            &[
-                ("publicApiKey", &format!("pub{}", &org[..8])),
-                ("privateApiKey", "private-key-of-a-test-org"),
-            ],
-        )
-        .await;
-        let url = source_url(&env);
-        env.apply_yaml(&linktoken_yaml(
-            name,
-            org,
-            &[],
-            &key,
-            &source_spec(&url, source_org, creds, ""),
-        ))
-        .await;
+    for (i, (name, source_org, creds, ..)) in cases.iter().enumerate() {
+        own_linked_token(&env, i, name, source_org, creds).await;
     }
     for (name, _, _, reason, stalled, text) in &cases {
         let lt = env.wait_reason(name, *reason, WAIT).await;
@@ -839,4 +841,36 @@ async fn removing_spec_source_removes_the_link() {
     );
     env.wait_event("migration", "Unlinked", "Normal", WAIT)
         .await;
+}
+
+/// What Flux and kpt see (the real kstatus library): Current only once the whole link holds;
+/// a link failing for a transient reason is InProgress although the token is issued; one only a
+/// user can fix is Failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_is_current_only_once_linked() {
+    let c = require_cluster!();
+    let Some(bin) = kstatus_bin(c) else {
+        return;
+    };
+    let env = source_env(c, "src-kstatus", &[]).await;
+    source_key_secret(&env, "wrong-creds", "not-the-private-key").await;
+    let flaky = "0000000000000000000000c1";
+    source_owner(&env, "flaky", &[flaky], &[flaky]).await;
+    env.fault(source_fault(503, "SERVICE_UNAVAILABLE", None, flaky));
+    own_linked_token(&env, 0, "linked", SOURCE_ORG, "source-creds").await;
+    own_linked_token(&env, 1, "unavailable", flaky, "flaky-creds").await;
+    own_linked_token(&env, 2, "unauthorized", SOURCE_ORG, "wrong-creds").await;
+    for (name, reason, want) in [
+        ("linked", Reason::Linked, "Current"),
+        ("unavailable", Reason::SourceUnavailable, "InProgress"),
+        ("unauthorized", Reason::SourceUnauthorized, "Failed"),
+    ] {
+        env.wait_reason(name, reason, WAIT).await;
+        let (status, message) = kstatus_of(&env, &bin, name);
+        assert_eq!(status, want, "{name}: {message}");
+        assert!(
+            env.token_in(name, "linkToken").await.is_some(),
+            "{name}: issued"
+        );
+    }
 }

@@ -5,15 +5,12 @@
 //! promise.
 use testkit::require_cluster;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use linktoken_operator::api::Reason;
-use testkit::TestCluster;
 use testkit::e2e::{Env, ORG, linktoken_yaml, status_fault};
 use testkit::eventually;
+use testkit::kstatus::{kstatus_bin, kstatus_of};
 use testkit::operator::PAUSE_ENV;
 
 /// An org atlas-sim does not know (POST answers 404).
@@ -27,65 +24,6 @@ const LATE_ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c10";
 const GRACE: Duration = Duration::from_secs(8);
 /// An org of the demo key whose every link-token call answers 503.
 const FLAKY_ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0e";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// The kstatus binary. Same policy as the control plane: missing fails under CI, skips loudly
-/// elsewhere.
-fn kstatus_bin(c: &TestCluster) -> Option<PathBuf> {
-    match &c.tools.kstatus {
-        Some(p) => Some(p.clone()),
-        None if in_ci() => {
-            panic!("CI=true and kstatus is unavailable: run `bash scripts/build-tools.sh`")
-        }
-        None => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: this test needs kstatus: run `bash scripts/build-tools.sh`\n"
-            );
-            None
-        }
-    }
-}
-
-/// kstatus's (status, message) for a live LinkToken, read with kubectl like a GitOps tool would.
-fn kstatus_of(env: &Env, bin: &PathBuf, name: &str) -> (String, String) {
-    let out = env
-        .cluster
-        .kubectl()
-        .args(["get", "linktoken", name, "-n", &env.ns, "-o", "json"])
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl get: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = Command::new(bin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kstatus");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&out.stdout)
-        .expect("write to kstatus");
-    let res = child.wait_with_output().expect("kstatus output");
-    assert!(
-        res.status.success(),
-        "kstatus: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&res.stdout).expect("kstatus json");
-    (
-        v["status"].as_str().unwrap_or_default().to_string(),
-        v["message"].as_str().unwrap_or_default().to_string(),
-    )
-}
 
 #[tokio::test]
 async fn kstatus_computes_what_the_docs_promise_for_every_state() {

@@ -8,12 +8,14 @@
 //! - [`operator`]: the one spawner of the operator binary (dies with its parent), and the
 //!   readiness rule tests and the benchmark share.
 //! - [`e2e`]: end-to-end fixtures: a namespace, atlas-sim in-process and the operator.
+//! - [`kstatus`]: the kstatus library's verdict on a live LinkToken (what Flux and kpt see).
 //!
 //! Depends on the operator crate (its API types and CRD) and on atlas-sim; the operator
 //! depends on it only as a dev-dependency.
 pub mod cluster;
 pub mod controlplane;
 pub mod e2e;
+pub mod kstatus;
 pub mod operator;
 
 pub use cluster::{
