@@ -17,6 +17,7 @@ use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::
 use linktoken_operator::runtime::{
     Ended, Flags, LeaderElector, Metrics, Readiness, Shutdown, logging, serve, supervise,
 };
+use linktoken_operator::source::{SourceClient, SourceConfig};
 
 /// Feeds every Atlas round trip into the Prometheus metrics.
 struct AtlasMetrics(Metrics);
@@ -117,7 +118,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         controller: "linktoken-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         atlas,
         metrics.clone(),
@@ -129,7 +130,18 @@ async fn run(flags: Flags) -> Result<(), String> {
             resync: flags.resync_interval,
         },
         flags.credentials_grace,
-    ));
+    );
+    // The source side (spec.source) is bounded like Atlas.
+    ctx.source = SourceClient::new(
+        SourceConfig {
+            connect_timeout: flags.atlas_connect_timeout,
+            request_timeout: flags.atlas_request_timeout,
+            max_retry_after: flags.retry_max_delay,
+            ..SourceConfig::default()
+        },
+        None,
+    );
+    let ctx = Arc::new(ctx);
 
     // The controller's own stop token: triggered by shutdown and by leadership loss.
     let stop = Shutdown::new();

@@ -737,7 +737,7 @@ async fn value_sets_render_objects_the_api_server_accepts() {
         ),
         (
             "serviceMonitor + networkPolicy",
-            "serviceMonitor:\n  enabled: true\n  labels: {release: prom}\nnetworkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels: {kubernetes.io/metadata.name: monitoring}\natlasUrl: http://atlas-sim.atlas:9000\nallowInsecureAtlasUrl: true\n".into(),
+            "serviceMonitor:\n  enabled: true\n  labels: {release: prom}\nnetworkPolicy:\n  enabled: true\n  sourcePorts: [8443]\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels: {kubernetes.io/metadata.name: monitoring}\natlasUrl: http://atlas-sim.atlas:9000\nallowInsecureAtlasUrl: true\n".into(),
             Box::new(|objs: &[Value]| {
                 let env = container_env(one(objs, "Deployment"));
                 assert_eq!(env["LINKTOKEN_ALLOW_INSECURE_ATLAS_URL"], "true");
@@ -751,7 +751,11 @@ async fn value_sets_render_objects_the_api_server_accepts() {
                     .iter()
                     .map(|p| p["port"].as_u64().unwrap_or_default())
                     .collect();
-                assert_eq!(ports, [443, 6443, 9000], "API server ports + the Atlas URL's port");
+                assert_eq!(
+                    ports,
+                    [443, 6443, 8443, 9000],
+                    "API server ports + an Ops Manager source's + the Atlas URL's port"
+                );
                 assert!(np["spec"]["ingress"][0]["from"].is_array());
             }),
         ),

@@ -109,11 +109,15 @@ The rules the operator needs in every namespace it manages: the same list for th
 
 {{/*
 Comma-separated, sorted, de-duplicated TCP ports the operator connects to: the API server's
-(networkPolicy.apiServerPorts) and the one of atlasUrl (explicit, else 443/80 by scheme).
+(networkPolicy.apiServerPorts), the one of atlasUrl (explicit, else 443/80 by scheme) and the
+sources' (networkPolicy.sourcePorts: an Ops Manager that LinkTokens hand their tokens to).
 */}}
 {{- define "linktoken-operator.egressPorts" -}}
 {{- $ports := dict }}
 {{- range .Values.networkPolicy.apiServerPorts }}
+{{- $_ := set $ports (toString (int .)) true }}
+{{- end }}
+{{- range .Values.networkPolicy.sourcePorts }}
 {{- $_ := set $ports (toString (int .)) true }}
 {{- end }}
 {{- $u := urlParse .Values.atlasUrl }}
