@@ -232,7 +232,7 @@ fn health_cases_cover_every_ready_reason_as_the_operator_writes_it() {
             continue;
         };
         let stalled = reason.is_stalled();
-        let is_ready = reason == Reason::TokenIssued;
+        let is_ready = reason.is_ready();
         let status = |c: Option<&Value>| c.and_then(|c| c["status"].as_str()).map(String::from);
         let flag = |b: bool| Some(if b { "True" } else { "False" }.to_string());
         let what = &case.input_path;
