@@ -574,17 +574,40 @@ async fn an_ops_manager_with_a_private_ca_is_linked_through_the_ca_bundle() {
 /// LinkToken, lets `check` look at what the crash left, restarts it without the pause and
 /// checks what a user depends on: Linked, one live token in Atlas, the source linked once.
 async fn crash_in_link_at(point: &str, check: impl AsyncFnOnce(&Env)) {
-    let Some(c) = testkit::cluster().await else {
-        eprintln!("SKIPPED: no control plane");
+    let Some(mut env) = paused_then_killed(point, "").await else {
         return;
     };
-    let mut env = Env::new(c, &format!("src-{point}")).await;
+    check(&env).await;
+    env.start_operator(&[]);
+    wait_linked(&env, "migration", SOURCE_ORG).await;
+    assert_eq!(env.sim.state.live_links(ORG), 1, "one live token");
+    assert_eq!(source_calls(&env, "POST", 200), 1, "linked once");
+}
+
+/// Starts the operator with the pause hook at `point`, applies LinkToken `migration` with a
+/// source (plus `extra` under `source:`), waits until the operator sleeps there and SIGKILLs
+/// it. None without a control plane.
+async fn paused_then_killed(point: &str, extra: &str) -> Option<Env> {
+    let Some(c) = testkit::cluster().await else {
+        eprintln!("SKIPPED: no control plane");
+        return None;
+    };
+    let suffix = if extra.is_empty() { "" } else { "-transit" };
+    let mut env = Env::new(c, &format!("src-{point}{suffix}")).await;
     env.api_key_secret("creds").await;
     source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
     let pause = format!("{point}=300s");
     env.operator =
         Some(env.spawn_operator_with_env(&env.cluster.kubeconfig, &[(PAUSE_ENV, &pause)], &[]));
-    linked_token(&env, "migration", ORG, SOURCE_ORG, "source-creds").await;
+    let url = source_url(&env);
+    env.apply_yaml(&linktoken_yaml(
+        "migration",
+        ORG,
+        &[],
+        "creds",
+        &source_spec(&url, SOURCE_ORG, "source-creds", extra),
+    ))
+    .await;
     eventually(
         WAIT,
         &format!("the operator pausing at {point}"),
@@ -600,11 +623,55 @@ async fn crash_in_link_at(point: &str, check: impl AsyncFnOnce(&Env)) {
         let _ = op.child.kill();
         let _ = op.child.wait();
     }
-    check(&env).await;
+    Some(env)
+}
+
+/// storeToken: false, killed inside the hand-over: after the restart the source holds a live
+/// token, the only live one in the Atlas org, linked once; returns (Atlas mints in total,
+/// whether the source held the token at the crash).
+async fn crash_in_transit_at(point: &str) -> Option<(u64, bool)> {
+    let mut env = paused_then_killed(point, "    storeToken: false\n").await?;
+    let held = env.sim.state.source_link(SOURCE_ORG).is_some();
+    assert_eq!(
+        env.token_in("migration", "linkToken").await,
+        None,
+        "no Secret"
+    );
     env.start_operator(&[]);
-    wait_linked(&env, "migration", SOURCE_ORG).await;
-    assert_eq!(env.sim.state.live_links(ORG), 1, "one live token");
+    let lt = env.wait_reason("migration", Reason::Linked, WAIT).await;
+    let sha = lt
+        .status
+        .and_then(|s| s.issued_for)
+        .and_then(|i| i.token_sha256)
+        .expect("issued");
+    assert_eq!(
+        env.sim.state.live_token_hashes(ORG),
+        vec![sha.clone()],
+        "one live token"
+    );
+    let link = env.sim.state.source_link(SOURCE_ORG).expect("linked");
+    assert_eq!(link.token_sha256, sha, "the source holds the live token");
     assert_eq!(source_calls(&env, "POST", 200), 1, "linked once");
+    Some((mints(&env), held))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_token_false_killed_before_the_hand_over_reissues_and_links_once() {
+    // The token was recorded (hash) and never reached the source: it is revoked and replaced.
+    if let Some((minted, held)) = crash_in_transit_at("before-link-post").await {
+        assert!(!held, "nothing posted before the crash");
+        assert_eq!(minted, 2, "the lost token is replaced");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_token_false_killed_after_the_hand_over_keeps_the_linked_token() {
+    // The source took the token before the crash: asked after the restart, it says SYNCED, so
+    // that token is kept: no second mint, no second link.
+    if let Some((minted, held)) = crash_in_transit_at("after-link-post").await {
+        assert!(held, "posted before the crash");
+        assert_eq!(minted, 1, "no new token");
+    }
 }
 
 /// The marker of the link as the crash left it: the hash of the token being posted.
