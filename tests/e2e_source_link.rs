@@ -60,6 +60,20 @@ async fn source_key_secret(env: &Env, name: &str, private: &str) {
     .await;
 }
 
+/// LinkToken `migration` (Atlas org ORG, credentials `creds`) linked to the demo source org with
+/// `source-creds`, plus `extra` lines under `source:`.
+async fn apply_migration(env: &Env, extra: &str) {
+    let url = source_url(env);
+    env.apply_yaml(&linktoken_yaml(
+        "migration",
+        ORG,
+        &[],
+        "creds",
+        &source_spec(&url, SOURCE_ORG, "source-creds", extra),
+    ))
+    .await;
+}
+
 /// A LinkToken `name` for Atlas org `org`, linked to source org `source_org`.
 async fn linked_token(env: &Env, name: &str, org: &str, source_org: &str, creds: &str) {
     let url = source_url(env);
@@ -599,15 +613,7 @@ async fn paused_then_killed(point: &str, extra: &str) -> Option<Env> {
     let pause = format!("{point}=300s");
     env.operator =
         Some(env.spawn_operator_with_env(&env.cluster.kubeconfig, &[(PAUSE_ENV, &pause)], &[]));
-    let url = source_url(&env);
-    env.apply_yaml(&linktoken_yaml(
-        "migration",
-        ORG,
-        &[],
-        "creds",
-        &source_spec(&url, SOURCE_ORG, "source-creds", extra),
-    ))
-    .await;
+    apply_migration(&env, extra).await;
     eventually(
         WAIT,
         &format!("the operator pausing at {point}"),
@@ -806,15 +812,7 @@ async fn with_store_token_false_the_token_exists_only_in_transit() {
     let env = source_env(c, "src-transit", &["--resync-interval=2s"]).await;
     // The source is down at first: the token must not be minted meanwhile.
     env.fault(source_fault(503, "SERVICE_UNAVAILABLE", None, SOURCE_ORG));
-    let url = source_url(&env);
-    env.apply_yaml(&linktoken_yaml(
-        "migration",
-        ORG,
-        &[],
-        "creds",
-        &source_spec(&url, SOURCE_ORG, "source-creds", "    storeToken: false\n"),
-    ))
-    .await;
+    apply_migration(&env, "    storeToken: false\n").await;
     env.wait_reason("migration", Reason::SourceUnavailable, WAIT)
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
