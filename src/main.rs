@@ -29,6 +29,16 @@ impl RequestObserver for AtlasMetrics {
     }
 }
 
+/// The source client's round trips (spec.source), counted apart from Atlas's.
+struct SourceMetrics(Metrics);
+
+impl RequestObserver for SourceMetrics {
+    fn observe(&self, r: &RequestRecord<'_>) {
+        self.0
+            .observe_source_request(r.method, r.status, r.error_code);
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let flags = Flags::parse_and_validate();
@@ -139,7 +149,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             max_retry_after: flags.retry_max_delay,
             ..SourceConfig::default()
         },
-        None,
+        Some(Arc::new(SourceMetrics(metrics.clone()))),
     );
     let ctx = Arc::new(ctx);
 

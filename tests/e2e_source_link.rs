@@ -182,6 +182,19 @@ async fn linked_end_to_end_with_api_keys_and_nothing_secret_leaks() {
     // The steady state asks the status, never posts again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(source_calls(&env, "POST", 200), 1);
+    // Counted in a metric of their own, not as Atlas requests.
+    let url = env.operator.as_ref().expect("operator").metrics_url();
+    let metrics = reqwest::get(url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"linktoken_source_requests_total{method="POST",status="200",error_code=""} 1"#),
+        "{metrics}"
+    );
 
     env.assert_no_secret_leaked(&[&token, SOURCE_PRIVATE, PRIVATE_KEY])
         .await;

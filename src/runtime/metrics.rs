@@ -109,6 +109,7 @@ struct Inner {
     reconcile_duration: HistogramFamily<ResultLabels>,
     atlas_requests: Family<AtlasRequestLabels, Counter>,
     atlas_request_duration: HistogramFamily<MethodLabels>,
+    source_requests: Family<AtlasRequestLabels, Counter>,
     tokens_issued: Counter,
     tokens_revoked: Counter,
     linktokens: Family<ReasonLabels, Gauge>,
@@ -177,6 +178,12 @@ impl Metrics {
             Unit::Seconds,
             atlas_request_duration.clone(),
         );
+        let source_requests = Family::<AtlasRequestLabels, Counter>::default();
+        registry.register(
+            "source_requests",
+            "Cloud Manager / Ops Manager (spec.source) requests by HTTP method, status (none: no response) and errorCode",
+            source_requests.clone(),
+        );
         let tokens_issued = Counter::default();
         registry.register(
             "tokens_issued",
@@ -225,6 +232,7 @@ impl Metrics {
                 reconcile_duration,
                 atlas_requests,
                 atlas_request_duration,
+                source_requests,
                 tokens_issued,
                 tokens_revoked,
                 linktokens,
@@ -244,6 +252,22 @@ impl Metrics {
             .reconcile_duration
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
+    }
+
+    /// Records one HTTP request to a source (spec.source): as [`Metrics::observe_atlas_request`],
+    /// counted apart so Atlas's numbers stay Atlas's.
+    pub fn observe_source_request(
+        &self,
+        method: &str,
+        status: Option<u16>,
+        error_code: Option<&str>,
+    ) {
+        let labels = AtlasRequestLabels {
+            method: method.to_ascii_uppercase(),
+            status: status.map_or_else(|| "none".to_string(), |s| s.to_string()),
+            error_code: sanitize_error_code(error_code),
+        };
+        self.inner.source_requests.get_or_create(&labels).inc();
     }
 
     /// Records one Atlas HTTP request. `status` is `None` when no response arrived (timeout,
@@ -426,6 +450,21 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn source_requests_are_counted_apart_from_atlas() {
+        let m = Metrics::new();
+        m.observe_source_request("post", Some(200), None);
+        m.observe_source_request("GET", Some(404), Some("MIGRATION_LINK_NOT_FOUND"));
+        let text = m.encode();
+        for line in [
+            r#"linktoken_source_requests_total{method="POST",status="200",error_code=""} 1"#,
+            r#"linktoken_source_requests_total{method="GET",status="404",error_code="MIGRATION_LINK_NOT_FOUND"} 1"#,
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("linktoken_atlas_requests_total{"), "{text}");
     }
 
     #[test]
