@@ -952,3 +952,34 @@ async fn kstatus_is_current_only_once_linked() {
         );
     }
 }
+
+/// storeToken: false and a source that answers but refuses the token: each refused hand-over
+/// loses a token, so the next one waits like any failure only a user can fix (no mint per
+/// retry), and the refusal stays the reason shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_token_false_with_a_refusing_source_does_not_mint_in_a_loop() {
+    let c = require_cluster!();
+    let env = source_env(c, "src-refused", &[]).await;
+    env.fault(source_fault(
+        400,
+        "INVALID_LINK_TOKEN",
+        Some("POST"),
+        SOURCE_ORG,
+    ));
+    apply_migration(&env, "    storeToken: false\n").await;
+    env.wait_reason("migration", Reason::SourceRejected, WAIT)
+        .await;
+    let after_first = mints(&env);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let lt = env.get("migration").await.expect("LinkToken");
+    assert_eq!(condition(&lt, "Ready").1, "SourceRejected", "still shown");
+    assert!(condition(&lt, "Ready").2.contains("INVALID_LINK_TOKEN"));
+    assert_eq!(condition(&lt, "Stalled").0, "True");
+    assert!(
+        mints(&env) <= after_first + 1,
+        "{} tokens minted for a source that refuses them",
+        mints(&env)
+    );
+    // At most the last minted token is live, claimed by status (revoked before the next one).
+    assert!(env.sim.state.live_links(ORG) <= 1);
+}

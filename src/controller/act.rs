@@ -254,7 +254,12 @@ async fn issue(
             rotate: obs.observed.rotate.clone(),
             token_sha256: Some(sha.clone()),
         });
-        let report = super::link::hand_over(lt, ctx, token, &sha, why, issued, rv).await?;
+        let failure = report::Memory::Failure {
+            generation: obs.observed.generation,
+            credentials_version: obs.observed.credentials_version.clone(),
+            rotate: obs.observed.rotate.clone(),
+        };
+        let report = super::link::hand_over(lt, ctx, token, &sha, why, issued, rv, failure).await?;
         return Ok(report.into());
     }
     // 4. The Secret, at once: the token exists nowhere else. Created if it was observed

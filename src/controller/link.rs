@@ -267,8 +267,14 @@ impl Run<'_> {
 
     fn failed(&self, mut status: LinkTokenStatus, e: &SourceError, doing: &str) -> Report {
         let reason = e.reason();
+        let refused = e.http_status().is_some_and(|s| (400..500).contains(&s));
         if let Some(l) = status.link.as_mut() {
             l.source_error = Some(source_error_status(e));
+            // The source answered and refused: it does not hold the token being posted. (A 5xx
+            // or no answer proves nothing: the marker stays and the status is asked.)
+            if refused {
+                l.posting_sha256 = None;
+            }
         }
         let hint = hint(reason);
         tracing::info!(linktoken = %report::key_of(self.lt), reason = %reason,
@@ -436,7 +442,19 @@ impl Run<'_> {
                     spec.org_id
                 )
             };
-            let mut r = self.report(Reason::Linking, message, status);
+            // A failure already reported (the hand-over that lost the token) stays the reason
+            // shown while the next issue waits out its retry.
+            let shown = report::current_reason(self.lt).filter(|r| is_link_failure(*r));
+            let (reason, message) = match (shown, self.lt.status.as_ref()) {
+                (Some(r), Some(st)) => (
+                    r,
+                    conditions::ready_of(&st.conditions)
+                        .map(|(_, m)| m.to_string())
+                        .unwrap_or(message),
+                ),
+                _ => (Reason::Linking, message),
+            };
+            let mut r = self.report(reason, message, status);
             r.retry = Retry::Soon(Duration::from_millis(200));
             return Ok(r);
         };
@@ -598,7 +616,10 @@ pub async fn preflight(lt: &LinkToken, ctx: &Context) -> Option<Report> {
 /// to the source in this reconcile. `issued` is the status recording the new token (issue
 /// marker cleared: from here a crash leaves a token status knows of, which the next issue
 /// revokes first), written with the link's marker before the POST to the source; `fence` is
-/// the version the issue marker's write returned.
+/// the version the issue marker's write returned. A failed hand-over loses the token, and the
+/// next issue mints another: `failure` (the issuing inputs) is remembered with the failure, so
+/// that issue waits like one after an Atlas failure (backoff, or until the inputs change or
+/// the slow resync for what only a user can fix) instead of minting in a loop.
 #[allow(clippy::too_many_arguments)]
 pub async fn hand_over(
     lt: &LinkToken,
@@ -608,6 +629,7 @@ pub async fn hand_over(
     why: IssueWhy,
     mut issued: LinkTokenStatus,
     fence: Option<String>,
+    failure: report::Memory,
 ) -> Result<Report, Error> {
     issued.token_secret_name = None;
     let (ev, note) = if why.is_rotation() {
@@ -634,9 +656,13 @@ pub async fn hand_over(
     };
     let access = match run.access(&spec).await {
         Ok(a) => a,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.memory(failure)),
     };
-    run.post_with(&spec, &access, token, sha).await
+    let r = run.post_with(&spec, &access, token, sha).await?;
+    Ok(match r.reason {
+        Some(Reason::Linked | Reason::Linking) | None => r,
+        Some(_) => r.memory(failure),
+    })
 }
 
 struct Note {
@@ -736,6 +762,11 @@ pub async fn unlink_before_revoke(
             Err(Report::new(lt, Reason::RevocationBlocked, Retry::Backoff).status(status, message))
         }
     }
+}
+
+/// A reason saying the link failed (not Linked, not in flight).
+fn is_link_failure(r: Reason) -> bool {
+    r.is_link() && !matches!(r, Reason::Linked | Reason::Linking)
 }
 
 fn linked_message(spec: &SourceSpec) -> String {
