@@ -404,7 +404,8 @@ async fn every_source_failure_maps_to_its_reason_without_a_hot_loop() {
             "API key",
         ),
     ];
-    env.start_operator(&[]);
+    // No grace for a missing credentials Secret: Stalled at once (the grace has its own test).
+    env.start_operator(&["--credentials-grace=0s"]);
     for (i, (name, source_org, creds, ..)) in cases.iter().enumerate() {
         own_linked_token(&env, i, name, source_org, creds).await;
     }
@@ -930,7 +931,7 @@ async fn kstatus_is_current_only_once_linked() {
     let Some(bin) = kstatus_bin(c) else {
         return;
     };
-    let env = source_env(c, "src-kstatus", &[]).await;
+    let env = source_env(c, "src-kstatus", &["--credentials-grace=8s"]).await;
     source_key_secret(&env, "wrong-creds", "not-the-private-key").await;
     let flaky = "0000000000000000000000c1";
     source_owner(&env, "flaky", &[flaky], &[flaky]).await;
@@ -938,10 +939,14 @@ async fn kstatus_is_current_only_once_linked() {
     own_linked_token(&env, 0, "linked", SOURCE_ORG, "source-creds").await;
     own_linked_token(&env, 1, "unavailable", flaky, "flaky-creds").await;
     own_linked_token(&env, 2, "unauthorized", SOURCE_ORG, "wrong-creds").await;
+    // A source credentials Secret that a GitOps step delivers later: InProgress within
+    // --credentials-grace, as for the Atlas one (then Failed).
+    own_linked_token(&env, 3, "late", SOURCE_ORG, "late-creds").await;
     for (name, reason, want) in [
         ("linked", Reason::Linked, "Current"),
         ("unavailable", Reason::SourceUnavailable, "InProgress"),
         ("unauthorized", Reason::SourceUnauthorized, "Failed"),
+        ("late", Reason::SourceCredentialsNotFound, "InProgress"),
     ] {
         env.wait_reason(name, reason, WAIT).await;
         let (status, message) = kstatus_of(&env, &bin, name);
@@ -951,6 +956,10 @@ async fn kstatus_is_current_only_once_linked() {
             "{name}: issued"
         );
     }
+    eventually(WAIT, "late: Failed once the grace is over", || async {
+        (kstatus_of(&env, &bin, "late").0 == "Failed").then_some(())
+    })
+    .await;
 }
 
 /// storeToken: false and a source that answers but refuses the token: each refused hand-over

@@ -12,7 +12,7 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// Time left, for an object created at `created`, of the grace period in which a missing
-/// credentials Secret is reported as Reconciling instead of Stalled (docs/conditions.md: a
+/// credentials Secret (Atlas's, or the source's) is reported as Reconciling instead of Stalled (docs/conditions.md: a
 /// Secret delivered by ExternalSecret or a later GitOps step lands after the LinkToken, and
 /// kstatus would call the LinkToken Failed meanwhile). None for any other reason, without a
 /// creation time, or once the period is over.
@@ -22,7 +22,11 @@ pub fn credentials_grace_left(
     now: &Time,
     grace: Duration,
 ) -> Option<Duration> {
-    if reason != Reason::CredentialsNotFound {
+    // The source's credentials Secret (spec.source) arrives the same ways.
+    if !matches!(
+        reason,
+        Reason::CredentialsNotFound | Reason::SourceCredentialsNotFound
+    ) {
         return None;
     }
     let age = now.0.duration_since(created?.0);
@@ -182,6 +186,11 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(left(Reason::CredentialsNotFound, &late), None, "over");
+        assert_eq!(
+            left(Reason::SourceCredentialsNotFound, &early),
+            Some(Duration::from_secs(60)),
+            "the source's credentials Secret too"
+        );
         assert_eq!(left(Reason::OrgNotFound, &early), None, "other reasons");
         assert_eq!(
             left(Reason::CredentialsInvalid, &early),
