@@ -45,7 +45,7 @@ use super::status::LinkTokenStatus;
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether the token Secret holds a token issued for the current spec"
+        description = "Whether the token Secret holds a token issued for the current spec (and, with spec.source, the source holds it: Linked)"
     ),
     printcolumn(
         name = "Reason",
