@@ -196,10 +196,10 @@ pub async fn follow(
     if want.is_none() && status.link.is_none() {
         return Ok(report);
     }
-    if report.issued {
+    if let (true, Some(d)) = (report.issued, want.as_ref()) {
         // A new token: record it first (this report), link it in the next reconcile, so the
         // status naming the token always lands before the source sees it.
-        let org = want.as_ref().map(|d| d.org_id.clone()).unwrap_or_default();
+        let org = d.org_id.clone();
         let mut r = report;
         r.reason = Some(Reason::Linking);
         r.retry = Retry::Soon(Duration::from_millis(200));
@@ -267,14 +267,8 @@ impl Run<'_> {
 
     fn failed(&self, mut status: LinkTokenStatus, e: &SourceError, doing: &str) -> Report {
         let reason = e.reason();
-        let refused = e.http_status().is_some_and(|s| (400..500).contains(&s));
         if let Some(l) = status.link.as_mut() {
             l.source_error = Some(source_error_status(e));
-            // The source answered and refused: it does not hold the token being posted. (A 5xx
-            // or no answer proves nothing: the marker stays and the status is asked.)
-            if refused {
-                l.posting_sha256 = None;
-            }
         }
         let hint = hint(reason);
         tracing::info!(linktoken = %report::key_of(self.lt), reason = %reason,
@@ -519,7 +513,16 @@ impl Run<'_> {
         drop(token);
         super::pause::point("after-link-post").await;
         match answer {
-            Err(e) => Ok(run.failed(status, &e, "linking the source org")),
+            Err(e) => {
+                // The source answered the POST and refused it: it does not hold the token. (A
+                // 5xx or no answer proves nothing: the marker stays and the status is asked.)
+                if e.http_status().is_some_and(|s| (400..500).contains(&s))
+                    && let Some(l) = status.link.as_mut()
+                {
+                    l.posting_sha256 = None;
+                }
+                Ok(run.failed(status, &e, "linking the source org"))
+            }
             Ok(sync) => {
                 link.token_sha256 = Some(sha.to_string());
                 link.posting_sha256 = None;
