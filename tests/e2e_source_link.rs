@@ -992,3 +992,34 @@ async fn store_token_false_with_a_refusing_source_does_not_mint_in_a_loop() {
     // At most the last minted token is live, claimed by status (revoked before the next one).
     assert!(env.sim.state.live_links(ORG) <= 1);
 }
+
+/// deletionPolicy: Retain keeps the whole link: the token stays live in Atlas and the source
+/// stays linked with it (and SYNCED); nothing is called at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_keeps_the_link_and_the_token() {
+    let c = require_cluster!();
+    let (env, token) = linked_env(c, "src-retain").await;
+    env.patch_linktoken(
+        "migration",
+        serde_json::json!({"spec": {"deletionPolicy": "Retain"}}),
+    )
+    .await;
+    env.wait_reason("migration", Reason::Linked, WAIT).await;
+    let deletes_before = source_calls(&env, "DELETE", 204);
+    env.delete_linktoken("migration").await;
+    env.wait_linktoken_gone("migration", WAIT).await;
+    assert!(env.sim.state.is_token_live(&token), "the token stays live");
+    assert_eq!(
+        env.sim
+            .state
+            .source_link(SOURCE_ORG)
+            .map(|l| l.token_sha256),
+        Some(sha256_hex(token.as_bytes())),
+        "the source stays linked with it"
+    );
+    assert_eq!(
+        env.sim.state.source_status(SOURCE_ORG),
+        Some(atlas_sim::SyncStatus::Synced)
+    );
+    assert_eq!(source_calls(&env, "DELETE", 204), deletes_before);
+}
