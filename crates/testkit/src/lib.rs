@@ -7,6 +7,8 @@
 //!   helpers (`eventually`, `require_cluster!`).
 //! - [`operator`]: the one spawner of the operator binary (dies with its parent), and the
 //!   readiness rule tests and the benchmark share.
+//! - [`node`]: a real node (containerd, kubelet, kube-scheduler, kube-proxy) for a control
+//!   plane started to serve one; Pods run, traffic stays on the machine.
 //! - [`e2e`]: end-to-end fixtures: a namespace, atlas-sim in-process and the operator.
 //!
 //! Depends on the operator crate (its API types and CRD) and on atlas-sim; the operator
@@ -14,6 +16,7 @@
 pub mod cluster;
 pub mod controlplane;
 pub mod e2e;
+pub mod node;
 pub mod operator;
 
 pub use cluster::{
