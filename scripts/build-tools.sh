@@ -169,7 +169,24 @@ build_helm() {
     [[ -f go.mod ]] || printf 'module linktoken-operator/tools/helm\n\ngo 1.26\n' > go.mod
     go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1 || go get "helm.sh/helm/v3@$HELM_VERSION"
   )
-  go_build_into "$dir" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm=helm
+  # The Kubernetes version helm assumes without a cluster (`helm template`, `helm lint`, a chart's
+  # kubeVersion check): helm's own Makefile stamps the client-go it is built with; unstamped it
+  # would be 1.20 and refuse the chart (kubeVersion >=1.31).
+  local modfile kube_minor
+  modfile=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  kube_minor=$(sed -n 's/^\s*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$modfile" | head -n 1)
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kube_minor"
+  done
+  go_build_into "$dir" "$ld" helm.sh/helm/v3/cmd/helm=helm
+  echo "1.$kube_minor" > "$BIN_DIR/helm.kube-version"
+}
+
+# A helm built before it was stamped with its Kubernetes version is rebuilt.
+helm_current() {
+  [[ -x "$BIN_DIR/helm" && -f "$BIN_DIR/helm.kube-version" ]]
 }
 
 build_kstatus() {
@@ -197,7 +214,7 @@ else timed "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, ku
     k8s.io/kubernetes/cmd/kubectl=kubectl; fi
 if have_all etcd; then log "etcd $ETCD_VERSION: cached"
 else timed "etcd $ETCD_VERSION" build_etcd; fi
-if have_all helm; then log "helm $HELM_VERSION: cached"
+if helm_current; then log "helm $HELM_VERSION: cached"
 else timed "helm $HELM_VERSION" build_helm; fi
 if kstatus_current; then log "kstatus (cli-utils $CLI_UTILS_VERSION): cached"
 else timed "kstatus (cli-utils $CLI_UTILS_VERSION)" build_kstatus; fi
