@@ -1,21 +1,24 @@
-//! The harness's node is real and leaves nothing behind: a Pod of the pause image runs in a
-//! namespace enforcing Pod Security `restricted` with an address of the Pod network, and after
-//! `Node::stop` no process, mount, network namespace, bridge, route or iptables rule of the
-//! node remains.
+//! The harness's node is real and leaves nothing behind:
+//! - a Pod of the pause image runs in a namespace enforcing Pod Security `restricted` with an
+//!   address of the Pod network, the isolation rules are in place while it runs, and after
+//!   `Node::stop` no process, mount, network namespace, bridge, route, iptables rule or host
+//!   path of the node remains;
+//! - when the process that ran the node is killed (SIGKILL: no teardown runs, containerd's
+//!   shims and the containers survive it), the sweep of dead runs removes the same things.
 //!
-//! One node per machine: this binary has one test. Under CI=true a node that cannot run fails
-//! it; elsewhere it is skipped, saying so.
+//! One node per machine: the tests take a lock. Under CI=true a node that cannot run fails
+//! them; elsewhere they are skipped, saying so.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use testkit::controlplane::process::{pid_alive, recorded_pids};
-use testkit::node::NodeCluster;
+use testkit::controlplane::sweep;
+use testkit::node::{self, NodeCluster};
 
-fn kubectl(c: &NodeCluster, args: &[&str], stdin: Option<&str>) -> String {
-    c.run(&c.cp.tools().kubectl, args, stdin)
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+static ONE_NODE: Mutex<()> = Mutex::new(());
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().expect(cmd);
@@ -47,52 +50,132 @@ spec:
       seccompProfile: {type: RuntimeDefault}
 "#;
 
-#[test]
-fn a_pod_runs_and_the_node_leaves_nothing_behind() {
-    let rules_before = sh("iptables-save", &[]);
-    let Some(mut c) = NodeCluster::start_or_skip("tests/node.rs") else {
-        return;
-    };
+/// What the node may change on the machine, as it was before it started.
+struct Machine {
+    iptables: Vec<String>,
+    ip6tables: Vec<String>,
+    host_paths: Vec<(&'static str, bool)>,
+}
 
-    kubectl(&c, &["apply", "-f", "-"], Some(POD));
-    let start = Instant::now();
-    let pod_ip = loop {
-        let out = kubectl(
-            &c,
-            &[
-                "get",
-                "pod",
-                "pause",
-                "-n",
-                "restricted",
-                "-o",
-                "jsonpath={.status.phase} {.status.podIP}",
-            ],
-            None,
+/// `iptables-save` without comments and counters.
+fn rules(bin: &str) -> Vec<String> {
+    sh(bin, &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.find(" [") {
+            Some(i) if l.starts_with(':') => l[..i].to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+impl Machine {
+    fn now() -> Machine {
+        Machine {
+            iptables: rules("iptables-save"),
+            ip6tables: rules("ip6tables-save"),
+            host_paths: [
+                "/var/lib/kubelet",
+                "/var/lib/cni",
+                "/run/containerd",
+                "/run/netns",
+            ]
+            .map(|p| (p, Path::new(p).exists()))
+            .to_vec(),
+        }
+    }
+
+    /// Nothing of the node in `node_dir` remains, and the machine is as it was.
+    fn assert_as_before(&self, node_dir: &Path) {
+        let dir = node_dir.display().to_string();
+        let procs = sh("ps", &["-eo", "args"]);
+        assert!(
+            !procs.lines().any(|l| l.contains(&dir)),
+            "no process (shims included) names the node's folder:\n{procs}"
         );
+        assert!(
+            !procs.lines().any(|l| l.trim() == "/pause"),
+            "no container process is left:\n{procs}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(&dir), "no mount under the node's folder");
+        assert!(
+            !Path::new("/sys/class/net/lt-cni0").exists(),
+            "the bridge is gone"
+        );
+        let routes = sh("ip", &["route", "show", "table", "all"]);
+        assert!(!routes.contains("10.0.0.0/24"), "{routes}");
+        assert!(!routes.contains("10.244.0.0/24"), "{routes}");
+        assert_eq!(
+            rules("iptables-save"),
+            self.iptables,
+            "iptables as before the node"
+        );
+        assert_eq!(
+            rules("ip6tables-save"),
+            self.ip6tables,
+            "ip6tables as before the node"
+        );
+        for (p, existed) in &self.host_paths {
+            assert_eq!(Path::new(p).exists(), *existed, "{p} as before the node");
+        }
+    }
+}
+
+fn skip(why: String) {
+    assert!(!testkit::in_ci(), "CI=true and the node cannot run: {why}");
+    eprintln!("\n!!!!!!!! SKIPPED: this test needs a real node: {why}\n");
+}
+
+/// Waits until the Pod `pause` runs; its address.
+fn wait_running(kubectl: impl Fn(&[&str]) -> Result<String, String>) -> String {
+    let start = Instant::now();
+    loop {
+        let out = kubectl(&[
+            "get",
+            "pod",
+            "pause",
+            "-n",
+            "restricted",
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ])
+        .unwrap_or_else(|e| e);
         if let Some(ip) = out.strip_prefix("Running ") {
-            break ip.trim().to_string();
+            eprintln!("pod Running in {:.1}s", start.elapsed().as_secs_f64());
+            return ip.trim().to_string();
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "the Pod did not run: {out}\n{}\nkubelet log:\n{}",
-            kubectl(&c, &["describe", "pod", "pause", "-n", "restricted"], None),
-            testkit::controlplane::tail_of(&c.node.dir().join("kubelet.log"), 40)
+            "the Pod did not run: {out}\n{}",
+            kubectl(&["describe", "pod", "pause", "-n", "restricted"]).unwrap_or_else(|e| e)
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_pod_runs_and_the_node_leaves_nothing_behind() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|p| p.into_inner());
+    let before = Machine::now();
+    let Some(mut c) = NodeCluster::start_or_skip("tests/node.rs") else {
+        return;
     };
+    c.kubectl_stdin(&["apply", "-f", "-"], POD)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pod_ip = wait_running(|a| c.kubectl(a));
     assert!(
         pod_ip.starts_with("10.244.0."),
         "an address of the Pod network: {pod_ip}"
     );
-    eprintln!("pod Running in {:.1}s", start.elapsed().as_secs_f64());
     // The isolation rules are in place while the node runs.
     let routes = sh("ip", &["route", "show", "table", "all"]);
     assert!(routes.contains("blackhole 10.0.0.0/24"), "{routes}");
     let rules = sh("iptables-save", &[]);
     assert!(
-        rules.contains("-A FORWARD -s 10.244.0.0/24 ! -d 10.244.0.0/24")
-            && rules.contains("-j DROP"),
+        rules.lines().any(|l| l
+            .starts_with("-A FORWARD -s 10.244.0.0/24 ! -d 10.244.0.0/24 -m comment --comment")
+            && l.ends_with("-j DROP")),
         "{rules}"
     );
 
@@ -101,40 +184,90 @@ fn a_pod_runs_and_the_node_leaves_nothing_behind() {
     let t = Instant::now();
     c.node.stop();
     eprintln!("node teardown in {:.1}s", t.elapsed().as_secs_f64());
-
     // Only the control plane's processes are left.
     let cp_pids: Vec<i32> = c.cp.pids().into_iter().map(|(_, p)| p as i32).collect();
     for pid in pids.iter().filter(|p| !cp_pids.contains(p)) {
         assert!(!pid_alive(*pid), "node process {pid} still runs");
     }
-    let procs = sh("ps", &["-eo", "args"]);
-    let dir = node_dir.display().to_string();
+    before.assert_as_before(&node_dir);
+}
+
+#[test]
+fn a_killed_owner_leaves_nothing_after_the_sweep() {
+    let _one = ONE_NODE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = node::can_run() {
+        return skip(e.to_string());
+    }
+    let before = Machine::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_dir = dir.path().join("cluster");
+    // The controlplane command's runner owns the control plane and the node, as a test
+    // process would.
+    let bin = env!("CARGO_BIN_EXE_controlplane");
+    let out = Command::new(bin)
+        .args(["start", "--node", "--dir"])
+        .arg(&run_dir)
+        .output()
+        .expect("controlplane start");
     assert!(
-        !procs.lines().any(|l| l.contains(&dir)),
-        "no process (shims included) names the node's folder:\n{procs}"
+        out.status.success(),
+        "controlplane start --node: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains(&dir), "no mount under the node's folder");
-    assert!(
-        !std::path::Path::new("/sys/class/net/lt-cni0").exists(),
-        "the bridge is gone"
-    );
-    let routes = sh("ip", &["route", "show", "table", "all"]);
-    assert!(!routes.contains("10.0.0.0/24"), "{routes}");
-    assert!(!routes.contains("10.244.0.0/24"), "{routes}");
-    // Every chain and rule is as it was (counters aside).
-    let strip = |s: &str| -> Vec<String> {
-        s.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match l.find(" [") {
-                Some(i) if l.starts_with(':') => l[..i].to_string(),
-                _ => l.to_string(),
-            })
-            .collect()
+    let kubeconfig = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tools = testkit::controlplane::Tools::locate().expect("tools");
+    let kubectl = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
+        use std::io::Write;
+        let mut child = Command::new(&tools.kubectl)
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut pipe = child.stdin.take().ok_or("stdin")?;
+        pipe.write_all(stdin.unwrap_or("").as_bytes())
+            .map_err(|e| e.to_string())?;
+        drop(pipe);
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     };
-    assert_eq!(
-        strip(&sh("iptables-save", &[])),
-        strip(&rules_before),
-        "iptables as before the node"
+    kubectl(&["apply", "-f", "-"], Some(POD)).unwrap_or_else(|e| panic!("{e}"));
+    wait_running(|a| kubectl(a, None));
+
+    // SIGKILL to the owner: the kernel kills containerd, the kubelet and the rest; the shims
+    // and the Pod's processes, the mounts, rules and route stay.
+    let owner: i32 = std::fs::read_to_string(run_dir.join("owner.pid"))
+        .expect("owner.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(owner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the owner");
+    let start = Instant::now();
+    while pid_alive(owner) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        Path::new("/sys/class/net/lt-cni0").exists(),
+        "the killed run left its bridge (else this test proves nothing)"
     );
+
+    let t = Instant::now();
+    assert!(
+        sweep::sweep_if_dead(&run_dir, true).is_some(),
+        "the owner is dead: swept"
+    );
+    eprintln!("sweep in {:.1}s", t.elapsed().as_secs_f64());
+    before.assert_as_before(&run_dir.join("node"));
+    assert!(!run_dir.exists(), "the run folder is removed");
 }

@@ -15,6 +15,10 @@
 //! machine) are removed at teardown only when they did not exist before; iptables chains that
 //! appeared while the node ran (the kubelet's canaries) are removed by name, from the
 //! difference of two listings.
+//!
+//! The record is also written to the node's folder (`guard.json`) as it changes, so that when
+//! the process that started the node dies without a teardown (SIGKILL), the next harness start
+//! (the sweep of dead runs, `super::sweep_dead`) undoes exactly the same things.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -33,8 +37,10 @@ const TABLES: &[&str] = &["filter", "nat", "mangle"];
 const IPTABLES: &[&str] = &["iptables", "ip6tables"];
 
 /// The rules and leftovers one node run owns.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Guard {
+    /// Where this record is kept (`<node dir>/guard.json`).
+    record: PathBuf,
     service_cidr: String,
     pod_cidr: String,
     comment: String,
@@ -113,6 +119,7 @@ impl Guard {
         pod_cidr: &str,
         bridge: &str,
         run_id: &str,
+        record: &Path,
     ) -> Result<Guard, Error> {
         let routes = run("ip", &["-4", "route", "show", "table", "all"])?;
         if routes.lines().any(|l| {
@@ -124,6 +131,7 @@ impl Guard {
             )));
         }
         let mut g = Guard {
+            record: record.to_path_buf(),
             service_cidr: service_cidr.to_string(),
             pod_cidr: pod_cidr.to_string(),
             comment: format!("linktoken-node {run_id}"),
@@ -156,8 +164,10 @@ impl Guard {
     }
 
     fn add_all(&mut self) -> Result<(), Error> {
+        self.save()?;
         run("ip", &["route", "add", "blackhole", &self.service_cidr])?;
         self.route = true;
+        self.save()?;
         // From the Pod CIDR to anything else: dropped when forwarded, never masqueraded.
         for (table, chain, target) in [
             ("filter", "FORWARD", "DROP"),
@@ -190,7 +200,20 @@ impl Guard {
         let mut full = vec![chain.to_string()];
         full.extend(spec);
         self.rules.push((table.to_string(), full));
-        Ok(())
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| Error::Node(format!("record the node's changes: {e}")))?;
+        std::fs::write(&self.record, json)
+            .map_err(|e| Error::io(format!("write {}", self.record.display()), e))
+    }
+
+    /// The record a node left in its folder, if any (its process died before its teardown).
+    pub fn load(record: &Path) -> Option<Guard> {
+        let bytes = std::fs::read(record).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// The network namespaces that appeared since `install` (leftover Pod sandboxes).
@@ -239,6 +262,8 @@ impl Guard {
             unmount_under(&p);
             let _ = std::fs::remove_dir_all(&p);
         }
+        // Undone: a later sweep must not act on this record again.
+        let _ = std::fs::remove_file(&self.record);
     }
 
     /// Chains that did not exist before the node started: references to them first, then
@@ -250,13 +275,13 @@ impl Guard {
                 continue;
             };
             for line in listing.lines() {
-                let words: Vec<&str> = line.split_whitespace().collect();
+                let words = rule_words(line);
                 let jumps = words
                     .windows(2)
-                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain);
-                if jumps && words.first() == Some(&"-A") {
+                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == *chain);
+                if jumps && words.first().is_some_and(|w| w == "-A") {
                     let mut args = vec!["-w", "-t", table.as_str(), "-D"];
-                    args.extend(&words[1..]);
+                    args.extend(words[1..].iter().map(String::as_str));
                     let _ = Command::new(bin).args(&args).output();
                 }
             }
@@ -317,5 +342,62 @@ fn detach(path: &str) {
         unsafe {
             libc::umount2(c.as_ptr(), libc::MNT_DETACH);
         }
+    }
+}
+
+/// The words of a rule as `iptables -S` prints it: split at spaces, except inside double quotes
+/// (comments), where `\"` is a quote.
+fn rule_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => word.extend(chars.next()),
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_words;
+
+    #[test]
+    fn rule_words_keep_quoted_comments_whole() {
+        assert_eq!(
+            rule_words(
+                r#"-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES"#
+            ),
+            [
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                "KUBE-SERVICES"
+            ]
+        );
+        assert_eq!(
+            rule_words(r#"-A X --comment "a \"q\" b"  -j Y"#),
+            ["-A", "X", "--comment", r#"a "q" b"#, "-j", "Y"]
+        );
     }
 }

@@ -105,51 +105,62 @@ impl Node {
     }
 
     fn tools(cp: &ControlPlane) -> Result<NodeTools, Error> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(Error::Node(
-                "needs root (containerd, network namespaces, iptables)".into(),
-            ));
-        }
         if cp.node_ip().is_none() {
             return Err(Error::Node(
                 "the control plane was not started to serve a node (Options::node_ip)".into(),
             ));
         }
-        let t = cp.tools();
-        let built = |p: &Option<PathBuf>, what: &str| {
-            p.clone().ok_or_else(|| {
-                Error::Node(format!(
-                    "{what} not found: build it with `bash scripts/build-tools.sh`"
-                ))
-            })
-        };
-        let installed = |name: &str| {
-            in_path(name).ok_or_else(|| {
+        node_tools(cp.tools())
+    }
+}
+
+/// Whether a node can run on this machine (root, the packages, the built tools); the reason
+/// when not. Starts nothing.
+pub fn can_run() -> Result<(), Error> {
+    node_tools(&crate::controlplane::Tools::locate()?).map(|_| ())
+}
+
+fn node_tools(t: &crate::controlplane::Tools) -> Result<NodeTools, Error> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Node(
+            "needs root (containerd, network namespaces, iptables)".into(),
+        ));
+    }
+    let built = |p: &Option<PathBuf>, what: &str| {
+        p.clone().ok_or_else(|| {
+            Error::Node(format!(
+                "{what} not found: build it with `bash scripts/build-tools.sh`"
+            ))
+        })
+    };
+    let installed = |name: &str| {
+        in_path(name).ok_or_else(|| {
                 Error::Node(format!(
                     "{name} not found (Debian: apt-get install containerd runc containernetworking-plugins)"
                 ))
             })
-        };
-        installed("runc")?;
-        if !Path::new(CNI_BIN_DIR).join("bridge").is_file() {
-            return Err(Error::Node(format!(
-                "no CNI plugins in {CNI_BIN_DIR} (Debian: apt-get install containernetworking-plugins)"
-            )));
-        }
-        if in_path("iptables").is_none() || in_path("ip").is_none() {
-            return Err(Error::Node("iptables and ip (iproute2) are needed".into()));
-        }
-        Ok(NodeTools {
-            kubelet: built(&t.kubelet, "kubelet")?,
-            kube_scheduler: built(&t.kube_scheduler, "kube-scheduler")?,
-            kube_proxy: built(&t.kube_proxy, "kube-proxy")?,
-            pause_image: built(&t.pause_image, "the pause image (pause.tar)")?,
-            containerd: installed("containerd")?,
-            ctr: installed("ctr")?,
-        })
+    };
+    installed("runc")?;
+    if !Path::new(CNI_BIN_DIR).join("bridge").is_file() {
+        return Err(Error::Node(format!(
+            "no CNI plugins in {CNI_BIN_DIR} (Debian: apt-get install containernetworking-plugins)"
+        )));
     }
+    if in_path("iptables").is_none() || in_path("ip").is_none() {
+        return Err(Error::Node("iptables and ip (iproute2) are needed".into()));
+    }
+    Ok(NodeTools {
+        kubelet: built(&t.kubelet, "kubelet")?,
+        kube_scheduler: built(&t.kube_scheduler, "kube-scheduler")?,
+        kube_proxy: built(&t.kube_proxy, "kube-proxy")?,
+        pause_image: built(&t.pause_image, "the pause image (pause.tar)")?,
+        containerd: installed("containerd")?,
+        ctr: installed("ctr")?,
+    })
+}
 
+impl Node {
     /// Starts containerd, kube-proxy, kube-scheduler and the kubelet against `cp` and waits
     /// until the Node is Ready and Pods can mount the root CA. Blocking.
     pub fn start(cp: &ControlPlane, ready_timeout: Duration) -> Result<Node, Error> {
@@ -166,7 +177,13 @@ impl Node {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let guard = Guard::install(cp.service_cidr(), POD_CIDR, BRIDGE, &run_id)?;
+        let guard = Guard::install(
+            cp.service_cidr(),
+            POD_CIDR,
+            BRIDGE,
+            &run_id,
+            &dir.join("guard.json"),
+        )?;
         let mut node = Node {
             socket: dir.join("containerd/containerd.sock"),
             kubeconfig: cp.kubeconfig_path().to_path_buf(),
@@ -417,6 +434,72 @@ impl Node {
             let _ = self.ctr(&["tasks", "delete", "--force", id]);
             let _ = self.ctr(&["containers", "delete", id]);
         }
+    }
+}
+
+/// Undoes what a node left behind when the process that ran it died without a teardown
+/// (SIGKILL; the kernel then killed containerd, the kubelet and the rest, but not containerd's
+/// shims and the containers they run). Everything is found from the run folder: the containers
+/// are the ones containerd's state there names (killed through their cgroups), the shims are
+/// the processes serving that containerd's socket, and the machine-wide changes are undone from
+/// the record `Guard` kept. Called by the sweep of dead runs.
+pub fn sweep_dead(run_dir: &Path) {
+    let dir = run_dir.join("node");
+    if !dir.is_dir() {
+        return;
+    }
+    let socket = dir.join("containerd/containerd.sock").display().to_string();
+    let tasks = dir.join("containerd/state/io.containerd.runtime.v2.task");
+    let ids: Vec<String> = std::fs::read_dir(&tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    // The containers' processes: every pid in their cgroups.
+    for id in &ids {
+        for controller in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let procs = controller
+                .path()
+                .join("k8s.io")
+                .join(id)
+                .join("cgroup.procs");
+            for pid in std::fs::read_to_string(&procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+            {
+                kill(pid);
+            }
+        }
+    }
+    // The shims serving this containerd's socket.
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if process::cmdline(pid).is_some_and(|c| {
+            c.contains("containerd-shim") && c.contains(&format!("-address {socket} "))
+        }) {
+            kill(pid);
+        }
+    }
+    // The killed processes must be gone before their mounts and cgroups can go.
+    std::thread::sleep(Duration::from_millis(500));
+    guard::unmount_under(run_dir);
+    if let Some(mut g) = Guard::load(&dir.join("guard.json")) {
+        g.remove();
     }
 }
 
