@@ -178,6 +178,17 @@ fn a_pod_runs_and_the_node_leaves_nothing_behind() {
             && l.ends_with("-j DROP")),
         "{rules}"
     );
+    let api_port = c.cp.api_port().to_string();
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("-A INPUT ! -s 10.244.0.0/24 -d ")
+                && l.contains(&format!(
+                    "--dport {api_port} -m addrtype ! --src-type LOCAL"
+                ))
+                && l.ends_with("-j DROP")),
+        "only this machine and its Pods may reach the API server:\n{rules}"
+    );
 
     let pids = recorded_pids(&c.cp.dir().join("pids"));
     let node_dir = c.node.dir().to_path_buf();

@@ -229,6 +229,11 @@ impl ControlPlane {
         &self.api_url
     }
 
+    /// The API server's port.
+    pub fn api_port(&self) -> u16 {
+        self.ports.apiserver
+    }
+
     pub fn tools(&self) -> &Tools {
         &self.tools
     }

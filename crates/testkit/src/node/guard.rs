@@ -9,7 +9,9 @@
 //! - forwarded traffic from the Pod CIDR to anything but the Pod CIDR is dropped (the bridge
 //!   plugin turns on IP forwarding for its gateway; this makes forwarding useless for Pods);
 //! - the Pod CIDR is never masqueraded (the CNI config has `ipMasq: false`, and a RETURN at
-//!   the top of nat POSTROUTING keeps any later rule from doing it).
+//!   the top of nat POSTROUTING keeps any later rule from doing it);
+//! - and the other way round: the API server, which listens on the machine's address for the
+//!   Pods' sake, accepts connections from this machine and its Pods only.
 //!
 //! Fixed host paths that the kubelet, containerd and the CNI plugins create (one node per
 //! machine) are removed at teardown only when they did not exist before; iptables chains that
@@ -43,6 +45,8 @@ pub struct Guard {
     record: PathBuf,
     service_cidr: String,
     pod_cidr: String,
+    /// The API server's address and port (reachable from this machine and its Pods only).
+    api_server: (String, String),
     comment: String,
     bridge: String,
     /// Rules added (table, rule spec without -A/-I), in order.
@@ -120,6 +124,7 @@ impl Guard {
         bridge: &str,
         run_id: &str,
         record: &Path,
+        api_server: std::net::SocketAddrV4,
     ) -> Result<Guard, Error> {
         let routes = run("ip", &["-4", "route", "show", "table", "all"])?;
         if routes.lines().any(|l| {
@@ -134,6 +139,10 @@ impl Guard {
             record: record.to_path_buf(),
             service_cidr: service_cidr.to_string(),
             pod_cidr: pod_cidr.to_string(),
+            api_server: (
+                format!("{}/32", api_server.ip()),
+                api_server.port().to_string(),
+            ),
             comment: format!("linktoken-node {run_id}"),
             bridge: bridge.to_string(),
             rules: Vec::new(),
@@ -190,6 +199,34 @@ impl Guard {
             .to_vec();
             self.add_rule(table, chain, spec)?;
         }
+        // The API server listens on the machine's address so that Pods reach it, and its admin
+        // token is a constant: only this machine and its Pods may connect, never the network.
+        let (ip, port) = self.api_server.clone();
+        let spec = [
+            "-d",
+            &ip,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "!",
+            "-s",
+            &self.pod_cidr,
+            "-m",
+            "addrtype",
+            "!",
+            "--src-type",
+            "LOCAL",
+            "-m",
+            "comment",
+            "--comment",
+            &self.comment,
+            "-j",
+            "DROP",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        self.add_rule("filter", "INPUT", spec)?;
         Ok(())
     }
 

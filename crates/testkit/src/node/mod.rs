@@ -183,6 +183,7 @@ impl Node {
             BRIDGE,
             &run_id,
             &dir.join("guard.json"),
+            std::net::SocketAddrV4::new(ip, cp.api_port()),
         )?;
         let mut node = Node {
             socket: dir.join("containerd/containerd.sock"),
