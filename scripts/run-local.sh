@@ -186,7 +186,9 @@ start_sim() {
   local t i
   t=$(now)
   SIM_RESTARTED=0
-  if running atlas-sim && ! stale atlas-sim && http_ok "$ADMIN_URL/healthz"; then
+  # Listening where this mode needs it (Pod mode: the machine's address, else loopback).
+  if running atlas-sim && ! stale atlas-sim && http_ok "$ADMIN_URL/healthz" &&
+    tr '\0' ' ' <"/proc/$(<"$LOCAL/atlas-sim.pid")/cmdline" | grep -q -- "--listen $SIM_HOST:$SIM_PORT "; then
     phase_done "atlas-sim (already running)" "$t"
     return
   fi
