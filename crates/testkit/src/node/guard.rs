@@ -311,16 +311,10 @@ impl Guard {
             let Ok(listing) = run(bin, &["-w", "-t", table, "-S"]) else {
                 continue;
             };
-            for line in listing.lines() {
-                let words = rule_words(line);
-                let jumps = words
-                    .windows(2)
-                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == *chain);
-                if jumps && words.first().is_some_and(|w| w == "-A") {
-                    let mut args = vec!["-w", "-t", table.as_str(), "-D"];
-                    args.extend(words[1..].iter().map(String::as_str));
-                    let _ = Command::new(bin).args(&args).output();
-                }
+            for rule in jumps_to(&listing, chain) {
+                let mut args = vec!["-w", "-t", table.as_str(), "-D"];
+                args.extend(rule.iter().map(String::as_str));
+                let _ = Command::new(bin).args(&args).output();
             }
         }
         for (bin, table, chain) in &new {
@@ -382,6 +376,21 @@ fn detach(path: &str) {
     }
 }
 
+/// The rules of an `iptables -S` listing that jump (or go) to `chain`, as `-D` takes them
+/// (chain first, without `-A`).
+fn jumps_to(listing: &str, chain: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .map(rule_words)
+        .filter(|w| w.first().is_some_and(|a| a == "-A"))
+        .filter(|w| {
+            w.windows(2)
+                .any(|p| (p[0] == "-j" || p[0] == "-g") && p[1] == chain)
+        })
+        .map(|w| w[1..].to_vec())
+        .collect()
+}
+
 /// The words of a rule as `iptables -S` prints it: split at spaces, except inside double quotes
 /// (comments), where `\"` is a quote.
 fn rule_words(line: &str) -> Vec<String> {
@@ -409,7 +418,35 @@ fn rule_words(line: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::rule_words;
+    use super::{jumps_to, rule_words};
+
+    #[test]
+    fn only_the_jumps_to_the_chain_are_removed() {
+        let listing = r#"-P INPUT ACCEPT
+-N KUBE-FIREWALL
+-N KUBE-FIREWALL-X
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -j KUBE-FIREWALL-X
+-A OUTPUT -m comment --comment "to KUBE-FIREWALL" -j ACCEPT
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -g KUBE-FIREWALL
+-A KUBE-FIREWALL -j DROP
+"#;
+        assert_eq!(
+            jumps_to(listing, "KUBE-FIREWALL"),
+            vec![
+                vec!["INPUT", "-j", "KUBE-FIREWALL"],
+                vec![
+                    "FORWARD",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "kubernetes forwarding rules",
+                    "-g",
+                    "KUBE-FIREWALL"
+                ],
+            ]
+        );
+    }
 
     #[test]
     fn rule_words_keep_quoted_comments_whole() {

@@ -224,7 +224,9 @@ impl Node {
         let mut cmd = Command::new(&tools.containerd);
         cmd.arg("--config").arg(d.join("containerd.toml"));
         self.containerd = Some(self.spawn("containerd", cmd)?);
-        self.wait("containerd", timeout, |n| n.ctr(&["version"]).is_ok())?;
+        self.wait("containerd", "containerd", timeout, |n| {
+            n.ctr(&["version"]).is_ok()
+        })?;
         self.import_image(&tools.pause_image)?;
 
         let metrics = free_port()?;
@@ -273,7 +275,7 @@ impl Node {
             .arg("--v=1");
         self.kubelet = Some(self.spawn("kubelet", cmd)?);
 
-        self.wait("kubelet (Node Ready)", timeout, |n| {
+        self.wait("the Node Ready", "kubelet", timeout, |n| {
             n.kubectl(&[
                 "get",
                 "node",
@@ -284,18 +286,28 @@ impl Node {
             .is_ok_and(|s| s.trim() == "True")
         })?;
         // The registration taint (not-ready) is lifted by the node lifecycle controller.
-        self.wait("kubelet (Node schedulable)", timeout, |n| {
-            n.kubectl(&["get", "node", NODE_NAME, "-o", "jsonpath={.spec.taints}"])
-                .is_ok_and(|s| s.trim().is_empty())
-        })?;
-        self.wait("kube-proxy (healthz)", timeout, |_| {
+        self.wait(
+            "the Node schedulable",
+            "kube-controller-manager",
+            timeout,
+            |n| {
+                n.kubectl(&["get", "node", NODE_NAME, "-o", "jsonpath={.spec.taints}"])
+                    .is_ok_and(|s| s.trim().is_empty())
+            },
+        )?;
+        self.wait("kube-proxy healthy", "kube-proxy", timeout, |_| {
             http_ok(&format!("http://127.0.0.1:{healthz}/healthz"))
         })?;
         // Pods with a service-account token need the root CA ConfigMap in their namespace.
-        self.wait("kube-root-ca.crt in default", timeout, |n| {
-            n.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", "default"])
-                .is_ok()
-        })?;
+        self.wait(
+            "kube-root-ca.crt in default",
+            "kube-controller-manager",
+            timeout,
+            |n| {
+                n.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", "default"])
+                    .is_ok()
+            },
+        )?;
         Ok(())
     }
 
@@ -304,11 +316,12 @@ impl Node {
         process::spawn(name, cmd, &log, &self.pids_file, Lifetime::TiedToProcess)
     }
 
-    /// Polls `ready` every 200 ms; fails with the component's log when a process exited or
-    /// the time is up.
+    /// Polls `ready` every 200 ms; fails with a log when a process of the node exited (its
+    /// own) or the time is up (`log`: the component that makes `what` happen).
     fn wait(
         &mut self,
         what: &str,
+        log: &str,
         timeout: Duration,
         ready: impl Fn(&Node) -> bool,
     ) -> Result<(), Error> {
@@ -327,10 +340,20 @@ impl Node {
             .flatten()
             .find_map(|p| (!p.is_running()).then(|| p.name.clone()));
             if dead.is_some() || start.elapsed() > timeout {
-                let name = dead.unwrap_or_else(|| what.split(' ').next().unwrap_or(what).into());
-                let log = self.dir.join(format!("{name}.log"));
+                let (why, log) = match &dead {
+                    Some(name) => (
+                        format!("{name} exited"),
+                        self.dir.join(format!("{name}.log")),
+                    ),
+                    // The controller manager logs in the control plane's folder.
+                    None if log == "kube-controller-manager" => (
+                        "timed out".to_string(),
+                        self.pids_file.with_file_name("kube-controller-manager.log"),
+                    ),
+                    None => ("timed out".to_string(), self.dir.join(format!("{log}.log"))),
+                };
                 return Err(Error::NotReady {
-                    component: format!("{what} ({name} exited or timed out)"),
+                    component: format!("{what} ({why})"),
                     waited: start.elapsed(),
                     log: log.display().to_string(),
                     tail: tail(&log, 30),
