@@ -227,8 +227,9 @@ if [[ "$with_node" == true ]]; then
       k8s.io/kubernetes/cmd/kube-scheduler=kube-scheduler \
       k8s.io/kubernetes/cmd/kube-proxy=kube-proxy; fi
   if [[ -f "$BIN_DIR/pause.tar" ]]; then log "pause image: cached"
-  elif command -v buildah >/dev/null && command -v cc >/dev/null; then timed "pause image" build_pause_image
-  else log "pause image skipped: needs buildah and a C compiler (the node tests are skipped without it)"; fi
+  elif command -v buildah >/dev/null && printf 'int main(void){return 0;}' | cc -static -x c - -o /dev/null 2>/dev/null; then
+    timed "pause image" build_pause_image
+  else log "pause image skipped: needs buildah and a C compiler with a static libc (Debian: gcc libc6-dev); the node tests cannot run without it"; fi
 fi
 log "all tools ready in $((SECONDS - total_start))s; $(du -sh "$BIN_DIR" | cut -f1) of binaries in $BIN_DIR"
 echo "$BIN_DIR"
