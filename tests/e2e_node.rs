@@ -141,6 +141,18 @@ impl Cluster {
     }
 }
 
+/// The org of the test's LinkToken has exactly one live link in atlas-sim: no token leaked
+/// (a second one issued without revoking the first).
+fn assert_one_live_link(sim: &atlas_sim::SimHandle, when: &str) {
+    let live = sim
+        .state
+        .snapshot()
+        .orgs
+        .get("5f1e9b2a3c4d5e6f7a8b9c0d")
+        .map_or(0, |o| o.live_links);
+    assert_eq!(live, 1, "one live link for the org {when}");
+}
+
 /// Polls `f` until it returns Some, or panics naming `what`.
 fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -427,6 +439,7 @@ fn the_chart_runs_the_operator_image_on_a_real_node() {
     );
     let token2 = c.rotate("after-failover", &token);
     c.k(&["uncordon", testkit::node::NODE_NAME]);
+    assert_one_live_link(&sim, "after the failover");
     assert!(sim.state.is_token_live(&plain(&token2)));
     assert!(
         !sim.state.is_token_live(&live),
@@ -456,6 +469,7 @@ fn the_chart_runs_the_operator_image_on_a_real_node() {
     );
     assert_eq!(c.ready_reason("migration"), "TokenIssued");
     assert!(sim.state.is_token_live(&plain(&token2)));
+    assert_one_live_link(&sim, "after the rollout restart");
     let token3 = c.rotate("after-restart", &token2);
 
     // ---- helm upgrade to a chart whose CRD gained an optional field ----
@@ -541,6 +555,7 @@ fn the_chart_runs_the_operator_image_on_a_real_node() {
         sim.state.is_token_live(&plain(&token3)),
         "uninstalling the operator revokes nothing"
     );
+    assert_one_live_link(&sim, "after helm upgrade and uninstall");
 
     drop(_on_failure);
     eprintln!(
