@@ -1,6 +1,8 @@
 //! The harness's node is real and leaves nothing behind:
 //! - a Pod of the pause image runs in a namespace enforcing Pod Security `restricted` with an
-//!   address of the Pod network, the isolation rules are in place while it runs, and after
+//!   address of the Pod network, the isolation rules are in place while it runs (from the Pod's
+//!   network the API server answers through the `kubernetes` Service, and a connection to an
+//!   address outside the machine is dropped by the node's rule), and after
 //!   `Node::stop` no process, mount, network namespace, bridge, route, iptables rule or host
 //!   path of the node remains;
 //! - when the process that ran the node is killed (SIGKILL: no teardown runs, containerd's
@@ -55,6 +57,7 @@ struct Machine {
     iptables: Vec<String>,
     ip6tables: Vec<String>,
     host_paths: Vec<(&'static str, bool)>,
+    netns: Vec<String>,
 }
 
 /// `iptables-save` without comments and counters.
@@ -82,6 +85,12 @@ impl Machine {
             ]
             .map(|p| (p, Path::new(p).exists()))
             .to_vec(),
+            netns: std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
         }
     }
 
@@ -188,6 +197,42 @@ fn a_pod_runs_and_the_node_leaves_nothing_behind() {
                 ))
                 && l.ends_with("-j DROP")),
         "only this machine and its Pods may reach the API server:\n{rules}"
+    );
+
+    // From the Pod's network namespace (the host's tools, the Pod's network): the API server
+    // through the `kubernetes` Service works; an address outside the machine (TEST-NET-2) is
+    // dropped by the node's FORWARD rule, whose counter says so.
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .expect("/run/netns")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !before.netns.contains(n))
+        .collect();
+    assert_eq!(netns.len(), 1, "one Pod sandbox: {netns:?}");
+    let connect = |addr: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &netns[0], "timeout", "3", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{addr}"))
+            .status()
+            .expect("ip netns exec")
+            .success()
+    };
+    assert!(
+        connect("10.0.0.1/443"),
+        "the kubernetes Service from the Pod"
+    );
+    let drops = || -> u64 {
+        sh("iptables", &["-w", "-L", "FORWARD", "-v", "-x", "-n"])
+            .lines()
+            .find(|l| l.contains("linktoken-node") && l.contains("DROP"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .expect("the node's FORWARD rule")
+    };
+    let dropped = drops();
+    assert!(!connect("198.51.100.1/80"), "nothing outside the machine");
+    assert!(
+        drops() > dropped,
+        "dropped by the node's rule, on this machine"
     );
 
     let pids = recorded_pids(&c.cp.dir().join("pids"));
