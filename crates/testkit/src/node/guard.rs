@@ -253,10 +253,12 @@ impl Guard {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// The network namespaces that appeared since `install` (leftover Pod sandboxes).
+    /// The Pod sandboxes' network namespaces (the CNI plugins name them `cni-<uuid>`) that
+    /// appeared since `install`: left over when the kubelet could not stop its Pods.
     pub fn new_netns(&self) -> Vec<String> {
         netns_entries()
             .difference(&self.netns_before)
+            .filter(|n| n.starts_with("cni-"))
             .cloned()
             .collect()
     }
@@ -296,8 +298,13 @@ impl Guard {
             remove_cgroup_tree(&cg);
         }
         for p in std::mem::take(&mut self.absent_paths) {
-            unmount_under(&p);
-            let _ = std::fs::remove_dir_all(&p);
+            if p == Path::new("/run/netns") {
+                // Shared with `ip netns`: removed only when nothing else is in it.
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                unmount_under(&p);
+                let _ = std::fs::remove_dir_all(&p);
+            }
         }
         // Undone: a later sweep must not act on this record again.
         let _ = std::fs::remove_file(&self.record);
