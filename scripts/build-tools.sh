@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane and packaging tools from their Go modules:
 #   kube-apiserver, kube-controller-manager, kubectl  (k8s.io/kubernetes)
+#   kubelet, kube-scheduler, kube-proxy              (k8s.io/kubernetes, the same build: the node
+#                                                     that tests/e2e_node.rs runs Pods on)
+#   pause.tar                                        (the node's sandbox image: a static C
+#                                                     program calling pause(), packaged with buildah)
 #   etcd                                             (go.etcd.io/etcd/server/v3)
 #   helm                                             (helm.sh/helm/v3)
 #   kstatus                                          (tools/kstatus: sigs.k8s.io/cli-utils' kstatus,
@@ -11,6 +15,7 @@
 #
 # Usage: scripts/build-tools.sh            builds what is missing, prints the bin dir last
 #        scripts/build-tools.sh --print-dir prints the bin dir only (builds nothing)
+#        scripts/build-tools.sh --no-node   skips the node's binaries and pause image
 set -euo pipefail
 
 # Pinned versions. Kubernetes matches k8s-openapi's newest feature (v1_37); etcd is the
@@ -28,10 +33,13 @@ CACHE_ROOT=${LINKTOKEN_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/linktoken-op
 BIN_DIR="$CACHE_ROOT/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
 SRC_DIR="$CACHE_ROOT/src"
 
-if [[ "${1:-}" == "--print-dir" ]]; then
-  echo "$BIN_DIR"
-  exit 0
-fi
+with_node=true
+case "${1:-}" in
+  --print-dir) echo "$BIN_DIR"; exit 0 ;;
+  --no-node) with_node=false ;;
+  "") ;;
+  *) echo "usage: $0 [--print-dir | --no-node]" >&2; exit 2 ;;
+esac
 
 mkdir -p "$BIN_DIR" "$SRC_DIR"
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -69,7 +77,8 @@ timed() {
   log "$label took $((SECONDS - start))s"
 }
 
-build_kubernetes() {
+# kubernetes_module_ready: the k8s.io/kubernetes module, its staging modules pinned, in SRC_DIR.
+kubernetes_module() {
   local dir="$SRC_DIR/kubernetes-$K8S_VERSION"
   mkdir -p "$dir"
   local minor=${K8S_VERSION#v1.}   # 37.2
@@ -90,13 +99,53 @@ build_kubernetes() {
     go mod edit "${args[@]}"
     go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@$K8S_VERSION"
   )
+}
+
+# build_kubernetes PKG=NAME...: builds commands of k8s.io/kubernetes with its version stamped.
+build_kubernetes() {
+  kubernetes_module
+  local dir="$SRC_DIR/kubernetes-$K8S_VERSION" minor=${K8S_VERSION#v1.}
   local vpkg=k8s.io/component-base/version
   local ld="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=${minor%%.*} -X $vpkg.gitTreeState=clean"
   ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${minor%%.*}"
-  go_build_into "$dir" "$ld" \
-    k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl=kubectl
+  go_build_into "$dir" "$ld" "$@"
+}
+
+# The node's sandbox ("pause") image. No registry is reachable, so it cannot be pulled: a
+# static program that sleeps in pause() until SIGINT/SIGTERM and reaps orphans (what the
+# upstream pause container does), on an empty base, exported as a docker-archive that the
+# test harness imports into containerd and names in its sandbox_image.
+PAUSE_IMAGE=localhost/linktoken-pause:1
+build_pause_image() {
+  local dir="$SRC_DIR/pause"
+  rm -rf "$dir"; mkdir -p "$dir/rootfs"
+  cat >"$dir/pause.c" <<'C'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+  struct sigaction q = {.sa_handler = quit}, r = {.sa_handler = reap, .sa_flags = SA_NOCLDSTOP};
+  sigaction(SIGINT, &q, NULL);
+  sigaction(SIGTERM, &q, NULL);
+  sigaction(SIGCHLD, &r, NULL);
+  for (;;) pause();
+}
+C
+  cc -static -Os -s -o "$dir/rootfs/pause" "$dir/pause.c"
+  find "$dir/rootfs" -exec touch -h -d @0 {} +
+  local storage="$dir/storage" ctr
+  bah() { buildah --root "$storage/root" --runroot "$storage/run" --storage-driver vfs "$@"; }
+  ctr=$(bah from scratch)
+  bah copy --chown 0:0 "$ctr" "$dir/rootfs/pause" /pause >/dev/null
+  bah config --entrypoint '["/pause"]' --user 65535:65535 "$ctr"
+  bah commit --quiet --timestamp 0 --omit-history --rm "$ctr" "$PAUSE_IMAGE" >/dev/null
+  rm -f "$dir/pause.tar"
+  bah push --quiet "$PAUSE_IMAGE" "docker-archive:$dir/pause.tar:$PAUSE_IMAGE"
+  mv -f "$dir/pause.tar" "$BIN_DIR/pause.tar"
+  rm -rf "$dir"
 }
 
 build_etcd() {
@@ -120,7 +169,24 @@ build_helm() {
     [[ -f go.mod ]] || printf 'module linktoken-operator/tools/helm\n\ngo 1.26\n' > go.mod
     go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1 || go get "helm.sh/helm/v3@$HELM_VERSION"
   )
-  go_build_into "$dir" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm=helm
+  # The Kubernetes version helm assumes without a cluster (`helm template`, `helm lint`, a chart's
+  # kubeVersion check): helm's own Makefile stamps the client-go it is built with; unstamped it
+  # would be 1.20 and refuse the chart (kubeVersion >=1.31).
+  local modfile kube_minor
+  modfile=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  kube_minor=$(sed -n 's/^\s*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$modfile" | head -n 1)
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kube_minor"
+  done
+  go_build_into "$dir" "$ld" helm.sh/helm/v3/cmd/helm=helm
+  echo "1.$kube_minor" > "$BIN_DIR/helm.kube-version"
+}
+
+# A helm built before it was stamped with its Kubernetes version is rebuilt.
+helm_current() {
+  [[ -x "$BIN_DIR/helm" && -f "$BIN_DIR/helm.kube-version" ]]
 }
 
 build_kstatus() {
@@ -142,12 +208,28 @@ kstatus_current() {
 
 total_start=$SECONDS
 if have_all kube-apiserver kube-controller-manager kubectl; then log "kubernetes $K8S_VERSION: cached"
-else timed "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kubectl)" build_kubernetes; fi
+else timed "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kubectl)" build_kubernetes \
+    k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl=kubectl; fi
 if have_all etcd; then log "etcd $ETCD_VERSION: cached"
 else timed "etcd $ETCD_VERSION" build_etcd; fi
-if have_all helm; then log "helm $HELM_VERSION: cached"
+if helm_current; then log "helm $HELM_VERSION: cached"
 else timed "helm $HELM_VERSION" build_helm; fi
 if kstatus_current; then log "kstatus (cli-utils $CLI_UTILS_VERSION): cached"
 else timed "kstatus (cli-utils $CLI_UTILS_VERSION)" build_kstatus; fi
+if [[ "$with_node" == true ]]; then
+  # Built separately from the control plane so that a cache made before they existed gains
+  # them without rebuilding the rest.
+  if have_all kubelet kube-scheduler kube-proxy; then log "node $K8S_VERSION: cached"
+  else timed "node $K8S_VERSION (kubelet, kube-scheduler, kube-proxy)" build_kubernetes \
+      k8s.io/kubernetes/cmd/kubelet=kubelet \
+      k8s.io/kubernetes/cmd/kube-scheduler=kube-scheduler \
+      k8s.io/kubernetes/cmd/kube-proxy=kube-proxy; fi
+  if [[ -f "$BIN_DIR/pause.tar" ]]; then log "pause image: cached"
+  elif command -v buildah >/dev/null && printf 'int main(void){return 0;}' | cc -static -x c - -o /dev/null 2>/dev/null; then
+    timed "pause image" build_pause_image
+  else log "pause image skipped: needs buildah and a C compiler with a static libc (Debian: gcc libc6-dev); the node tests cannot run without it"; fi
+fi
 log "all tools ready in $((SECONDS - total_start))s; $(du -sh "$BIN_DIR" | cut -f1) of binaries in $BIN_DIR"
 echo "$BIN_DIR"

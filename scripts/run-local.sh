@@ -2,6 +2,8 @@
 # The README's run command: the operator end to end on this machine, on loopback only.
 #
 #   bash scripts/run-local.sh          start (or repair) everything, apply the examples, wait Ready
+#   bash scripts/run-local.sh --pod    the same, but the operator runs as the chart's Pod on a
+#                                      local node (root only; see "Pod mode" below)
 #   bash scripts/run-local.sh status   what runs, where
 #   bash scripts/run-local.sh stop     stop the operator, atlas-sim and the control plane
 #   bash scripts/run-local.sh clean    stop, then delete .local/ (cluster data, logs, ports)
@@ -21,12 +23,30 @@
 # Running it again reuses what runs and restarts what died (or was rebuilt since it started).
 # Every listener is on 127.0.0.1. Ports are chosen once (the usual ones when free) and kept in
 # .local/ports.env, so URLs stay the same across restarts.
+#
+# Pod mode (--pod, with start/status/stop/clean): the operator runs as users run it. The
+# control plane gets a node (containerd, kubelet, kube-scheduler, kube-proxy: controlplane start
+# --node, in .local/node-cluster), the image is built (scripts/build-image.sh) and imported with
+# ctr, and the chart is installed with helm (image linktoken-operator:dev, namespace
+# linktoken-system, restricted Pod Security). atlas-sim and the API server then listen on the
+# machine's own address, the one place outside the Pod network the node lets Pods reach.
 set -euo pipefail
+
+POD_MODE=0
+args=()
+for a in "$@"; do
+  if [[ "$a" == "--pod" ]]; then POD_MODE=1; else args+=("$a"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 LOCAL="$ROOT/.local"
 CP_DIR="$LOCAL/controlplane"
+((POD_MODE)) && CP_DIR="$LOCAL/node-cluster"
+RELEASE_NS=linktoken-system
+OPERATOR_LOGS="$LOCAL/linktoken-operator.log"
+((POD_MODE)) && OPERATOR_LOGS="kubectl logs -n $RELEASE_NS deploy/linktoken-operator"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET_DIR/debug"
 WAIT_READY_TIMEOUT=${RUN_LOCAL_READY_TIMEOUT:-120s}
@@ -125,10 +145,15 @@ load_ports() {
     SOURCE_PORT=$(pick_port 8092 "$SIM_PORT" "$SIM_ADMIN_PORT" "$METRICS_PORT" "$PROBE_PORT")
     printf 'SOURCE_PORT=%s\n' "$SOURCE_PORT" >>"$LOCAL/ports.env"
   fi
-  SOURCE_URL="http://127.0.0.1:$SOURCE_PORT"
-  ATLAS_URL="http://127.0.0.1:$SIM_PORT"
+  SIM_HOST=127.0.0.1
+  if ((POD_MODE)) && [[ -f "$CP_DIR/node-ip" ]]; then SIM_HOST=$(<"$CP_DIR/node-ip"); fi
+  ATLAS_URL="http://$SIM_HOST:$SIM_PORT"
+  SOURCE_URL="http://$SIM_HOST:$SOURCE_PORT"
   ADMIN_URL="http://127.0.0.1:$SIM_ADMIN_PORT"
   METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics"
+  METRICS_CMD="curl -s $METRICS_URL"
+  # In the Pod, metrics are reached through the API server's service proxy.
+  ((POD_MODE)) && METRICS_CMD="kubectl get --raw /api/v1/namespaces/$RELEASE_NS/services/linktoken-operator-metrics:8080/proxy/metrics"
   PROBE_URL="http://127.0.0.1:$PROBE_PORT"
 }
 
@@ -157,7 +182,9 @@ start_control_plane() {
   if ! "$BIN/controlplane" kubeconfig --dir "$CP_DIR" >/dev/null 2>&1; then
     CP_RESTARTED=1
   fi
-  kc=$(LINKTOKEN_TOOLS_DIR="$TOOLS_DIR" "$BIN/controlplane" start --dir "$CP_DIR")
+  local node_flag=()
+  ((POD_MODE)) && node_flag=(--node)
+  kc=$(LINKTOKEN_TOOLS_DIR="$TOOLS_DIR" "$BIN/controlplane" start --dir "$CP_DIR" "${node_flag[@]+"${node_flag[@]}"}")
   export KUBECONFIG="$kc"
   if ((CP_RESTARTED)); then phase_done "control plane (started)" "$t"
   else phase_done "control plane (already running)" "$t"; fi
@@ -167,7 +194,9 @@ start_sim() {
   local t i
   t=$(now)
   SIM_RESTARTED=0
-  if running atlas-sim && ! stale atlas-sim && http_ok "$ADMIN_URL/healthz"; then
+  # Listening where this mode needs it (Pod mode: the machine's address, else loopback).
+  if running atlas-sim && ! stale atlas-sim && http_ok "$ADMIN_URL/healthz" &&
+    tr '\0' ' ' <"/proc/$(<"$LOCAL/atlas-sim.pid")/cmdline" | grep -q -- "--listen $SIM_HOST:$SIM_PORT "; then
     phase_done "atlas-sim (already running)" "$t"
     return
   fi
@@ -175,8 +204,8 @@ start_sim() {
   port_free "$SIM_PORT" || die "port $SIM_PORT (atlas-sim) is taken by another process; delete .local/ports.env to pick new ports"
   port_free "$SIM_ADMIN_PORT" || die "port $SIM_ADMIN_PORT (atlas-sim admin) is taken; delete .local/ports.env to pick new ports"
   port_free "$SOURCE_PORT" || die "port $SOURCE_PORT (atlas-sim source side) is taken; delete .local/ports.env to pick new ports"
-  spawn atlas-sim --demo --listen "127.0.0.1:$SIM_PORT" --admin-listen "127.0.0.1:$SIM_ADMIN_PORT" \
-    --source-listen "127.0.0.1:$SOURCE_PORT"
+  spawn atlas-sim --demo --listen "$SIM_HOST:$SIM_PORT" --admin-listen "127.0.0.1:$SIM_ADMIN_PORT" \
+    --source-listen "$SIM_HOST:$SOURCE_PORT"
   for ((i = 0; i < 300; i++)); do
     grep -q '^atlas-sim ready' "$LOCAL/atlas-sim.log" 2>/dev/null && break
     running atlas-sim || { tail -n 20 "$LOCAL/atlas-sim.log" >&2; die "atlas-sim exited; log: $LOCAL/atlas-sim.log"; }
@@ -238,7 +267,7 @@ apply_examples() {
   kubectl apply -f deploy/examples/ >/dev/null
   if ! kubectl wait --for=condition=Ready lt --all --timeout="$WAIT_READY_TIMEOUT" >/dev/null; then
     kubectl get lt >&2 || true
-    die "not every LinkToken turned Ready; see kubectl describe lt and $LOCAL/linktoken-operator.log"
+    die "not every LinkToken turned Ready; see kubectl describe lt and $OPERATOR_LOGS"
   fi
   phase_done "examples applied and Ready" "$t"
 }
@@ -248,6 +277,13 @@ apply_examples() {
 link_source() {
   local t
   t=$(now)
+  if ((POD_MODE)); then
+    # The CRD allows plain http:// for a source only on loopback, and atlas-sim's binary serves
+    # plain HTTP; the Pod reaches atlas-sim on the machine's address, so the link step is a
+    # host-mode demo (tests/e2e_source_link.rs covers TLS sources).
+    log "Pod mode: skipping the source link step (needs a loopback or https source URL)"
+    return 0
+  fi
   kubectl create secret generic source-api-key --from-literal=publicApiKey=demosourcepublic \
     --from-literal=privateApiKey=demo-source-private-0000 --dry-run=client -o yaml |
     kubectl apply -f - >/dev/null
@@ -308,25 +344,61 @@ show() {
   curl -s --digest -u demosourcepublic:demo-source-private-0000 \\
     $SOURCE_URL/api/public/v1.0/orgs/6a1e9b2a3c4d5e6f7a8b9c0d/liveExport/migrationLink/status
   curl -s $ADMIN_URL/state            # atlas-sim: live links per org, calls made
-  curl -s $METRICS_URL | grep '^linktoken_'
+  $METRICS_CMD | grep '^linktoken_'
   docs/quickstart-local.md walks through all of it.
 
-  logs:  $LOCAL/linktoken-operator.log  $LOCAL/atlas-sim.log  $CP_DIR/controlplane.log
+  logs:  $OPERATOR_LOGS  $LOCAL/atlas-sim.log  $CP_DIR/controlplane.log
   stop:  bash scripts/run-local.sh stop     (clean: also delete the cluster's data)
 EOF
+}
+
+# --- Pod mode -----------------------------------------------------------------------------------
+
+build_image() {
+  local t
+  t=$(now)
+  bash scripts/build-image.sh >"$LOCAL/build-image.log" 2>&1 || { tail -n 20 "$LOCAL/build-image.log" >&2; die "the image build failed; log: $LOCAL/build-image.log"; }
+  phase_done "image (scripts/build-image.sh)" "$t"
+}
+
+# The chart's Pods on the local node, with the image just built: imported into the node's
+# containerd, installed (or upgraded) with helm, restarted so a rebuilt image is used.
+install_chart() {
+  local t sock
+  t=$(now)
+  sock="$CP_DIR/node/containerd/containerd.sock"
+  ctr --address "$sock" --namespace k8s.io images import target/image/linktoken-operator-image.tar >/dev/null
+  kubectl create namespace "$RELEASE_NS" --dry-run=client -o yaml |
+    kubectl label -f - --local -o yaml pod-security.kubernetes.io/enforce=restricted |
+    kubectl apply -f - >/dev/null
+  helm upgrade --install linktoken-operator charts/linktoken-operator -n "$RELEASE_NS" \
+    --set image.repository=linktoken-operator --set image.tag=dev --set image.pullPolicy=Never \
+    --set atlasUrl="$ATLAS_URL" --set allowInsecureAtlasUrl=true --wait --timeout=3m >/dev/null
+  kubectl rollout restart -n "$RELEASE_NS" deploy/linktoken-operator >/dev/null
+  kubectl rollout status -n "$RELEASE_NS" deploy/linktoken-operator --timeout=3m >/dev/null
+  phase_done "operator Pod (helm, image imported)" "$t"
 }
 
 cmd_start() {
   local total
   total=$(now)
   mkdir -p "$LOCAL"
-  load_ports
+  if ((POD_MODE)); then
+    [[ "$(id -u)" == 0 ]] || die "--pod runs a node (containerd, kubelet): it needs root"
+  fi
   build
   export PATH="$TOOLS_DIR:$PATH"
+  if ((POD_MODE)); then build_image; fi
   start_control_plane
-  install_crd
-  start_sim
-  start_operator
+  load_ports
+  if ((POD_MODE)); then
+    start_sim
+    install_chart
+  else
+    install_crd
+    start_sim
+    start_operator
+  fi
   apply_examples
   link_source
   write_env
@@ -338,22 +410,28 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local t
+  local t dir
   t=$(now)
   stop_process linktoken-operator 30
   stop_process atlas-sim 10
-  if [[ -x "$BIN/controlplane" ]]; then
-    "$BIN/controlplane" stop --dir "$CP_DIR"
-  elif [[ -f "$CP_DIR/owner.pid" ]]; then
-    die "the control plane binary is missing ($BIN/controlplane); run cargo build -p testkit --bin controlplane, then stop again"
-  fi
+  # Both modes' clusters (the node's teardown deletes its Pods and the rules it added).
+  for dir in "$LOCAL/controlplane" "$LOCAL/node-cluster"; do
+    [[ -d "$dir" ]] || continue
+    if [[ -x "$BIN/controlplane" ]]; then
+      "$BIN/controlplane" stop --dir "$dir"
+    elif [[ -f "$dir/owner.pid" ]]; then
+      die "the control plane binary is missing ($BIN/controlplane); run cargo build -p testkit --bin controlplane, then stop again"
+    fi
+  done
   phase_done "stopped" "$t"
 }
 
 cmd_status() {
   load_ports
   local name
-  for name in atlas-sim linktoken-operator; do
+  local names=(atlas-sim linktoken-operator)
+  ((POD_MODE)) && names=(atlas-sim)
+  for name in "${names[@]}"; do
     if running "$name"; then echo "$name: running (pid $(<"$LOCAL/$name.pid"))"
     else echo "$name: not running"; fi
   done
@@ -362,7 +440,11 @@ cmd_status() {
   else
     echo "control plane: not running"
   fi
-  echo "atlas-sim: $ATLAS_URL (admin $ADMIN_URL, source side $SOURCE_URL); metrics: $METRICS_URL"
+  echo "atlas-sim: $ATLAS_URL (admin $ADMIN_URL, source side $SOURCE_URL); metrics: $METRICS_CMD"
+  if ((POD_MODE)) && [[ -f "$CP_DIR/kubeconfig" ]]; then
+    PATH="$(bash scripts/build-tools.sh --print-dir):$PATH" KUBECONFIG="$CP_DIR/kubeconfig" \
+      kubectl get pods -n "$RELEASE_NS" -o wide 2>/dev/null || true
+  fi
 }
 
 case "${1:-start}" in
@@ -370,6 +452,6 @@ case "${1:-start}" in
   stop) mkdir -p "$LOCAL"; cmd_stop ;;
   status) mkdir -p "$LOCAL"; cmd_status ;;
   clean) mkdir -p "$LOCAL"; cmd_stop; rm -rf "$LOCAL"; log "deleted $LOCAL" ;;
-  -h | --help | help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$1' (start, status, stop, clean)" ;;
 esac

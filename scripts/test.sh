@@ -27,7 +27,21 @@ if ! command -v buildah >/dev/null; then
   fi
 fi
 
-step "pinned tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm)"
+# The node of tests/e2e_node.rs (containerd, runc, the CNI plugins; Debian packages).
+node_pkgs=()
+command -v containerd >/dev/null || node_pkgs+=(containerd)
+command -v runc >/dev/null || node_pkgs+=(runc)
+[ -x /usr/lib/cni/bridge ] || node_pkgs+=(containernetworking-plugins)
+if [ "${#node_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing ${node_pkgs[*]} (Debian packages)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${node_pkgs[@]}" >/dev/null
+  else
+    echo "missing ${node_pkgs[*]}: install them (Debian) or tests/e2e_node.rs is skipped" >&2
+  fi
+fi
+
+step "pinned tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm; kubelet, kube-scheduler, kube-proxy and the pause image of the node)"
 LINKTOKEN_TOOLS_DIR=$(bash scripts/build-tools.sh | tail -n 1)
 export LINKTOKEN_TOOLS_DIR
 

@@ -7,6 +7,8 @@
 //!   helpers (`eventually`, `require_cluster!`).
 //! - [`operator`]: the one spawner of the operator binary (dies with its parent), and the
 //!   readiness rule tests and the benchmark share.
+//! - [`node`]: a real node (containerd, kubelet, kube-scheduler, kube-proxy) for a control
+//!   plane started to serve one; Pods run, traffic stays on the machine.
 //! - [`e2e`]: end-to-end fixtures: a namespace, atlas-sim in-process and the operator.
 //! - [`kstatus`]: the kstatus library's verdict on a live LinkToken (what Flux and kpt see).
 //!
@@ -16,6 +18,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod e2e;
 pub mod kstatus;
+pub mod node;
 pub mod operator;
 
 pub use cluster::{

@@ -1,11 +1,15 @@
 //! `controlplane`: a local Kubernetes control plane for scripts and people.
 //!
-//!     controlplane start [--dir D]      start in the background (idempotent), print the kubeconfig path
+//!     controlplane start [--dir D] [--node]  start in the background (idempotent), print the kubeconfig path
 //!     controlplane kubeconfig [--dir D] print the kubeconfig path of a running control plane
 //!     controlplane stop [--dir D]       stop it and everything it started
 //!     controlplane run [--dir D]        run in the foreground until SIGTERM/SIGINT
 //!
 //! D defaults to `$LINKTOKEN_CONTROLPLANE_DIR`, else `.local/controlplane` under the current folder.
+//! `--node` also runs a node (containerd, kubelet, kube-scheduler, kube-proxy; root only, one per
+//! machine) so that Pods run: the API server then listens on the machine's own address, written
+//! to D/node-ip; images are loaded with `ctr --address D/node/containerd/containerd.sock -n k8s.io
+//! images import`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use testkit::controlplane::{ControlPlane, Lifetime, Options, process, sweep};
+use testkit::node::Node;
 
 #[derive(Parser)]
 #[command(
@@ -45,15 +50,18 @@ struct DirArg {
         default_value = ".local/controlplane"
     )]
     dir: PathBuf,
+    /// Also run a node, so that Pods run (root only; one per machine).
+    #[arg(long)]
+    node: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Start(a) => start(&a.dir),
+        Cmd::Start(a) => start(&a.dir, a.node),
         Cmd::Kubeconfig(a) => kubeconfig(&a.dir),
         Cmd::Stop(a) => stop(&a.dir),
-        Cmd::Run(a) => run(&a.dir),
+        Cmd::Run(a) => run(&a.dir, a.node),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(dir: &Path) -> Result<(), String> {
+fn start(dir: &Path, node: bool) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
     if sweep::owner_alive(&dir) && dir.join("ready").exists() {
@@ -79,12 +87,11 @@ fn start(dir: &Path) -> Result<(), String> {
     let log = std::fs::File::create(dir.join("controlplane.log")).map_err(|e| e.to_string())?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run")
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.arg("run").arg("--dir").arg(&dir);
+    if node {
+        cmd.arg("--node");
+    }
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; it detaches the runner from our terminal and group
     // so it outlives this command.
     unsafe {
@@ -148,11 +155,17 @@ fn stop(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn run(dir: &Path) -> Result<(), String> {
+fn run(dir: &Path, with_node: bool) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let node_ip = if with_node {
+        Some(testkit::node::machine_ip().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let opts = Options {
         lifetime: Lifetime::TiedToProcess,
         dir: Some(dir.to_path_buf()),
+        node_ip,
         ..Options::default()
     };
     let mut cp = match ControlPlane::start(opts) {
@@ -162,6 +175,26 @@ fn run(dir: &Path) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    // Declared after the control plane so that it is dropped (torn down) first.
+    let mut node = None;
+    if let Some(ip) = node_ip {
+        let started = Node::check(&cp).and_then(|()| Node::start(&cp, Duration::from_secs(120)));
+        match started {
+            Ok(n) => {
+                eprintln!(
+                    "controlplane: node ready in {:.1}s",
+                    n.start_time.as_secs_f64()
+                );
+                node = Some(n);
+            }
+            Err(e) => {
+                let _ = std::fs::write(dir.join("failed"), e.to_string());
+                cp.stop(true);
+                return Err(e.to_string());
+            }
+        }
+        std::fs::write(dir.join("node-ip"), ip.to_string()).map_err(|e| e.to_string())?;
+    }
     std::fs::write(dir.join("ready"), "").map_err(|e| e.to_string())?;
     eprintln!(
         "controlplane: ready; kubeconfig {}",
@@ -181,6 +214,10 @@ fn run(dir: &Path) -> Result<(), String> {
         Ok::<(), String>(())
     })?;
     let _ = std::fs::remove_file(dir.join("ready"));
+    if let Some(mut n) = node.take() {
+        n.stop();
+    }
+    let _ = std::fs::remove_file(dir.join("node-ip"));
     cp.stop(true);
     Ok(())
 }

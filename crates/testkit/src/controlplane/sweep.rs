@@ -42,6 +42,9 @@ pub fn sweep_if_dead(dir: &Path, remove: bool) -> Option<usize> {
             killed += 1;
         }
     }
+    // A node of that run (crate::node) leaves containers, mounts and machine-wide rules that
+    // its processes' death does not remove.
+    crate::node::sweep_dead(dir);
     if remove {
         let _ = std::fs::remove_dir_all(dir);
     } else {

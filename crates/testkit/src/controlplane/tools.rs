@@ -23,6 +23,12 @@ pub struct Tools {
     /// The kstatus checker (`tools/kstatus`, the cli-utils status library Flux and kpt use);
     /// needed by the GitOps status tests only.
     pub kstatus: Option<PathBuf>,
+    /// The node's binaries (`crate::node`); needed by the node tests only.
+    pub kubelet: Option<PathBuf>,
+    pub kube_scheduler: Option<PathBuf>,
+    pub kube_proxy: Option<PathBuf>,
+    /// The node's sandbox image, a docker-archive (`scripts/build-tools.sh` builds it).
+    pub pause_image: Option<PathBuf>,
 }
 
 impl Tools {
@@ -58,6 +64,13 @@ impl Tools {
             kubectl: need("kubectl", Some("TEST_ASSET_KUBECTL"))?,
             helm: find("helm", Some("TEST_ASSET_HELM")),
             kstatus: find("kstatus", None),
+            kubelet: find("kubelet", None),
+            kube_scheduler: find("kube-scheduler", None),
+            kube_proxy: find("kube-proxy", None),
+            pause_image: dirs
+                .iter()
+                .map(|d| d.join("pause.tar"))
+                .find(|p| p.is_file()),
         })
     }
 }
