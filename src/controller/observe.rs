@@ -1,5 +1,6 @@
 //! Reads what `decide` needs: the credentials Secret, the token Secret(s), the org index and
-//! the failure memory. Only GETs against the API server (the LinkToken comes from the cache).
+//! the failure memory. Only GETs against the API server (the LinkToken is the one the
+//! reconcile acts on: from the cache, or read fresh when the cache may lag).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -29,9 +30,17 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let name = lt.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let creds_secret = secrets
-        .get_opt(&lt.spec.credentials_secret_ref.name)
-        .await?;
+    let target_name = lt.spec.token_secret_name(&name);
+    // The token Secret is read alongside the credentials (two requests in flight, one round
+    // trip) unless the last outcome said the credentials are unusable: a flood of
+    // misconfigured LinkTokens, rechecked on a timer, then costs one read each.
+    let creds_read = secrets.get_opt(&lt.spec.credentials_secret_ref.name);
+    let (creds_secret, early_target) = if index::has_usable_credentials(lt) {
+        let (c, t) = futures::try_join!(creds_read, secrets.get_opt(&target_name))?;
+        (c, Some(t))
+    } else {
+        (creds_read.await?, None)
+    };
     let (credentials_state, credentials, credentials_version) =
         read_credentials(creds_secret.as_ref());
     if let Some(c) = &credentials {
@@ -43,7 +52,6 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         );
     }
 
-    let target_name = lt.spec.token_secret_name(&name);
     let target_key = lt.spec.token_secret_key().to_string();
     let status = lt.status.clone().unwrap_or_default();
     let previous_name = status
@@ -53,9 +61,10 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     // Without usable credentials `decide` stops at the credentials check: skip the Secret
     // reads, which keeps a flood of misconfigured LinkTokens cheap.
     let usable = credentials_state == CredentialsState::Valid;
-    let target = match usable {
-        true => secrets.get_opt(&target_name).await?,
-        false => None,
+    let target = match (usable, early_target) {
+        (true, Some(t)) => t,
+        (true, None) => secrets.get_opt(&target_name).await?,
+        (false, _) => None,
     };
     let previous = match (&previous_name, usable) {
         (Some(n), true) => secrets.get_opt(n).await?,

@@ -271,14 +271,25 @@ pub async fn write_status_at(
     if let Some(rv) = resource_version {
         body["metadata"] = serde_json::json!({ "resourceVersion": rv });
     }
-    let written = api
+    let key = object_ref(lt);
+    match api
         .patch_status(
             &lt.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
-    Ok(written.resource_version())
+        .await
+    {
+        Ok(written) => {
+            ctx.versions
+                .wrote(&key, written.metadata.resource_version.as_deref());
+            Ok(written.resource_version())
+        }
+        Err(e) => {
+            ctx.versions.write_failed(&key);
+            Err(e.into())
+        }
+    }
 }
 
 /// The Ready reason currently recorded on the object.
