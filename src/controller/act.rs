@@ -169,8 +169,12 @@ async fn issue(
     .await
     {
         return match SecretRefusal::of(&e) {
-            // The Secret changed since it was observed: look again (its event requeues too).
-            SecretRefusal::Changed => Err(e),
+            // The Secret changed since it was observed, or exists though it was taken as
+            // absent without a read: read it next time (its event requeues too).
+            SecretRefusal::Changed => {
+                ctx.versions.secret_exists(&report::object_ref(lt));
+                Err(e)
+            }
             SecretRefusal::Refused(detail) => {
                 let message = format!(
                     "the API server refuses to write Secret {target_name} ({detail}); no token is issued until it can be written"

@@ -12,8 +12,11 @@
 //! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
 //! writes do not trigger reconciles), and the *metadata* of the token Secrets this operator
 //! wrote (label `app.kubernetes.io/managed-by=linktoken-operator`; never their data, never any
-//! other Secret), mapped back to their LinkTokens. Credentials Secrets are read by name on each
-//! reconcile and rechecked on a backing-off timer while they are the problem. A LinkToken that
+//! other Secret), mapped back to their LinkTokens. Watch events that only echo this process's
+//! own writes (its finalizer patch, its token Secret writes) start no reconcile
+//! ([`versions`]). Credentials Secrets are read by name on each reconcile (a shared or
+//! watched copy could miss a change the user made just before the one that triggered it) and
+//! rechecked on a backing-off timer while they are the problem. A LinkToken that
 //! lets go of an org (deleted, previous org revoked, credentials reported unusable) wakes the
 //! others waiting for it (takeover). No reconcile runs before every scope's cache is synced:
 //! org claims span the scopes.

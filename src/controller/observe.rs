@@ -30,12 +30,22 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let name = lt.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
+    let key = ObjectRef::from_obj(lt);
+    let status = lt.status.clone().unwrap_or_default();
     let target_name = lt.spec.token_secret_name(&name);
+    // A LinkToken that never started an issue holds no token anywhere, so its token Secret is
+    // taken as absent without a read: the create that would follow (a dry-run first, before
+    // any Atlas call) is refused with 409 if a Secret of that name exists, and then the next
+    // reconcile reads it (`Versions::must_read_secret`).
+    let never_issued = status.in_flight.is_none()
+        && status.issued_for.is_none()
+        && status.token_secret_name.is_none();
+    let read_target = !never_issued || ctx.versions.must_read_secret(&key);
     // The token Secret is read alongside the credentials (two requests in flight, one round
     // trip) unless the last outcome said the credentials are unusable: a flood of
     // misconfigured LinkTokens, rechecked on a timer, then costs one read each.
     let creds_read = secrets.get_opt(&lt.spec.credentials_secret_ref.name);
-    let (creds_secret, early_target) = if index::has_usable_credentials(lt) {
+    let (creds_secret, early_target) = if read_target && index::has_usable_credentials(lt) {
         let (c, t) = futures::try_join!(creds_read, secrets.get_opt(&target_name))?;
         (c, Some(t))
     } else {
@@ -45,15 +55,10 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         read_credentials(creds_secret.as_ref());
     if let Some(c) = &credentials {
         // Kept for the finalizer, in case this Secret is deleted before the LinkToken.
-        ctx.remember_credentials(
-            &ObjectRef::from_obj(lt),
-            &lt.spec.credentials_secret_ref.name,
-            c,
-        );
+        ctx.remember_credentials(&key, &lt.spec.credentials_secret_ref.name, c);
     }
 
     let target_key = lt.spec.token_secret_key().to_string();
-    let status = lt.status.clone().unwrap_or_default();
     let previous_name = status
         .token_secret_name
         .clone()
@@ -61,11 +66,16 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     // Without usable credentials `decide` stops at the credentials check: skip the Secret
     // reads, which keeps a flood of misconfigured LinkTokens cheap.
     let usable = credentials_state == CredentialsState::Valid;
-    let target = match (usable, early_target) {
-        (true, Some(t)) => t,
-        (true, None) => secrets.get_opt(&target_name).await?,
-        (false, _) => None,
+    let target = match (usable, read_target, early_target) {
+        (false, _, _) | (true, false, _) => None,
+        (true, true, Some(t)) => t,
+        (true, true, None) => secrets.get_opt(&target_name).await?,
     };
+    if usable && read_target && target.is_none() {
+        // Seen absent: a LinkToken that never issued may take it as absent again. One that
+        // exists (a user's Secret in the way) keeps being read.
+        ctx.versions.read_secret(&key);
+    }
     let previous = match (&previous_name, usable) {
         (Some(n), true) => secrets.get_opt(n).await?,
         _ => None,
@@ -83,7 +93,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let held_by_others = index::held_by_others(&all, lt);
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
-    let memo = ctx.memo(&ObjectRef::from_obj(lt));
+    let memo = ctx.memo(&key);
     let now = std::time::Instant::now();
     let retry_hold = memo.retry.filter(|r| r.due > now).map(|r| RetryHold {
         reason: r.reason,

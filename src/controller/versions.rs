@@ -40,6 +40,9 @@ struct Entry {
     /// Versions this process produced (ring buffer; 0 = empty slot).
     echoes: [u64; ECHOES],
     next: usize,
+    /// A token Secret taken as absent without a read turned out to exist (its create was
+    /// refused with 409): read it until a read has seen it.
+    read_secret: bool,
 }
 
 impl Entry {
@@ -48,6 +51,7 @@ impl Entry {
             last: None,
             echoes: [0; ECHOES],
             next: 0,
+            read_secret: false,
         }
     }
 
@@ -124,6 +128,27 @@ impl Versions {
             return false;
         };
         self.lock().get(key).is_some_and(|e| e.echoes.contains(&v))
+    }
+
+    /// A create of the token Secret was refused because one exists (or it changed since it
+    /// was read): the next reconcile reads it rather than taking it as absent.
+    pub fn secret_exists(&self, key: &ObjectRef<LinkToken>) {
+        self.lock()
+            .entry(key.clone())
+            .or_insert_with(Entry::new)
+            .read_secret = true;
+    }
+
+    /// True when the token Secret must be read even for a LinkToken that never issued.
+    pub fn must_read_secret(&self, key: &ObjectRef<LinkToken>) -> bool {
+        self.lock().get(key).is_some_and(|e| e.read_secret)
+    }
+
+    /// The token Secret was read.
+    pub fn read_secret(&self, key: &ObjectRef<LinkToken>) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.read_secret = false;
+        }
     }
 
     pub fn forget(&self, key: &ObjectRef<LinkToken>) {
@@ -207,6 +232,11 @@ mod tests {
         assert!(!v.is_echo(&k, Some("11")));
         v.forget(&k);
         assert!(!v.is_echo(&k, Some("20")));
+        assert!(!v.must_read_secret(&k));
+        v.secret_exists(&k);
+        assert!(v.must_read_secret(&k));
+        v.read_secret(&k);
+        assert!(!v.must_read_secret(&k));
         assert!(v.cache_is_current(&k, Some("1")));
     }
 }
