@@ -110,6 +110,12 @@ pub async fn run(
     cfg: RunConfig,
     shutdown: crate::runtime::Shutdown,
 ) {
+    // `--concurrency` bounds the reconciles of the whole process: each scope's controller
+    // has its own limit, so with `--watch-namespaces` they share these permits (otherwise ten
+    // namespaces would run ten times as many at once, each holding an API connection).
+    let permits = Arc::new(tokio::sync::Semaphore::new(usize::from(
+        cfg.concurrency.max(1),
+    )));
     let mut wake_senders = Vec::new();
     let mut wake_receivers = Vec::new();
     for _ in &scopes.0 {
@@ -223,7 +229,21 @@ pub async fn run(
             .reconcile_on(wake_rx)
             .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
             .graceful_shutdown_on(shutdown.wait())
-            .run(reconcile, error_policy, ctx.clone())
+            .run(
+                {
+                    let permits = permits.clone();
+                    move |lt, ctx| {
+                        let permits = permits.clone();
+                        async move {
+                            // Closed never: the semaphore lives as long as the controllers.
+                            let _permit = permits.acquire_owned().await.ok();
+                            reconcile(lt, ctx).await
+                        }
+                    }
+                },
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(|res| async move {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "controller event");
