@@ -141,10 +141,12 @@ pub async fn run(
         // watch cache): reconciles act on this cache without reading the object again unless
         // it may lag this process's own writes (see `versions`), so a list must hold every
         // write an earlier process (a previous leader) completed. managedFields are dropped:
-        // nothing reads them, and they are a large part of each cached object.
+        // nothing reads them, and they are a large part of each cached object. Pages of 100:
+        // a page is decoded whole (with managedFields) before anything is dropped, and every
+        // scope lists at once at start-up, so the page size sets the start-up peak of memory.
         let linktokens = reflector::reflector(
             writer,
-            watcher(lt_api, watcher::Config::default()).modify(|lt| {
+            watcher(lt_api, watcher::Config::default().page_size(100)).modify(|lt| {
                 lt.metadata.managed_fields = None;
             }),
         )

@@ -61,6 +61,17 @@ impl Entry {
     }
 }
 
+/// The key as stored: name and namespace only. An `ObjectRef` made from an object also carries
+/// its resourceVersion and uid (ignored by its equality and hash), which would be kept for
+/// every LinkToken for nothing.
+fn bare(key: &ObjectRef<LinkToken>) -> ObjectRef<LinkToken> {
+    let k = ObjectRef::new(&key.name);
+    match &key.namespace {
+        Some(ns) => k.within(ns),
+        None => k,
+    }
+}
+
 fn parse(rv: Option<&str>) -> Option<u64> {
     rv.and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0)
 }
@@ -84,16 +95,13 @@ impl Versions {
     /// A fresh read returned the object at `rv`.
     pub fn read(&self, key: &ObjectRef<LinkToken>, rv: Option<&str>) {
         let last = parse(rv).map_or(Last::Unsure, Last::Known);
-        self.lock()
-            .entry(key.clone())
-            .or_insert_with(Entry::new)
-            .last = Some(last);
+        self.lock().entry(bare(key)).or_insert_with(Entry::new).last = Some(last);
     }
 
     /// A write of the LinkToken (metadata or status) returned `rv`.
     pub fn wrote(&self, key: &ObjectRef<LinkToken>, rv: Option<&str>) {
         let mut m = self.lock();
-        let e = m.entry(key.clone()).or_insert_with(Entry::new);
+        let e = m.entry(bare(key)).or_insert_with(Entry::new);
         match parse(rv) {
             Some(v) => {
                 e.last = Some(Last::Known(v));
@@ -105,17 +113,14 @@ impl Versions {
 
     /// A write of the LinkToken failed or its outcome is unknown.
     pub fn write_failed(&self, key: &ObjectRef<LinkToken>) {
-        self.lock()
-            .entry(key.clone())
-            .or_insert_with(Entry::new)
-            .last = Some(Last::Unsure);
+        self.lock().entry(bare(key)).or_insert_with(Entry::new).last = Some(Last::Unsure);
     }
 
     /// A write of one of the LinkToken's Secrets returned `rv`: its watch event is an echo.
     pub fn wrote_secret(&self, key: &ObjectRef<LinkToken>, rv: Option<&str>) {
         if let Some(v) = parse(rv) {
             self.lock()
-                .entry(key.clone())
+                .entry(bare(key))
                 .or_insert_with(Entry::new)
                 .echo(v);
         }
@@ -134,7 +139,7 @@ impl Versions {
     /// was read): the next reconcile reads it rather than taking it as absent.
     pub fn secret_exists(&self, key: &ObjectRef<LinkToken>) {
         self.lock()
-            .entry(key.clone())
+            .entry(bare(key))
             .or_insert_with(Entry::new)
             .read_secret = true;
     }

@@ -493,7 +493,7 @@ async fn run_one(
     let per_min = |x: u64| x as f64 * 60.0 / quiet.as_secs_f64().max(1.0);
     let (rss2, cpu2) = proc_usage(op.pid());
     op.kill();
-    // The polling stops before a restart, so the restart's reads are the operator's only.
+    // The watch stops before a restart, so the restart's reads are the operator's only.
     watch.abort();
 
     let restart = if args.restart {
