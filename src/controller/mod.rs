@@ -401,15 +401,17 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
         return Ok(Reconciled::Deleted(action));
     }
     // Status writes are fenced by the resourceVersion read here, so act on the object as the
-    // finalizer patch returned it.
+    // finalizer patch returned it. The patch and observe's reads go out together (one round
+    // trip less per new LinkToken): the patch, fenced at the version observed, changes nothing
+    // observe looks at, or fails and the observation is dropped.
     let with_finalizer;
-    let lt = if has_finalizer {
-        lt
+    let (lt, obs) = if has_finalizer {
+        (lt, observe::observe(lt, ctx).await?)
     } else {
-        with_finalizer = add_finalizer(lt, ctx).await?;
-        &with_finalizer
+        let (patched, obs) = futures::try_join!(add_finalizer(lt, ctx), observe::observe(lt, ctx))?;
+        with_finalizer = patched;
+        (&with_finalizer, obs)
     };
-    let obs = observe::observe(lt, ctx).await?;
     act::apply(lt, ctx, obs).await.map(Reconciled::Live)
 }
 

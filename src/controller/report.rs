@@ -144,7 +144,26 @@ pub async fn commit(
         if *type_ == EventType::Warning {
             tracing::warn!(linktoken = %key_of(lt), reason, "{note}");
         }
-        publish(ctx, lt, *type_, reason, note).await;
+    }
+    // After the status write, as before, but off the reconcile's path: nothing waits on an
+    // event (a failure to publish is only logged), and the next LinkToken gets this
+    // reconcile's slot of --concurrency one API round trip sooner. One task per report keeps
+    // its events in order.
+    if !report.events.is_empty() {
+        let recorder = ctx.recorder.clone();
+        let reference = lt.object_ref(&());
+        let key = key_of(lt);
+        let events = report.events.clone();
+        tokio::spawn(async move {
+            for (type_, reason, note) in events {
+                if let Err(e) = recorder
+                    .publish(&event(type_, reason, &note), &reference)
+                    .await
+                {
+                    tracing::warn!(linktoken = %key, reason, error = %e, "could not publish event");
+                }
+            }
+        });
     }
     ctx.metrics.track(&key_of(lt), report.reason);
     let retry = report.retry;
@@ -314,15 +333,19 @@ async fn outcome_event(ctx: &Context, lt: &LinkToken, reason: Reason, message: &
 
 /// Publishes an event; a failure to publish is logged, never fatal to the reconcile.
 async fn publish(ctx: &Context, lt: &LinkToken, type_: EventType, reason: &str, note: &str) {
-    let ev = Event {
+    let ev = event(type_, reason, note);
+    if let Err(e) = ctx.recorder.publish(&ev, &lt.object_ref(&())).await {
+        tracing::warn!(linktoken = %key_of(lt), reason, error = %e, "could not publish event");
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: &str) -> Event {
+    Event {
         type_,
         reason: reason.into(),
         note: Some(truncate(note, 1000)),
         action: "Reconcile".into(),
         secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &lt.object_ref(&())).await {
-        tracing::warn!(linktoken = %key_of(lt), reason, error = %e, "could not publish event");
     }
 }
 
