@@ -150,20 +150,13 @@ pub async fn commit(
     // reconcile's slot of --concurrency one API round trip sooner. One task per report keeps
     // its events in order.
     if !report.events.is_empty() {
-        let recorder = ctx.recorder.clone();
-        let reference = lt.object_ref(&());
-        let key = key_of(lt);
-        let events = report.events.clone();
-        tokio::spawn(async move {
-            for (type_, reason, note) in events {
-                if let Err(e) = recorder
-                    .publish(&event(type_, reason, &note), &reference)
-                    .await
-                {
-                    tracing::warn!(linktoken = %key, reason, error = %e, "could not publish event");
-                }
-            }
-        });
+        let events = report
+            .events
+            .iter()
+            .map(|(type_, reason, note)| event(*type_, reason, note))
+            .collect();
+        ctx.recorder
+            .publish_in_background(events, lt.object_ref(&()), key_of(lt));
     }
     ctx.metrics.track(&key_of(lt), report.reason);
     let retry = report.retry;
