@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, RequestObserver, RequestRecord};
+use linktoken_operator::controller::events::Recorder;
 use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::BackoffConfig};
 use linktoken_operator::runtime::{
     Ended, Flags, LeaderElector, Metrics, Readiness, Shutdown, logging, serve, supervise,

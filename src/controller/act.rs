@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -179,8 +180,12 @@ async fn issue(
         .await
     {
         return match SecretRefusal::of(&e) {
-            // The Secret changed since it was observed: look again (its event requeues too).
-            SecretRefusal::Changed => Err(e),
+            // The Secret changed since it was observed, or exists though it was taken as
+            // absent without a read: read it next time (its event requeues too).
+            SecretRefusal::Changed => {
+                ctx.versions.secret_exists(&report::object_ref(lt));
+                Err(e)
+            }
             SecretRefusal::Refused(detail) => {
                 let message = format!(
                     "the API server refuses to write Secret {target_name} ({detail}); no token is issued until it can be written"
@@ -454,6 +459,9 @@ enum SecretWrite {
     Update {
         resource_version: String,
         uid: String,
+        /// As observed: the create's `Update` entry of our manager is converted before the
+        /// first apply (see `own_created_fields_as_applied`).
+        managed_fields: Vec<ManagedFieldsEntry>,
     },
 }
 
@@ -467,6 +475,7 @@ impl SecretWrite {
                 Some(SecretWrite::Update {
                     resource_version: meta.resource_version.clone()?,
                     uid: meta.uid.clone()?,
+                    managed_fields: meta.managed_fields.clone().unwrap_or_default(),
                 })
             }
             SecretState::Foreign => None,
@@ -725,6 +734,7 @@ async fn write_secret(
     };
     let mut body = desired.build();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = report::object_ref(lt);
     match plan {
         SecretWrite::Create => {
             let pp = PostParams {
@@ -733,14 +743,29 @@ async fn write_secret(
             };
             let created = api.create(&pp, &body).await?;
             if !dry_run {
-                own_created_fields_as_applied(&api, &created).await;
+                ctx.versions
+                    .wrote_secret(&key, created.metadata.resource_version.as_deref());
             }
         }
         SecretWrite::Update {
             resource_version,
             uid,
+            managed_fields,
         } => {
-            body.metadata.resource_version = Some(resource_version.clone());
+            // The create's field ownership becomes an apply entry here, on the first update,
+            // rather than with a second write after every create: only an apply can drop
+            // fields it no longer writes, and most token Secrets are never updated.
+            let converted = match dry_run {
+                false => {
+                    own_created_fields_as_applied(&api, name, resource_version, managed_fields)
+                        .await
+                }
+                true => None,
+            };
+            if let Some(rv) = &converted {
+                ctx.versions.wrote_secret(&key, Some(rv));
+            }
+            body.metadata.resource_version = converted.or_else(|| Some(resource_version.clone()));
             body.metadata.uid = Some(uid.clone());
             let mut value = serde_json::to_value(&body)?;
             if let Some(obj) = value.as_object_mut() {
@@ -751,7 +776,11 @@ async fn write_secret(
             // make sure it is still the very object observed.
             let mut pp = PatchParams::apply(FIELD_MANAGER).force();
             pp.dry_run = dry_run;
-            api.patch(name, &pp, &Patch::Apply(&value)).await?;
+            let written = api.patch(name, &pp, &Patch::Apply(&value)).await?;
+            if !dry_run {
+                ctx.versions
+                    .wrote_secret(&key, written.metadata.resource_version.as_deref());
+            }
         }
     }
     Ok(())
@@ -761,12 +790,16 @@ async fn write_secret(
 /// server-side apply (an `Apply` entry) cannot remove fields another entry owns: a renamed
 /// data key or a label dropped from `spec.tokenSecret` would stay forever. Turn the create's
 /// entry into an `Apply` entry (what `kubectl` does when it upgrades client-side apply,
-/// `k8s.io/client-go/util/csaupgrade`), fenced by the resourceVersion the create returned.
-/// Best effort: on failure the Secret is still correct, only such leftovers can remain.
-async fn own_created_fields_as_applied(api: &Api<Secret>, created: &Secret) {
-    let Some(mut entries) = created.metadata.managed_fields.clone() else {
-        return;
-    };
+/// `k8s.io/client-go/util/csaupgrade`), fenced by the resourceVersion observed. Returns the
+/// Secret's new resourceVersion when it converted. Best effort: on failure the apply that
+/// follows is still fenced by the version observed, only such leftovers can remain.
+async fn own_created_fields_as_applied(
+    api: &Api<Secret>,
+    name: &str,
+    resource_version: &str,
+    entries: &[ManagedFieldsEntry],
+) -> Option<String> {
+    let mut entries = entries.to_vec();
     let mut changed = false;
     for e in &mut entries {
         if e.manager.as_deref() == Some(FIELD_MANAGER)
@@ -778,21 +811,24 @@ async fn own_created_fields_as_applied(api: &Api<Secret>, created: &Secret) {
         }
     }
     if !changed {
-        return;
+        return None;
     }
     let patch = serde_json::json!({
         "metadata": {
-            "resourceVersion": created.metadata.resource_version,
+            "resourceVersion": resource_version,
             "managedFields": entries,
         }
     });
-    let name = created.metadata.name.clone().unwrap_or_default();
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    if let Err(e) = api.patch(&name, &pp, &Patch::Merge(&patch)).await {
-        tracing::debug!(secret = %name, error = %e, "could not convert the create's field ownership to apply");
+    match api.patch(name, &pp, &Patch::Merge(&patch)).await {
+        Ok(patched) => patched.metadata.resource_version,
+        Err(e) => {
+            tracing::debug!(secret = %name, error = %e, "could not convert the create's field ownership to apply");
+            None
+        }
     }
 }
 

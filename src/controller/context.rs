@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::backoff::{self, BackoffConfig, Retry};
+use super::events::Recorder;
+use super::versions::Versions;
 use crate::api::{LinkToken, Reason};
 use crate::atlas::{AtlasClient, Credentials};
 use crate::runtime::metrics::Metrics;
@@ -35,6 +36,9 @@ pub struct Context {
     /// waits on its finalizer, and the link must still be revoked. In memory only (never
     /// written anywhere); dropped when the LinkToken goes.
     remembered_credentials: Mutex<HashMap<ObjectRef<LinkToken>, (String, Credentials)>>,
+    /// The resourceVersions this process wrote or read, per LinkToken: when the cache is
+    /// current, and which watch events only echo our own writes.
+    pub versions: Versions,
 }
 
 /// One watched scope: all namespaces, or one of `--watch-namespaces`.
@@ -117,6 +121,7 @@ impl Context {
             credentials_grace,
             memo: Mutex::new(HashMap::new()),
             remembered_credentials: Mutex::new(HashMap::new()),
+            versions: Versions::default(),
         }
     }
 
@@ -196,6 +201,7 @@ impl Context {
     pub fn vanished(&self, key: &ObjectRef<LinkToken>) {
         self.forget(key);
         self.forget_credentials(key);
+        self.versions.forget(key);
         self.metrics.track(
             &format!(
                 "{}/{}",
@@ -217,6 +223,7 @@ impl Context {
             .collect();
         self.lock().retain(|k, _| present.contains(k));
         self.creds_lock().retain(|k, _| present.contains(k));
+        self.versions.retain(|k| present.contains(k));
         let keys: std::collections::HashSet<String> = present
             .iter()
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))

@@ -65,10 +65,27 @@ pub fn status_orgs(lt: &LinkToken) -> Vec<String> {
     )
 }
 
+/// True when `lt` names `org` in its spec or in a status field that can back a claim.
+fn names_org(lt: &LinkToken, org: &str) -> bool {
+    let st = lt.status.as_ref();
+    lt.spec.org_id == org
+        || st
+            .and_then(|s| s.issued_for.as_ref())
+            .is_some_and(|i| i.org_id == org)
+        || st
+            .and_then(|s| s.in_flight.as_ref())
+            .is_some_and(|f| f.org_id == org)
+}
+
 /// `lt`'s claim on `org`, if any. A LinkToken that waits in OrgConflict yielded: whatever its
 /// status still records is a stale token another owner has since replaced, so it keeps only
 /// its place in line (Spec). One being deleted with nothing to revoke claims nothing.
 pub fn claim(lt: &LinkToken, org: &str) -> Option<ClaimBasis> {
+    // Every reconcile asks this of every cached LinkToken: answer the common case (it does
+    // not name the org at all) without parsing conditions or allocating.
+    if !names_org(lt, org) {
+        return None;
+    }
     if !has_usable_credentials(lt) {
         return None;
     }
@@ -220,10 +237,18 @@ pub fn linktokens_for_secret(
     name: &str,
 ) -> Vec<ObjectRef<LinkToken>> {
     all.iter()
-        .filter(|lt| lt.namespace().as_deref() == Some(namespace))
+        .filter(|lt| lt.metadata.namespace.as_deref() == Some(namespace))
         .filter(|lt| {
+            // Compared without building the default name: this runs over every cached
+            // LinkToken for each Secret event.
+            let token_secret = lt
+                .spec
+                .token_secret
+                .as_ref()
+                .and_then(|t| t.name.as_deref())
+                .or(lt.metadata.name.as_deref());
             lt.spec.credentials_secret_ref.name == name
-                || lt.spec.token_secret_name(&lt.name_any()) == name
+                || token_secret == Some(name)
                 || lt
                     .status
                     .as_ref()

@@ -12,8 +12,11 @@
 //! LinkTokens (filtered to generation, annotation and finalizer changes, so our own status
 //! writes do not trigger reconciles), and the *metadata* of the token Secrets this operator
 //! wrote (label `app.kubernetes.io/managed-by=linktoken-operator`; never their data, never any
-//! other Secret), mapped back to their LinkTokens. Credentials Secrets are read by name on each
-//! reconcile and rechecked on a backing-off timer while they are the problem. A LinkToken that
+//! other Secret), mapped back to their LinkTokens. Watch events that only echo this process's
+//! own writes (its finalizer patch, its token Secret writes) start no reconcile
+//! ([`versions`]). Credentials Secrets are read by name on each reconcile (a shared or
+//! watched copy could miss a change the user made just before the one that triggered it) and
+//! rechecked on a backing-off timer while they are the problem. A LinkToken that
 //! lets go of an org (deleted, previous org revoked, credentials reported unusable) wakes the
 //! others waiting for it (takeover). No reconcile runs before every scope's cache is synced:
 //! org claims span the scopes.
@@ -24,19 +27,21 @@ pub mod conditions;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod events;
 pub mod index;
 pub mod link;
 pub mod observe;
 pub mod pause;
 pub mod report;
 pub mod secret;
+pub mod versions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -106,6 +111,12 @@ pub async fn run(
     cfg: RunConfig,
     shutdown: crate::runtime::Shutdown,
 ) {
+    // `--concurrency` bounds the reconciles of the whole process: each scope's controller
+    // has its own limit, so with `--watch-namespaces` they share these permits (otherwise ten
+    // namespaces would run ten times as many at once, each holding an API connection).
+    let permits = Arc::new(tokio::sync::Semaphore::new(usize::from(
+        cfg.concurrency.max(1),
+    )));
     let mut wake_senders = Vec::new();
     let mut wake_receivers = Vec::new();
     for _ in &scopes.0 {
@@ -127,11 +138,18 @@ pub async fn run(
         // reconciles (see the predicate below), so without this a waiter would sleep until
         // the slow resync.
         let mut claims: HashMap<String, Vec<String>> = HashMap::new();
-        // Lists may come from the API server's watch cache (any_semantic): every action is
-        // guarded by a fresh GET of the LinkToken, so a slightly old list costs nothing.
+        // Lists are consistent reads (not `any_semantic`, which may be served from an older
+        // watch cache): reconciles act on this cache without reading the object again unless
+        // it may lag this process's own writes (see `versions`), so a list must hold every
+        // write an earlier process (a previous leader) completed. managedFields are dropped:
+        // nothing reads them, and they are a large part of each cached object. Pages of 100:
+        // a page is decoded whole (with managedFields) before anything is dropped, and every
+        // scope lists at once at start-up, so the page size sets the start-up peak of memory.
         let linktokens = reflector::reflector(
             writer,
-            watcher(lt_api, watcher::Config::default().any_semantic()),
+            watcher(lt_api, watcher::Config::default().page_size(100)).modify(|lt| {
+                lt.metadata.managed_fields = None;
+            }),
         )
         .default_backoff()
         .inspect(move |ev| {
@@ -178,7 +196,19 @@ pub async fn run(
                 .combine(predicates::annotations)
                 .combine(predicates::finalizers),
             Default::default(),
-        );
+        )
+        // The echo of this process's own write (the finalizer patch) brings nothing new:
+        // the reconcile that wrote it already acted on that state.
+        .try_filter({
+            let ctx = ctx.clone();
+            move |lt| {
+                let echo = ctx.versions.is_echo(
+                    &ObjectRef::from_obj(lt),
+                    lt.metadata.resource_version.as_deref(),
+                );
+                futures::future::ready(!echo)
+            }
+        });
         let ctx_for_map = ctx.clone();
         // Only the token Secrets this operator wrote (its managed-by label), metadata only:
         // their deletion or tampering is drift to repair. Credentials Secrets are never listed
@@ -192,12 +222,31 @@ pub async fn run(
         let controller = Controller::for_stream(linktokens, reader)
             .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
                 let ns = s.namespace().unwrap_or_default();
-                index::linktokens_for_secret(&ctx_for_map.all_linktokens(), &ns, &s.name_any())
+                let rv = s.metadata.resource_version.as_deref();
+                // A Secret at a version this process wrote for a LinkToken is no news to it.
+                let mut refs =
+                    index::linktokens_for_secret(&ctx_for_map.all_linktokens(), &ns, &s.name_any());
+                refs.retain(|r| !ctx_for_map.versions.is_echo(r, rv));
+                refs
             })
             .reconcile_on(wake_rx)
             .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
             .graceful_shutdown_on(shutdown.wait())
-            .run(reconcile, error_policy, ctx.clone())
+            .run(
+                {
+                    let permits = permits.clone();
+                    move |lt, ctx| {
+                        let permits = permits.clone();
+                        async move {
+                            // Closed never: the semaphore lives as long as the controllers.
+                            let _permit = permits.acquire_owned().await.ok();
+                            reconcile(lt, ctx).await
+                        }
+                    }
+                },
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(|res| async move {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "controller event");
@@ -316,18 +365,31 @@ async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Erro
 }
 
 async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled, Error> {
-    // The cache can lag this controller's own status writes from the previous reconcile.
-    // Acting on a stale status could POST without the DELETE that guards against a second
-    // live link, or revoke too little on deletion: read the object fresh (one GET).
-    let ns = cached
-        .namespace()
-        .ok_or(Error::MissingMetadata("namespace"))?;
-    let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(fresh) = api.get_opt(&cached.name_any()).await? else {
-        ctx.vanished(&report::object_ref(cached));
-        return Ok(Reconciled::Deleted(Action::await_change()));
+    // The cache can lag this controller's own writes from the previous reconcile. Acting on a
+    // stale status could POST without the DELETE that guards against a second live link, or
+    // revoke too little on deletion: unless the cache holds the version this process last
+    // wrote or read (or it never wrote the object), read it fresh (one GET).
+    let key = report::object_ref(cached);
+    let fresh;
+    let lt = if ctx
+        .versions
+        .cache_is_current(&key, cached.metadata.resource_version.as_deref())
+    {
+        cached
+    } else {
+        let ns = cached
+            .namespace()
+            .ok_or(Error::MissingMetadata("namespace"))?;
+        let api: Api<LinkToken> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(got) = api.get_opt(&cached.name_any()).await? else {
+            ctx.vanished(&key);
+            return Ok(Reconciled::Deleted(Action::await_change()));
+        };
+        ctx.versions
+            .read(&key, got.metadata.resource_version.as_deref());
+        fresh = got;
+        &fresh
     };
-    let lt = &fresh;
     let finalizers = lt.finalizers();
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
     if lt.metadata.deletion_timestamp.is_some() {
@@ -340,15 +402,17 @@ async fn reconcile_inner(cached: &LinkToken, ctx: &Context) -> Result<Reconciled
         return Ok(Reconciled::Deleted(action));
     }
     // Status writes are fenced by the resourceVersion read here, so act on the object as the
-    // finalizer patch returned it.
+    // finalizer patch returned it. The patch and observe's reads go out together (one round
+    // trip less per new LinkToken): the patch, fenced at the version observed, changes nothing
+    // observe looks at, or fails and the observation is dropped.
     let with_finalizer;
-    let lt = if has_finalizer {
-        lt
+    let (lt, obs) = if has_finalizer {
+        (lt, observe::observe(lt, ctx).await?)
     } else {
-        with_finalizer = add_finalizer(lt, ctx).await?;
-        &with_finalizer
+        let (patched, obs) = futures::try_join!(add_finalizer(lt, ctx), observe::observe(lt, ctx))?;
+        with_finalizer = patched;
+        (&with_finalizer, obs)
     };
-    let obs = observe::observe(lt, ctx).await?;
     act::apply(lt, ctx, obs).await.map(Reconciled::Live)
 }
 
@@ -384,14 +448,25 @@ async fn patch_finalizers(
     let patch = serde_json::json!({
         "metadata": { "finalizers": list, "resourceVersion": lt.resource_version() }
     });
-    let patched = api
+    let key = report::object_ref(lt);
+    match api
         .patch(
             &lt.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
-    Ok(patched)
+        .await
+    {
+        Ok(patched) => {
+            ctx.versions
+                .wrote(&key, patched.metadata.resource_version.as_deref());
+            Ok(patched)
+        }
+        Err(e) => {
+            ctx.versions.write_failed(&key);
+            Err(e.into())
+        }
+    }
 }
 
 fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {

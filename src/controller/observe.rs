@@ -1,5 +1,6 @@
 //! Reads what `decide` needs: the credentials Secret, the token Secret(s), the org index and
-//! the failure memory. Only GETs against the API server (the LinkToken comes from the cache).
+//! the failure memory. Only GETs against the API server (the LinkToken is the one the
+//! reconcile acts on: from the cache, or read fresh when the cache may lag).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -29,23 +30,37 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let name = lt.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let creds_secret = secrets
-        .get_opt(&lt.spec.credentials_secret_ref.name)
-        .await?;
+    let key = ObjectRef::from_obj(lt);
+    let status = lt.status.clone().unwrap_or_default();
+    let target_name = lt.spec.token_secret_name(&name);
+    // A LinkToken that never started an issue holds no token anywhere, so its token Secret is
+    // taken as absent without a read: the create that would follow (a dry-run first, before
+    // any Atlas call) is refused with 409 if a Secret of that name exists, and then the next
+    // reconcile reads it (`Versions::must_read_secret`).
+    let never_issued = status.in_flight.is_none()
+        && status.issued_for.is_none()
+        && status.token_secret_name.is_none();
+    let token_store = super::link::token_store(lt);
+    let read_target = token_store == decide::TokenStore::Secret
+        && (!never_issued || ctx.versions.must_read_secret(&key));
+    // The token Secret is read alongside the credentials (two requests in flight, one round
+    // trip) unless the last outcome said the credentials are unusable: a flood of
+    // misconfigured LinkTokens, rechecked on a timer, then costs one read each.
+    let creds_read = secrets.get_opt(&lt.spec.credentials_secret_ref.name);
+    let (creds_secret, early_target) = if read_target && index::has_usable_credentials(lt) {
+        let (c, t) = futures::try_join!(creds_read, secrets.get_opt(&target_name))?;
+        (c, Some(t))
+    } else {
+        (creds_read.await?, None)
+    };
     let (credentials_state, credentials, credentials_version) =
         read_credentials(creds_secret.as_ref());
     if let Some(c) = &credentials {
         // Kept for the finalizer, in case this Secret is deleted before the LinkToken.
-        ctx.remember_credentials(
-            &ObjectRef::from_obj(lt),
-            &lt.spec.credentials_secret_ref.name,
-            c,
-        );
+        ctx.remember_credentials(&key, &lt.spec.credentials_secret_ref.name, c);
     }
 
-    let target_name = lt.spec.token_secret_name(&name);
     let target_key = lt.spec.token_secret_key().to_string();
-    let status = lt.status.clone().unwrap_or_default();
     let previous_name = status
         .token_secret_name
         .clone()
@@ -53,14 +68,19 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     // Without usable credentials `decide` stops at the credentials check: skip the Secret
     // reads, which keeps a flood of misconfigured LinkTokens cheap.
     let usable = credentials_state == CredentialsState::Valid;
-    let token_store = super::link::token_store(lt);
     // Without a token Secret (storeToken: false) there is none to read.
-    let reads = usable && token_store == decide::TokenStore::Secret;
-    let target = match reads {
-        true => secrets.get_opt(&target_name).await?,
-        false => None,
+    let secret_store = token_store == decide::TokenStore::Secret;
+    let target = match (usable && secret_store, read_target, early_target) {
+        (false, _, _) | (true, false, _) => None,
+        (true, true, Some(t)) => t,
+        (true, true, None) => secrets.get_opt(&target_name).await?,
     };
-    let previous = match (&previous_name, reads) {
+    if usable && secret_store && read_target && target.is_none() {
+        // Seen absent: a LinkToken that never issued may take it as absent again. One that
+        // exists (a user's Secret in the way) keeps being read.
+        ctx.versions.read_secret(&key);
+    }
+    let previous = match (&previous_name, usable && secret_store) {
         (Some(n), true) => secrets.get_opt(n).await?,
         _ => None,
     };
@@ -77,7 +97,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let held_by_others = index::held_by_others(&all, lt);
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
-    let memo = ctx.memo(&ObjectRef::from_obj(lt));
+    let memo = ctx.memo(&key);
     let now = std::time::Instant::now();
     let retry_hold = memo.retry.filter(|r| r.due > now).map(|r| RetryHold {
         reason: r.reason,

@@ -8,7 +8,7 @@
 //! apply-to-Ready latency, Atlas calls per token, Kubernetes API writes per token (deltas of
 //! kube-apiserver's `apiserver_request_total` for linktokens, secrets and events, minus the
 //! benchmark's own LinkToken creates) and reads per token (GET/LIST/WATCH of linktokens,
-//! secrets, leases and events, minus the benchmark's own polling LISTs), operator peak RSS and
+//! secrets, leases and events, minus the benchmark's own LIST and WATCH), operator peak RSS and
 //! CPU seconds, then Atlas calls and API writes per minute over a quiet period once everything
 //! is Ready.
 //!
@@ -311,47 +311,85 @@ async fn run_one(
     let label = format!("bench-run={run_id}");
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let lt_all: Api<LinkToken> = Api::all(client.clone());
-    // The benchmark's own LISTs, subtracted from the operator's reads.
+    // The benchmark's own LISTs and WATCHes, subtracted from the operator's reads.
     let own_lists = Arc::new(AtomicU64::new(0));
     let own_lists_w = own_lists.clone();
-    // Polls (list by label) rather than watches: simple, and its resolution (below) is part
-    // of the reported latency.
-    let poll_every = if n > 1000 {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_millis(250)
-    };
+    let own_watches = Arc::new(AtomicU64::new(0));
+    let own_watches_w = own_watches.clone();
+    // A watch (one LIST, then a WATCH resumed from the last version seen), not polling: a
+    // poll LISTs every LinkToken each time, which at N=1000 every 250 ms cost the API server
+    // about a third of a core during the run (none during the calibration), and its
+    // period was the resolution of the reported latencies.
     let watch = tokio::spawn(async move {
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-        loop {
-            let lp = kube::api::ListParams::default().labels(&label);
-            own_lists_w.fetch_add(1, Ordering::Relaxed);
-            let listed = lt_all.list(&lp).await;
-            if let Err(e) = &listed {
-                eprintln!("  (listing LinkTokens failed: {e})");
+        let mut note = |lt: &LinkToken| {
+            if !is_ready(lt) {
+                return true;
             }
-            if let Ok(list) = listed {
-                if std::env::var_os("BENCH_DEBUG").is_some() {
-                    eprintln!(
-                        "  poll: {} listed, {} ready",
-                        list.items.len(),
-                        list.items.iter().filter(|l| is_ready(l)).count()
-                    );
+            let key = format!("{}/{}", lt.namespace().unwrap_or_default(), lt.name_any());
+            !(seen.insert(key.clone()) && ready_tx.send((key, Instant::now())).is_err())
+        };
+        let mut from: Option<String> = None;
+        loop {
+            let version = match from.take() {
+                Some(v) => v,
+                None => {
+                    let lp = kube::api::ListParams::default().labels(&label);
+                    own_lists_w.fetch_add(1, Ordering::Relaxed);
+                    match lt_all.list(&lp).await {
+                        Ok(list) => {
+                            if !list.items.iter().all(&mut note) {
+                                return;
+                            }
+                            list.metadata.resource_version.unwrap_or_default()
+                        }
+                        Err(e) => {
+                            eprintln!("  (listing LinkTokens failed: {e})");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
                 }
-                let now = Instant::now();
-                for lt in list.items.iter().filter(|lt| is_ready(lt)) {
-                    let key = format!("{}/{}", lt.namespace().unwrap_or_default(), lt.name_any());
-                    if seen.insert(key.clone()) && ready_tx.send((key, now)).is_err() {
-                        return;
+            };
+            let wp = kube::api::WatchParams::default()
+                .labels(&label)
+                .timeout(290);
+            own_watches_w.fetch_add(1, Ordering::Relaxed);
+            let mut events = match lt_all.watch(&wp, &version).await {
+                Ok(events) => events.boxed(),
+                Err(e) => {
+                    eprintln!("  (watching LinkTokens failed: {e})");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut last = Some(version);
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(kube::api::WatchEvent::Added(lt) | kube::api::WatchEvent::Modified(lt)) => {
+                        last = lt.resource_version();
+                        if !note(&lt) {
+                            return;
+                        }
+                    }
+                    Ok(kube::api::WatchEvent::Deleted(lt)) => last = lt.resource_version(),
+                    Ok(kube::api::WatchEvent::Bookmark(b)) => {
+                        last = Some(b.metadata.resource_version);
+                    }
+                    // Too old (410) or another error: list again.
+                    Ok(kube::api::WatchEvent::Error(_)) | Err(_) => {
+                        last = None;
+                        break;
                     }
                 }
             }
-            tokio::time::sleep(poll_every).await;
+            from = last;
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let lists0 = own_lists.load(Ordering::Relaxed);
+    let watches0 = own_watches.load(Ordering::Relaxed);
     let requests0 = api_requests(client).await?;
     let calls0 = sim.state.calls_total();
     let by_status0 = calls_by_status(&sim.state);
@@ -422,6 +460,7 @@ async fn run_one(
     // Let in-flight writes (events) land, then take the issuing deltas.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let lists1 = own_lists.load(Ordering::Relaxed);
+    let watches1 = own_watches.load(Ordering::Relaxed);
     let requests1 = api_requests(client).await?;
     let calls1 = sim.state.calls_total();
     let by_status1 = calls_by_status(&sim.state);
@@ -434,9 +473,12 @@ async fn run_one(
     }
     by_resource.retain(|_, v| *v > 0);
     let api_total: u64 = by_resource.values().sum();
-    // The benchmark's own reads: its polling LISTs (a LIST across namespaces).
+    // The benchmark's own reads: its LISTs and WATCHes of LinkTokens (across namespaces).
     if let Some(v) = reads_by_resource.get_mut("LIST linktokens") {
         *v = v.saturating_sub(lists1 - lists0);
+    }
+    if let Some(v) = reads_by_resource.get_mut("WATCH linktokens") {
+        *v = v.saturating_sub(watches1 - watches0);
     }
     reads_by_resource.retain(|_, v| *v > 0);
     let reads_total: u64 = reads_by_resource.values().sum();
@@ -451,7 +493,7 @@ async fn run_one(
     let per_min = |x: u64| x as f64 * 60.0 / quiet.as_secs_f64().max(1.0);
     let (rss2, cpu2) = proc_usage(op.pid());
     op.kill();
-    // The polling stops before a restart, so the restart's reads are the operator's only.
+    // The watch stops before a restart, so the restart's reads are the operator's only.
     watch.abort();
 
     let restart = if args.restart {
