@@ -27,5 +27,5 @@ pub use config::{
 };
 pub use faults::{CallKind, FaultKind, FaultSpec, FaultTarget};
 pub use server::{SimError, SimHandle, SimServer};
-pub use state::{AdminError, SimState, StateSnapshot, TokenStatus};
+pub use state::{AdminError, CallRecord, SimState, StateSnapshot, TokenStatus};
 pub use tls::{SimTls, TlsError};

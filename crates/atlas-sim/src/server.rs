@@ -22,7 +22,7 @@ use super::config::{ConfigError, SimConfig};
 use super::conn::{ConnMeta, KillableListener};
 use super::faults::{CallInfo, CallKind, FaultKind, FaultSpec};
 use super::reply::{Dropped, ErrorCode, FaultApplied, Format, Reply};
-use super::state::SimState;
+use super::state::{CallRecord, SimState};
 use super::tls::{SimTls, TlsListener};
 use super::{admin, handlers, oauth};
 
@@ -228,11 +228,23 @@ async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Re
         response.status().as_u16()
     };
     state.record_call(&method, kind, status);
+    let faulted = faulted || response.extensions().get::<FaultApplied>().is_some();
+    let elapsed = start.elapsed();
+    state.record_history(CallRecord {
+        seq: 0,
+        at: jiff::Timestamp::now(),
+        method: method.clone(),
+        kind,
+        org_id: org_id.map(str::to_owned),
+        status,
+        fault: faulted,
+        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+    });
     let error_code = response
         .extensions()
         .get::<ErrorCode>()
         .map_or("-", |c| c.0.as_str());
-    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let status_text = if dropped {
         "dropped".to_owned()
     } else {
@@ -244,7 +256,7 @@ async fn per_call(State(state): State<SimState>, req: Request, next: Next) -> Re
         status = %status_text,
         error_code = %error_code,
         duration_ms = %format!("{duration_ms:.1}"),
-        fault = faulted || response.extensions().get::<FaultApplied>().is_some(),
+        fault = faulted,
         "atlas call"
     );
     response
