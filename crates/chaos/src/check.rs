@@ -38,17 +38,47 @@ impl Violation {
     }
 }
 
-/// At most one live link per org.
-pub fn one_link_per_org(live: &BTreeMap<String, usize>) -> Vec<Violation> {
+/// At most one live link per org (`live`: org -> live token hashes), not counting the links
+/// the operator documents as left live on purpose (`excused`, see [`excused`]): a later
+/// LinkToken for that org cannot know of them and adds its own.
+pub fn one_link_per_org(
+    live: &BTreeMap<String, Vec<String>>,
+    excused: &BTreeSet<String>,
+) -> Vec<Violation> {
     live.iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(org, n)| {
-            Violation::new(
-                "one-live-link-per-org",
-                format!("org {org} has {n} live links"),
-            )
-            .orgs([org.clone()])
+        .filter_map(|(org, hashes)| {
+            let n = hashes.iter().filter(|h| !excused.contains(*h)).count();
+            (n > 1).then(|| {
+                Violation::new(
+                    "one-live-link-per-org",
+                    format!(
+                        "org {org} has {n} live links ({} excused)",
+                        hashes.len() - n
+                    ),
+                )
+                .orgs([org.clone()])
+            })
         })
+        .collect()
+}
+
+/// Whether the tokens of a LinkToken may stay live on purpose (docs/lifecycle.md): it was
+/// deleted with `deletionPolicy: Retain`, or the operator reported `RevocationSkipped` for it
+/// (`skipped`: credentials gone, a namespace deleted while the operator was down, Atlas
+/// refusing the revocation with 401/403/404).
+pub fn excused(h: &History, skipped: &BTreeSet<String>) -> bool {
+    skipped.contains(&h.key) || (h.deleted && h.ever_retain)
+}
+
+/// The token hashes of every excused LinkToken.
+pub fn excused_hashes<'a>(
+    histories: impl IntoIterator<Item = &'a History>,
+    skipped: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    histories
+        .into_iter()
+        .filter(|h| excused(h, skipped))
+        .flat_map(|h| h.hashes.iter().cloned())
         .collect()
 }
 
@@ -299,12 +329,46 @@ mod tests {
     }
 
     #[test]
-    fn one_link_per_org_flags_only_orgs_above_one() {
-        let live: BTreeMap<String, usize> =
-            [("a".into(), 1), ("b".into(), 2), ("c".into(), 0)].into();
-        let v = one_link_per_org(&live);
+    fn one_link_per_org_flags_only_orgs_above_one_not_counting_excused_links() {
+        let live: BTreeMap<String, Vec<String>> = [
+            ("a".to_string(), vec!["1".to_string()]),
+            ("b".to_string(), vec!["2".to_string(), "3".to_string()]),
+            ("c".to_string(), vec![]),
+            ("d".to_string(), vec!["4".to_string(), "5".to_string()]),
+        ]
+        .into();
+        let v = one_link_per_org(&live, &["5".to_string()].into());
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].orgs, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn only_retained_deleted_or_skipped_link_tokens_are_excused() {
+        let h = History {
+            key: "n/lt".into(),
+            hashes: ["h1".to_string()].into(),
+            ..Default::default()
+        };
+        let none = BTreeSet::new();
+        assert!(!excused(&h, &none));
+        let retain_alive = History {
+            ever_retain: true,
+            ..h.clone()
+        };
+        assert!(
+            !excused(&retain_alive, &none),
+            "a live Retain LinkToken revokes on reissue"
+        );
+        let retain_deleted = History {
+            deleted: true,
+            ..retain_alive
+        };
+        assert!(excused(&retain_deleted, &none));
+        assert!(excused(&h, &["n/lt".to_string()].into()));
+        assert_eq!(
+            excused_hashes([&h, &retain_deleted], &none),
+            ["h1".to_string()].into()
+        );
     }
 
     #[test]

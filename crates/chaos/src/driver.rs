@@ -1111,11 +1111,15 @@ impl Driver {
 
     async fn check_quiescent(&self, lts: &[LinkToken]) -> Option<Violation> {
         let orgs: Vec<String> = (0..=ORGS).map(org_id).collect();
-        let live: BTreeMap<String, usize> = orgs
+        let live: BTreeMap<String, Vec<String>> = orgs
             .iter()
-            .map(|o| (o.clone(), self.sim.state.live_links(o)))
+            .map(|o| (o.clone(), self.sim.state.live_token_hashes(o)))
             .collect();
-        if let Some(v) = check::one_link_per_org(&live).into_iter().next() {
+        let excused = {
+            let sh = lock(&self.shared);
+            check::excused_hashes(sh.histories.values(), &sh.skipped)
+        };
+        if let Some(v) = check::one_link_per_org(&live, &excused).into_iter().next() {
             return Some(v);
         }
         // Every Ready LinkToken's Secret holds a token live in its org.
@@ -1197,7 +1201,7 @@ impl Driver {
                     continue;
                 }
                 let owner = sh.histories.values().find(|h| h.hashes.contains(hash));
-                let excused = owner.is_some_and(|h| h.ever_retain || skipped.contains(&h.key));
+                let excused = owner.is_some_and(|h| check::excused(h, &skipped));
                 if !excused {
                     let who = owner.map_or("no LinkToken ever recorded it".to_string(), |h| {
                         format!(
@@ -1215,7 +1219,10 @@ impl Driver {
                     );
                 }
             }
-            sh.histories.retain(|_, h| !h.deleted);
+            // Checked deleted ones are done with (a revoked token stays revoked); excused ones
+            // are kept: their live links must not count against the next LinkToken of the org.
+            sh.histories
+                .retain(|_, h| !h.deleted || check::excused(h, &skipped));
         }
         // No token or credential in any event or status.
         let creds = self.keys.private.clone();
@@ -1460,11 +1467,12 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                 }
             }
             Either::Tick => {
-                let live: BTreeMap<String, usize> = orgs
+                let live: BTreeMap<String, Vec<String>> = orgs
                     .iter()
-                    .map(|o| (o.clone(), sim.live_links(o)))
+                    .map(|o| (o.clone(), sim.live_token_hashes(o)))
                     .collect();
-                let v = check::one_link_per_org(&live);
+                let excused = check::excused_hashes(sh.histories.values(), &sh.skipped);
+                let v = check::one_link_per_org(&live, &excused);
                 sh.violations.extend(v);
                 if window.0.elapsed() >= Duration::from_secs(10) {
                     let calls = sim.calls_total();
