@@ -261,8 +261,8 @@ fn action(rng: &mut Rng, shape: &Shape) -> Action {
     let secret = rng.index(SECRET_VARIANTS);
     let key = rng.index(KEYS);
     let table: [(u64, u8); 20] = [
-        (14, 0),  // create / re-apply
-        (6, 1),   // delete
+        (22, 0),  // create / re-apply
+        (5, 1),   // delete
         (6, 2),   // orgId edit
         (4, 3),   // access list edit
         (5, 4),   // rotate
