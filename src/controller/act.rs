@@ -837,6 +837,7 @@ mod tests {
                 issued_for: None,
                 in_flight: None,
                 held_by_others: vec![],
+                others_may_hold: false,
                 reported_unusable: false,
                 last_stalled: None,
                 retry_hold: None,

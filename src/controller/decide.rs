@@ -124,6 +124,9 @@ pub struct Observed {
     /// Orgs where this LinkToken's status says a token may be live but another LinkToken
     /// holds the live link (index::held_by_others): never DELETEd by this one.
     pub held_by_others: Vec<String>,
+    /// Another LinkToken's status says a token of it may be live in the spec org
+    /// (index::others_may_hold): an issue DELETEs there first.
+    pub others_may_hold: bool,
     /// This LinkToken's last reported reason says its credentials cannot act
     /// (index::UNUSABLE), so other LinkTokens do not count its claim yet.
     pub reported_unusable: bool,
@@ -253,13 +256,16 @@ pub fn decide(o: &Observed) -> Step {
             if let Some(announce) = check_claim_visible(o) {
                 return announce;
             }
-            Step::Issue {
-                why,
-                revoke_orgs: may_hold(o)
-                    .into_iter()
-                    .filter(|org| !o.held_by_others.contains(org))
-                    .collect(),
+            let mut revoke_orgs: Vec<String> = may_hold(o)
+                .into_iter()
+                .filter(|org| !o.held_by_others.contains(org))
+                .collect();
+            // A token left live in the org by a LinkToken whose claim lapsed (it cannot revoke
+            // it): DELETE removes every link of the org, so it goes before this POST.
+            if o.others_may_hold && !revoke_orgs.contains(&o.org_id) {
+                revoke_orgs.push(o.org_id.clone());
             }
+            Step::Issue { why, revoke_orgs }
         }
         None => keep(o),
     }

@@ -48,6 +48,7 @@ fn ready() -> Observed {
         }),
         in_flight: None,
         held_by_others: vec![],
+        others_may_hold: false,
         reported_unusable: false,
         last_stalled: None,
         retry_hold: None,
@@ -518,6 +519,23 @@ fn credentials_usable_again_announce_the_claim_before_issuing() {
         ..o
     };
     assert_eq!(decide(&announced), issue(IssueWhy::NoToken, &[]));
+}
+
+#[test]
+fn an_issue_revokes_a_token_another_linktoken_left_live_in_the_org() {
+    // Chaos seed 4: the holder's credentials were deleted, its claim lapsed, this one took over.
+    let o = Observed {
+        others_may_hold: true,
+        ..fresh()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::NoToken, &[ORG]));
+    // Its own earlier token in the org is revoked anyway: one DELETE, not two.
+    let rotated = Observed {
+        others_may_hold: true,
+        rotate: Some("r1".into()),
+        ..ready()
+    };
+    assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
 }
 
 #[test]
