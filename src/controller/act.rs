@@ -839,6 +839,7 @@ mod tests {
                 held_by_others: vec![],
                 others_may_hold: false,
                 reported_unusable: false,
+                reported_issuing: false,
                 last_stalled: None,
                 retry_hold: None,
             },

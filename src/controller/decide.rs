@@ -130,6 +130,8 @@ pub struct Observed {
     /// This LinkToken's last reported reason says its credentials cannot act
     /// (index::UNUSABLE), so other LinkTokens do not count its claim yet.
     pub reported_unusable: bool,
+    /// This LinkToken's last reported reason is `Issuing`.
+    pub reported_issuing: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
 }
@@ -148,6 +150,9 @@ pub enum IssueWhy {
     AccessListChanged,
     OrgChanged,
     RotateRequested,
+    /// The credentials work again after being reported unusable: the token may have been
+    /// revoked meanwhile by a LinkToken that took the org over.
+    CredentialsRestored,
 }
 
 impl IssueWhy {
@@ -165,6 +170,9 @@ impl IssueWhy {
             IssueWhy::AccessListChanged => "spec.accessListIps changed",
             IssueWhy::OrgChanged => "spec.orgId changed",
             IssueWhy::RotateRequested => "the atlasmigration.io/rotate annotation changed",
+            IssueWhy::CredentialsRestored => {
+                "the credentials work again; the org may have been taken over and the token revoked meanwhile"
+            }
         }
     }
 }
@@ -432,6 +440,15 @@ fn issue_needed(o: &Observed) -> Option<IssueWhy> {
     }
     if issued.rotate != o.rotate {
         return Some(IssueWhy::RotateRequested);
+    }
+    // While the credentials were reported unusable the org was nobody's claim, and a LinkToken
+    // that took it over revoked every link there first (index::others_may_hold): the recorded
+    // token may be dead, and Atlas cannot be asked. Reissue once they work again: first the
+    // claim is announced (Issuing, check_claim_visible), then this sees that report and issues
+    // (chaos seed 1, after the seed 4 fix). Issuing with a token recorded and no marker is
+    // reported by nothing else that keeps the token: a previous-org revocation drops it.
+    if o.reported_unusable || o.reported_issuing {
+        return Some(IssueWhy::CredentialsRestored);
     }
     match current_token_location(o) {
         TokenLocation::Found(_) => None,

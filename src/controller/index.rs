@@ -41,7 +41,7 @@ pub const UNUSABLE: [Reason; 5] = [
 ];
 
 /// The Ready reason the operator last reported, if any.
-fn reported_reason(lt: &LinkToken) -> Option<Reason> {
+pub fn reported_reason(lt: &LinkToken) -> Option<Reason> {
     lt.status
         .as_ref()
         .and_then(|s| conditions::ready_of(&s.conditions))

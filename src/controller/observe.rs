@@ -120,6 +120,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         held_by_others,
         others_may_hold,
         reported_unusable: !index::has_usable_credentials(lt),
+        reported_issuing: index::reported_reason(lt) == Some(crate::api::Reason::Issuing),
         last_stalled,
         retry_hold,
     };

@@ -50,6 +50,7 @@ fn ready() -> Observed {
         held_by_others: vec![],
         others_may_hold: false,
         reported_unusable: false,
+        reported_issuing: false,
         last_stalled: None,
         retry_hold: None,
     }
@@ -536,6 +537,35 @@ fn an_issue_revokes_a_token_another_linktoken_left_live_in_the_org() {
         ..ready()
     };
     assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
+}
+
+#[test]
+fn a_token_held_through_unusable_credentials_is_reissued_after_the_claim_is_announced() {
+    // Chaos seed 1: the org was taken over (and the token revoked) while the credentials of
+    // this Ready LinkToken were missing; they are back. Announce the claim first...
+    let back = Observed {
+        reported_unusable: true,
+        ..ready()
+    };
+    assert_eq!(reason(&decide(&back)), Some(Reason::Issuing));
+    // ...then issue, revoking in the org first.
+    let announced = Observed {
+        reported_issuing: true,
+        ..ready()
+    };
+    assert_eq!(
+        decide(&announced),
+        issue(IssueWhy::CredentialsRestored, &[ORG])
+    );
+    // Credentials still missing: nothing, whatever was reported.
+    let still_missing = Observed {
+        credentials: CredentialsState::Missing,
+        ..back
+    };
+    assert_eq!(
+        reason(&decide(&still_missing)),
+        Some(Reason::CredentialsNotFound)
+    );
 }
 
 #[test]
