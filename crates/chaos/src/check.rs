@@ -168,9 +168,6 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
     let Some(st) = &lt.status else {
         return Some("no status".into());
     };
-    if st.in_flight.is_some() {
-        return Some("an issue is in flight".into());
-    }
     let Some(ready) = st.conditions.iter().find(|c| c.type_ == "Ready") else {
         return Some("no Ready condition".into());
     };
@@ -187,6 +184,11 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
     ];
     if !settled.iter().any(|r| r.as_str() == ready.reason) {
         return Some(format!("Ready reason {}", ready.reason));
+    }
+    // A waiter in OrgConflict keeps its marker by design (it yielded: the owner's issue
+    // revokes in the org first); anywhere else a marker is an issue still under way.
+    if st.in_flight.is_some() && ready.reason != Reason::OrgConflict.as_str() {
+        return Some("an issue is in flight".into());
     }
     if ready.reason == Reason::TokenIssued.as_str() {
         let wanted = lt
@@ -307,6 +309,43 @@ mod tests {
             None,
             "a user label is fine"
         );
+    }
+
+    #[test]
+    fn an_org_conflict_waiter_with_a_marker_is_settled_an_issuing_one_is_not() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let spec = linktoken_operator::api::LinkTokenSpec {
+            org_id: "o".into(),
+            access_list_ips: vec![],
+            credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
+                name: "c".into(),
+            },
+            token_secret: None,
+            deletion_policy: Default::default(),
+        };
+        let mut lt = LinkToken::new("lt", spec);
+        lt.metadata.generation = Some(2);
+        let with = |reason: Reason| linktoken_operator::api::LinkTokenStatus {
+            in_flight: Some(linktoken_operator::api::InFlight {
+                org_id: "o".into(),
+                ..Default::default()
+            }),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.as_str().into(),
+                message: String::new(),
+                observed_generation: Some(2),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+            }],
+            ..Default::default()
+        };
+        lt.status = Some(with(Reason::OrgConflict));
+        assert_eq!(unsettled(&lt), None);
+        lt.status = Some(with(Reason::SecretConflict));
+        assert!(unsettled(&lt).is_some());
     }
 
     #[test]

@@ -1083,9 +1083,9 @@ impl Driver {
             Ok(l) => l.items,
             Err(e) => return (Vec::new(), vec![format!("list failed: {}", short(&e))]),
         };
-        let mut probe = lts.clone();
-        probe.retain(|l| l.namespace().is_some_and(|n| self.ours(&n)));
-        for l in &probe {
+        let mut mine = lts;
+        mine.retain(|l| l.namespace().is_some_and(|n| self.ours(&n)));
+        for l in &mine {
             if let Some(why) = check::unsettled(l) {
                 pending.push(format!(
                     "{}/{}: {why}",
@@ -1106,7 +1106,7 @@ impl Driver {
             }
             Err(e) => pending.push(format!("namespace list failed: {}", short(&e))),
         }
-        (probe, pending)
+        (mine, pending)
     }
 
     async fn check_quiescent(&self, lts: &[LinkToken]) -> Option<Violation> {
