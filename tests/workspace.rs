@@ -13,6 +13,7 @@ const HARNESS_ONLY: &[&str] = &[
     "atlas-sim",
     "testkit",
     "bench",
+    "chaos",
     "rcgen",
     "tempfile",
     "digest_auth",

@@ -124,9 +124,14 @@ pub struct Observed {
     /// Orgs where this LinkToken's status says a token may be live but another LinkToken
     /// holds the live link (index::held_by_others): never DELETEd by this one.
     pub held_by_others: Vec<String>,
+    /// Another LinkToken's status says a token of it may be live in the spec org
+    /// (index::others_may_hold): an issue DELETEs there first.
+    pub others_may_hold: bool,
     /// This LinkToken's last reported reason says its credentials cannot act
     /// (index::UNUSABLE), so other LinkTokens do not count its claim yet.
     pub reported_unusable: bool,
+    /// This LinkToken's last reported reason is `Issuing`.
+    pub reported_issuing: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
     /// Where the token lives: its Secret (the default), or only at the source
@@ -162,6 +167,9 @@ pub enum IssueWhy {
     /// `storeToken: false` and the source does not hold the issued token (a hand-over that
     /// failed, or a link removed at the source): it is stored nowhere, so a new one is due.
     NotAtSource,
+    /// The credentials work again after being reported unusable: the token may have been
+    /// revoked meanwhile by a LinkToken that took the org over.
+    CredentialsRestored,
 }
 
 impl IssueWhy {
@@ -181,6 +189,9 @@ impl IssueWhy {
             IssueWhy::RotateRequested => "the atlasmigration.io/rotate annotation changed",
             IssueWhy::NotAtSource => {
                 "the token is stored nowhere (spec.source.storeToken: false) and the source does not hold it"
+            }
+            IssueWhy::CredentialsRestored => {
+                "the credentials work again; the org may have been taken over and the token revoked meanwhile"
             }
         }
     }
@@ -273,13 +284,16 @@ pub fn decide(o: &Observed) -> Step {
             if let Some(announce) = check_claim_visible(o) {
                 return announce;
             }
-            Step::Issue {
-                why,
-                revoke_orgs: may_hold(o)
-                    .into_iter()
-                    .filter(|org| !o.held_by_others.contains(org))
-                    .collect(),
+            let mut revoke_orgs: Vec<String> = may_hold(o)
+                .into_iter()
+                .filter(|org| !o.held_by_others.contains(org))
+                .collect();
+            // A token left live in the org by a LinkToken whose claim lapsed (it cannot revoke
+            // it): DELETE removes every link of the org, so it goes before this POST.
+            if o.others_may_hold && !revoke_orgs.contains(&o.org_id) {
+                revoke_orgs.push(o.org_id.clone());
             }
+            Step::Issue { why, revoke_orgs }
         }
         None => keep(o),
     }
@@ -451,6 +465,15 @@ fn issue_needed(o: &Observed) -> Option<IssueWhy> {
     }
     if issued.rotate != o.rotate {
         return Some(IssueWhy::RotateRequested);
+    }
+    // While the credentials were reported unusable the org was nobody's claim, and a LinkToken
+    // that took it over revoked every link there first (index::others_may_hold): the recorded
+    // token may be dead, and Atlas cannot be asked. Reissue once they work again: first the
+    // claim is announced (Issuing, check_claim_visible), then this sees that report and issues
+    // (chaos seed 1, after the seed 4 fix). Issuing with a token recorded and no marker is
+    // reported by nothing else that keeps the token: a previous-org revocation drops it.
+    if o.reported_unusable || o.reported_issuing {
+        return Some(IssueWhy::CredentialsRestored);
     }
     if let TokenStore::SourceOnly { at_source } = o.token_store {
         return (!at_source).then_some(IssueWhy::NotAtSource);

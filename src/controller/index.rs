@@ -41,7 +41,7 @@ pub const UNUSABLE: [Reason; 5] = [
 ];
 
 /// The Ready reason the operator last reported, if any.
-fn reported_reason(lt: &LinkToken) -> Option<Reason> {
+pub fn reported_reason(lt: &LinkToken) -> Option<Reason> {
     lt.status
         .as_ref()
         .and_then(|s| conditions::ready_of(&s.conditions))
@@ -222,6 +222,17 @@ pub fn held_by_others(all: &[Arc<LinkToken>], lt: &LinkToken) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// True when another LinkToken's status says a token of it may be live in `lt`'s spec org.
+/// `lt` only issues there as the org's owner, so such a token is nobody's live link any more:
+/// that LinkToken's claim lapsed (its credentials stopped working, so it cannot revoke) or it
+/// yielded. The issue must DELETE in the org before its POST, or Atlas keeps both links
+/// (found by chaos seed 4: a holder's credentials Secret deleted, the waiter took over).
+pub fn others_may_hold(all: &[Arc<LinkToken>], lt: &LinkToken) -> bool {
+    all.iter()
+        .filter(|o| !same(o, lt))
+        .any(|o| status_orgs(o).contains(&lt.spec.org_id))
 }
 
 /// True when the LinkToken that owns `lt`'s org is being deleted (so a takeover is near).
@@ -483,6 +494,30 @@ mod tests {
             let other = with_status(lt("a", "o", A, "2026-11-28T09:00:00Z"), None, None, Some(r));
             assert!(conflict(&[other, real.clone()], 1), "{r}");
         }
+    }
+
+    #[test]
+    fn a_token_another_linktoken_may_hold_in_the_org_is_seen() {
+        // The holder's credentials went away: it claims nothing, its token is still live.
+        let holder = with_status(
+            lt("a", "holder", A, "2026-11-28T09:00:00Z"),
+            Some(A),
+            None,
+            Some(Reason::CredentialsNotFound),
+        );
+        let next = lt("b", "next", A, "2026-11-28T10:00:00Z");
+        let all = vec![holder, next];
+        assert!(!conflict(&all, 1), "the next LinkToken takes the org over");
+        assert!(others_may_hold(&all, &all[1]));
+        assert!(
+            !others_may_hold(&all, &all[0]),
+            "its own status does not count"
+        );
+        let elsewhere = lt("b", "next", B, "2026-11-28T10:00:00Z");
+        assert!(!others_may_hold(
+            &[all[0].clone(), elsewhere.clone()],
+            &elsewhere
+        ));
     }
 
     #[test]

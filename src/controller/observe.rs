@@ -95,6 +95,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let all = ctx.all_linktokens();
     let org = index::ownership(&all, lt);
     let held_by_others = index::held_by_others(&all, lt);
+    let others_may_hold = index::others_may_hold(&all, lt);
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
     let memo = ctx.memo(&key);
@@ -140,7 +141,9 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
             rotate: f.rotate,
         }),
         held_by_others,
+        others_may_hold,
         reported_unusable: !index::has_usable_credentials(lt),
+        reported_issuing: index::reported_reason(lt) == Some(crate::api::Reason::Issuing),
         last_stalled,
         retry_hold,
         token_store,

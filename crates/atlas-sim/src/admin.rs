@@ -19,6 +19,7 @@ pub fn router(state: SimState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/state", get(get_state))
+        .route("/calls", get(get_calls))
         .route("/tokens/{sha256}", get(get_token))
         .route("/check-token", post(check_token))
         .route("/orgs", post(add_org))
@@ -55,6 +56,19 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 
 fn bad(message: String) -> Response {
     error(StatusCode::BAD_REQUEST, message)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallsQuery {
+    org_id: Option<String>,
+}
+
+async fn get_calls(
+    State(state): State<SimState>,
+    axum::extract::Query(q): axum::extract::Query<CallsQuery>,
+) -> Response {
+    Json(state.call_history(q.org_id.as_deref())).into_response()
 }
 
 async fn get_state(State(state): State<SimState>) -> Response {

@@ -30,5 +30,5 @@ pub use config::{
 pub use faults::{CallKind, FaultKind, FaultSpec, FaultTarget, Port};
 pub use server::{SimError, SimHandle, SimListen, SimServer};
 pub use source::{SourceCall, SourceLink, SyncStatus};
-pub use state::{AdminError, SimState, StateSnapshot, TokenStatus};
+pub use state::{AdminError, CallRecord, SimState, StateSnapshot, TokenStatus};
 pub use tls::{SimTls, TlsError};

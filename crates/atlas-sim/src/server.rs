@@ -23,7 +23,7 @@ use super::conn::{ConnMeta, KillableListener};
 use super::faults::{CallInfo, CallKind, FaultKind, FaultSpec, Port};
 use super::reply::{Dropped, ErrorCode, FaultApplied, Format, Reply};
 use super::source::SourceCall;
-use super::state::SimState;
+use super::state::{CallRecord, SimState};
 use super::tls::{SimTls, TlsListener};
 use super::{admin, handlers, oauth, source};
 
@@ -334,18 +334,31 @@ async fn per_call(
         response.status().as_u16()
     };
     state.record_call(&method, kind, status);
-    if port == Port::Source {
-        state.record_source_call(SourceCall {
+    let faulted = faulted || response.extensions().get::<FaultApplied>().is_some();
+    let elapsed = start.elapsed();
+    match port {
+        Port::Source => state.record_source_call(SourceCall {
             method: method.clone(),
             path: path.clone(),
             status,
-        });
+        }),
+        // The call history (GET /calls) is the Atlas port's: link tokens per Atlas org.
+        Port::Atlas => state.record_history(CallRecord {
+            seq: 0,
+            at: jiff::Timestamp::now(),
+            method: method.clone(),
+            kind,
+            org_id: org_id.map(str::to_owned),
+            status,
+            fault: faulted,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        }),
     }
     let error_code = response
         .extensions()
         .get::<ErrorCode>()
         .map_or("-", |c| c.0.as_str());
-    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let status_text = if dropped {
         "dropped".to_owned()
     } else {
@@ -357,7 +370,7 @@ async fn per_call(
         status = %status_text,
         error_code = %error_code,
         duration_ms = %format!("{duration_ms:.1}"),
-        fault = faulted || response.extensions().get::<FaultApplied>().is_some(),
+        fault = faulted,
         "{}",
         match port {
             Port::Atlas => "atlas call",

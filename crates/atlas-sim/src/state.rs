@@ -1,7 +1,7 @@
 //! Shared simulator state: configured principals and orgs, live links, OAuth tokens, Digest
 //! nonces, counters and faults. One mutex: every operation is short and in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,9 +115,33 @@ pub(crate) struct Inner {
     pub bearer: HashMap<String, BearerToken>,
     pub oauth: BTreeMap<String, OauthStats>,
     pub calls: BTreeMap<(String, CallKind, u16), u64>,
+    /// The last `CALL_HISTORY_LIMIT` calls, oldest first.
+    pub history: VecDeque<CallRecord>,
     pub faults: FaultQueue,
     /// The Cloud Manager / Ops Manager side (its own orgs, keys, nonces and links).
     pub source: SourceState,
+}
+
+/// How many calls the history keeps: enough to explain a failure minutes back, bounded so a
+/// long-running simulator does not grow without end.
+pub const CALL_HISTORY_LIMIT: usize = 20_000;
+
+/// One call on the Atlas port, as the history keeps it (never a header, body or token).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    /// Sequence number since the simulator started (survives the bound: gaps show evictions).
+    pub seq: u64,
+    pub at: Timestamp,
+    pub method: String,
+    pub kind: CallKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// 0 = connection dropped by a fault.
+    pub status: u16,
+    /// A fault answered (or delayed) the call.
+    pub fault: bool,
+    pub duration_ms: u64,
 }
 
 impl Inner {
@@ -266,6 +290,7 @@ impl SimState {
             bearer: HashMap::new(),
             oauth: BTreeMap::new(),
             calls: BTreeMap::new(),
+            history: VecDeque::new(),
             faults: FaultQueue::default(),
             source: SourceState::new(config),
         };
@@ -335,6 +360,27 @@ impl SimState {
             .calls
             .entry((method.to_owned(), kind, status))
             .or_insert(0) += 1;
+    }
+
+    /// Appends one call to the bounded history.
+    pub(crate) fn record_history(&self, mut record: CallRecord) {
+        let mut inner = self.lock();
+        record.seq = inner.history.back().map_or(1, |r| r.seq + 1);
+        if inner.history.len() >= CALL_HISTORY_LIMIT {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(record);
+    }
+
+    /// The calls kept in the history, oldest first; with `org_id`, only link-token calls for
+    /// that org.
+    pub fn call_history(&self, org_id: Option<&str>) -> Vec<CallRecord> {
+        self.lock()
+            .history
+            .iter()
+            .filter(|r| org_id.is_none_or(|o| r.org_id.as_deref() == Some(o)))
+            .cloned()
+            .collect()
     }
 
     pub fn snapshot(&self) -> StateSnapshot {
@@ -479,6 +525,7 @@ impl SimState {
             org.bucket = TokenBucket::new(org.rate, now);
         }
         inner.calls.clear();
+        inner.history.clear();
         inner.oauth.clear();
         inner.faults.clear();
         inner.source.reset();

@@ -1381,3 +1381,48 @@ async fn binary_reads_yaml_config_and_rate_limit_flags() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn the_call_history_lists_each_call_of_an_org_in_order_with_faults_marked() {
+    let h = start(demo_with_other_org()).await;
+    let mut c = DigestClient::new(&h.atlas_url, USER, PASS);
+    let r = admin_post(
+        &h,
+        "/faults",
+        json!({"kind": "status", "status": 503, "count": 1, "method": "POST", "orgId": ORG}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        c.send(Method::POST, &link_path(ORG), Some(BODY))
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        c.send(Method::POST, &link_path(ORG), Some(BODY))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    c.send(Method::DELETE, &link_path(OTHER_ORG), None).await;
+    let mine = h.state.call_history(Some(ORG));
+    let authed: Vec<(String, u16, bool)> = mine
+        .iter()
+        .filter(|r| r.status != 401)
+        .map(|r| (r.method.clone(), r.status, r.fault))
+        .collect();
+    assert_eq!(
+        authed,
+        vec![("POST".into(), 503, true), ("POST".into(), 201, false)]
+    );
+    assert!(mine.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(h.state.call_history(None).len() > mine.len());
+    let r = admin_get(&h, &format!("/calls?orgId={ORG}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(mine.len()));
+    let text = r.json().to_string();
+    assert!(!text.contains("atlsim_lt_"), "the history holds no token");
+    h.state.reset();
+    assert!(h.state.call_history(None).is_empty());
+}

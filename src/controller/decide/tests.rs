@@ -48,7 +48,9 @@ fn ready() -> Observed {
         }),
         in_flight: None,
         held_by_others: vec![],
+        others_may_hold: false,
         reported_unusable: false,
+        reported_issuing: false,
         last_stalled: None,
         retry_hold: None,
         token_store: TokenStore::Secret,
@@ -519,6 +521,52 @@ fn credentials_usable_again_announce_the_claim_before_issuing() {
         ..o
     };
     assert_eq!(decide(&announced), issue(IssueWhy::NoToken, &[]));
+}
+
+#[test]
+fn an_issue_revokes_a_token_another_linktoken_left_live_in_the_org() {
+    // Chaos seed 4: the holder's credentials were deleted, its claim lapsed, this one took over.
+    let o = Observed {
+        others_may_hold: true,
+        ..fresh()
+    };
+    assert_eq!(decide(&o), issue(IssueWhy::NoToken, &[ORG]));
+    // Its own earlier token in the org is revoked anyway: one DELETE, not two.
+    let rotated = Observed {
+        others_may_hold: true,
+        rotate: Some("r1".into()),
+        ..ready()
+    };
+    assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
+}
+
+#[test]
+fn a_token_held_through_unusable_credentials_is_reissued_after_the_claim_is_announced() {
+    // Chaos seed 1: the org was taken over (and the token revoked) while the credentials of
+    // this Ready LinkToken were missing; they are back. Announce the claim first...
+    let back = Observed {
+        reported_unusable: true,
+        ..ready()
+    };
+    assert_eq!(reason(&decide(&back)), Some(Reason::Issuing));
+    // ...then issue, revoking in the org first.
+    let announced = Observed {
+        reported_issuing: true,
+        ..ready()
+    };
+    assert_eq!(
+        decide(&announced),
+        issue(IssueWhy::CredentialsRestored, &[ORG])
+    );
+    // Credentials still missing: nothing, whatever was reported.
+    let still_missing = Observed {
+        credentials: CredentialsState::Missing,
+        ..back
+    };
+    assert_eq!(
+        reason(&decide(&still_missing)),
+        Some(Reason::CredentialsNotFound)
+    );
 }
 
 #[test]

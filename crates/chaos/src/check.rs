@@ -1,0 +1,438 @@
+//! The invariants, as pure functions of what was observed: the driver collects the
+//! observations (atlas-sim state, the API server's objects, the operators' logs) and calls
+//! these. Each returns the violation's description, never a secret value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use linktoken_operator::api::{DeletionPolicy, LinkToken, RESERVED_PREFIX, Reason};
+
+/// Prefix of every link token atlas-sim mints: finding it anywhere outside a token Secret is a
+/// leak, whichever token it is.
+pub const TOKEN_PREFIX: &str = atlas_sim::state::LINK_TOKEN_PREFIX;
+
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// A broken promise: which invariant, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+    /// Orgs whose atlas-sim call history explains it.
+    pub orgs: Vec<String>,
+}
+
+impl Violation {
+    pub fn new(invariant: &'static str, detail: impl Into<String>) -> Violation {
+        Violation {
+            invariant,
+            detail: detail.into(),
+            orgs: Vec::new(),
+        }
+    }
+
+    pub fn orgs(mut self, orgs: impl IntoIterator<Item = String>) -> Violation {
+        self.orgs.extend(orgs);
+        self
+    }
+}
+
+/// At most one live link per org (`live`: org -> live token hashes), not counting the links
+/// the operator documents as left live on purpose (`excused`, see [`excused`]): a later
+/// LinkToken for that org cannot know of them and adds its own.
+pub fn one_link_per_org(
+    live: &BTreeMap<String, Vec<String>>,
+    excused: &BTreeSet<String>,
+) -> Vec<Violation> {
+    live.iter()
+        .filter_map(|(org, hashes)| {
+            let n = hashes.iter().filter(|h| !excused.contains(*h)).count();
+            (n > 1).then(|| {
+                Violation::new(
+                    "one-live-link-per-org",
+                    format!(
+                        "org {org} has {n} live links ({} excused)",
+                        hashes.len() - n
+                    ),
+                )
+                .orgs([org.clone()])
+            })
+        })
+        .collect()
+}
+
+/// Whether the tokens of a LinkToken may stay live on purpose (docs/lifecycle.md): it was
+/// deleted with `deletionPolicy: Retain`, or the operator reported `RevocationSkipped` for it
+/// (`skipped`: credentials gone, a namespace deleted while the operator was down, Atlas
+/// refusing the revocation with 401/403/404).
+pub fn excused(h: &History, skipped: &BTreeSet<String>) -> bool {
+    skipped.contains(&h.key) || (h.deleted && h.ever_retain)
+}
+
+/// The token hashes of every excused LinkToken.
+pub fn excused_hashes<'a>(
+    histories: impl IntoIterator<Item = &'a History>,
+    skipped: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    histories
+        .into_iter()
+        .filter(|h| excused(h, skipped))
+        .flat_map(|h| h.hashes.iter().cloned())
+        .collect()
+}
+
+/// What the driver wrote into a Secret it created (a credentials Secret, a user's own): the
+/// operator may read it, never mark it as its own or change its data. `data_written` holds
+/// every data map the driver ever wrote to that object.
+pub fn foreign_secret(
+    s: &Secret,
+    data_written: &[BTreeMap<String, ByteString>],
+) -> Option<Violation> {
+    let name = format!(
+        "{}/{}",
+        s.metadata.namespace.as_deref().unwrap_or_default(),
+        s.metadata.name.as_deref().unwrap_or_default()
+    );
+    let mut wrong = Vec::new();
+    if let Some(labels) = &s.metadata.labels {
+        if labels
+            .get(MANAGED_BY)
+            .is_some_and(|v| v == "linktoken-operator")
+        {
+            wrong.push("the operator's managed-by label".to_string());
+        }
+        wrong.extend(
+            labels
+                .keys()
+                .filter(|k| k.starts_with(RESERVED_PREFIX))
+                .map(|k| format!("label {k}")),
+        );
+    }
+    if let Some(ann) = &s.metadata.annotations {
+        wrong.extend(
+            ann.keys()
+                .filter(|k| k.starts_with(RESERVED_PREFIX))
+                .map(|k| format!("annotation {k}")),
+        );
+    }
+    if let Some(refs) = &s.metadata.owner_references {
+        wrong.extend(
+            refs.iter()
+                .filter(|r| r.kind == "LinkToken")
+                .map(|r| format!("an ownerReference to LinkToken {}", r.name)),
+        );
+    }
+    let data = s.data.clone().unwrap_or_default();
+    if !data_written.contains(&data) {
+        let keys: Vec<&String> = data.keys().collect();
+        wrong.push(format!("data the user never wrote (keys {keys:?})"));
+    }
+    (!wrong.is_empty()).then(|| {
+        Violation::new(
+            "foreign-secret-untouched",
+            format!(
+                "Secret {name} the operator did not create carries {}",
+                wrong.join(", ")
+            ),
+        )
+    })
+}
+
+/// Whether `text` holds a link token or one of `credentials` (never says which value).
+pub fn leaks(text: &str, credentials: &[String]) -> bool {
+    text.contains(TOKEN_PREFIX)
+        || credentials
+            .iter()
+            .any(|c| !c.is_empty() && text.contains(c))
+}
+
+/// The most Atlas calls `link_tokens` LinkTokens and `actions` chaos actions may cause in a
+/// window of `secs` seconds. Each LinkToken retries on its own backoff (0.5 s doubling to 5 s
+/// here, so at most ~6 attempts in 10 s) and an attempt is a DELETE and a POST, each of which
+/// may take a Digest challenge leg: 4 calls. Each action can start one more attempt for
+/// every LinkToken (an org freed wakes its waiters). A hot loop blows this by orders of
+/// magnitude; an honest backoff stays well inside.
+pub fn call_budget(link_tokens: u64, actions: u64, secs: u64) -> u64 {
+    let attempts_per_lt = secs.div_ceil(10) * 6;
+    20 + link_tokens * 4 * (attempts_per_lt + actions)
+}
+
+/// None when the LinkToken has settled (nothing left in flight for its current spec), else
+/// why not.
+pub fn unsettled(lt: &LinkToken) -> Option<String> {
+    if lt.metadata.deletion_timestamp.is_some() {
+        return Some("still terminating".into());
+    }
+    let generation = lt.metadata.generation;
+    let Some(st) = &lt.status else {
+        return Some("no status".into());
+    };
+    let Some(ready) = st.conditions.iter().find(|c| c.type_ == "Ready") else {
+        return Some("no Ready condition".into());
+    };
+    if ready.observed_generation != generation {
+        return Some(format!(
+            "Ready is for generation {:?}, not {generation:?}",
+            ready.observed_generation
+        ));
+    }
+    let settled = [
+        Reason::TokenIssued,
+        Reason::OrgConflict,
+        Reason::SecretConflict,
+    ];
+    if !settled.iter().any(|r| r.as_str() == ready.reason) {
+        return Some(format!("Ready reason {}", ready.reason));
+    }
+    // A waiter in OrgConflict keeps its marker by design (it yielded: the owner's issue
+    // revokes in the org first); anywhere else a marker is an issue still under way.
+    if st.in_flight.is_some() && ready.reason != Reason::OrgConflict.as_str() {
+        return Some("an issue is in flight".into());
+    }
+    if ready.reason == Reason::TokenIssued.as_str() {
+        let wanted = lt
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(linktoken_operator::api::ROTATE_ANNOTATION));
+        let issued = st.issued_for.as_ref().and_then(|i| i.rotate.as_ref());
+        if wanted.is_some() && wanted != issued {
+            return Some("the rotate annotation is not acted on yet".into());
+        }
+    }
+    None
+}
+
+/// What the checker remembers of one LinkToken (by uid) across its life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    pub key: String,
+    /// Every token sha256 its status ever recorded.
+    pub hashes: BTreeSet<String>,
+    /// Orgs it ever named or recorded.
+    pub orgs: BTreeSet<String>,
+    /// It was ever `deletionPolicy: Retain` (its tokens may stay live on purpose).
+    pub ever_retain: bool,
+    pub deleted: bool,
+}
+
+impl History {
+    pub fn observe(&mut self, lt: &LinkToken, key: String) {
+        self.key = key;
+        if lt.spec.deletion_policy == DeletionPolicy::Retain {
+            self.ever_retain = true;
+        }
+        self.orgs.insert(lt.spec.org_id.clone());
+        if let Some(i) = lt.status.as_ref().and_then(|s| s.issued_for.as_ref()) {
+            self.orgs.insert(i.org_id.clone());
+            if let Some(h) = &i.token_sha256 {
+                self.hashes.insert(h.clone());
+            }
+        }
+    }
+}
+
+/// A deleted LinkToken that was never Retain left none of its tokens live, unless the operator
+/// said it skipped the revocation (`skipped`: a documented outcome, e.g. credentials deleted
+/// first; see docs/lifecycle.md).
+pub fn deleted_left_no_link(
+    h: &History,
+    live: &BTreeSet<String>,
+    skipped: bool,
+) -> Option<Violation> {
+    if !h.deleted || h.ever_retain || skipped {
+        return None;
+    }
+    let n = h.hashes.iter().filter(|x| live.contains(*x)).count();
+    (n > 0).then(|| {
+        Violation::new(
+            "deleted-left-no-link",
+            format!(
+                "LinkToken {} (deletionPolicy Delete) is gone but {n} of its tokens are still live",
+                h.key
+            ),
+        )
+        .orgs(h.orgs.iter().cloned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn data(v: &str) -> BTreeMap<String, ByteString> {
+        [("k".to_string(), ByteString(v.as_bytes().to_vec()))].into()
+    }
+
+    fn secret(d: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                namespace: Some("n".into()),
+                ..Default::default()
+            },
+            data: Some(data(d)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_foreign_secret_as_written_is_fine() {
+        assert_eq!(foreign_secret(&secret("a"), &[data("x"), data("a")]), None);
+    }
+
+    #[test]
+    fn a_foreign_secret_with_new_data_labels_or_owner_is_a_violation() {
+        let v = foreign_secret(&secret("b"), &[data("a")]).expect("data changed");
+        assert!(v.detail.contains("data the user never wrote"));
+        let mut s = secret("a");
+        s.metadata.labels =
+            Some([(MANAGED_BY.to_string(), "linktoken-operator".to_string())].into());
+        assert!(foreign_secret(&s, &[data("a")]).is_some());
+        let mut s = secret("a");
+        s.metadata.labels =
+            Some([("atlasmigration.io/linktoken".to_string(), "x".to_string())].into());
+        assert!(foreign_secret(&s, &[data("a")]).is_some());
+        let mut s = secret("a");
+        s.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "LinkToken".into(),
+            name: "lt".into(),
+            ..Default::default()
+        }]);
+        assert!(foreign_secret(&s, &[data("a")]).is_some());
+        let mut s = secret("a");
+        s.metadata.labels = Some([("app".to_string(), "mine".to_string())].into());
+        assert_eq!(
+            foreign_secret(&s, &[data("a")]),
+            None,
+            "a user label is fine"
+        );
+    }
+
+    #[test]
+    fn an_org_conflict_waiter_with_a_marker_is_settled_an_issuing_one_is_not() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let spec = linktoken_operator::api::LinkTokenSpec {
+            org_id: "o".into(),
+            access_list_ips: vec![],
+            credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
+                name: "c".into(),
+            },
+            token_secret: None,
+            deletion_policy: Default::default(),
+            source: None,
+        };
+        let mut lt = LinkToken::new("lt", spec);
+        lt.metadata.generation = Some(2);
+        let with = |reason: Reason| linktoken_operator::api::LinkTokenStatus {
+            in_flight: Some(linktoken_operator::api::InFlight {
+                org_id: "o".into(),
+                ..Default::default()
+            }),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.as_str().into(),
+                message: String::new(),
+                observed_generation: Some(2),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+            }],
+            ..Default::default()
+        };
+        lt.status = Some(with(Reason::OrgConflict));
+        assert_eq!(unsettled(&lt), None);
+        lt.status = Some(with(Reason::SecretConflict));
+        assert!(unsettled(&lt).is_some());
+    }
+
+    #[test]
+    fn leaks_finds_any_link_token_and_the_credentials() {
+        assert!(leaks("x atlsim_lt_abc y", &[]));
+        assert!(leaks("key=private-1", &["private-1".into()]));
+        assert!(!leaks(
+            "token sha256 abcd",
+            &["private-1".into(), String::new()]
+        ));
+    }
+
+    #[test]
+    fn the_call_budget_grows_with_work_and_time() {
+        assert!(call_budget(0, 0, 10) >= 20);
+        assert!(call_budget(6, 0, 10) < call_budget(6, 3, 10));
+        assert!(call_budget(6, 0, 10) < call_budget(6, 0, 20));
+        // Six LinkTokens with no action in ten seconds: a hot loop (hundreds) is caught.
+        assert!(call_budget(6, 0, 10) < 200);
+    }
+
+    #[test]
+    fn one_link_per_org_flags_only_orgs_above_one_not_counting_excused_links() {
+        let live: BTreeMap<String, Vec<String>> = [
+            ("a".to_string(), vec!["1".to_string()]),
+            ("b".to_string(), vec!["2".to_string(), "3".to_string()]),
+            ("c".to_string(), vec![]),
+            ("d".to_string(), vec!["4".to_string(), "5".to_string()]),
+        ]
+        .into();
+        let v = one_link_per_org(&live, &["5".to_string()].into());
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].orgs, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn only_retained_deleted_or_skipped_link_tokens_are_excused() {
+        let h = History {
+            key: "n/lt".into(),
+            hashes: ["h1".to_string()].into(),
+            ..Default::default()
+        };
+        let none = BTreeSet::new();
+        assert!(!excused(&h, &none));
+        let retain_alive = History {
+            ever_retain: true,
+            ..h.clone()
+        };
+        assert!(
+            !excused(&retain_alive, &none),
+            "a live Retain LinkToken revokes on reissue"
+        );
+        let retain_deleted = History {
+            deleted: true,
+            ..retain_alive
+        };
+        assert!(excused(&retain_deleted, &none));
+        assert!(excused(&h, &["n/lt".to_string()].into()));
+        assert_eq!(
+            excused_hashes([&h, &retain_deleted], &none),
+            ["h1".to_string()].into()
+        );
+    }
+
+    #[test]
+    fn a_deleted_link_token_is_checked_unless_retained_or_skipped() {
+        let h = History {
+            key: "n/lt".into(),
+            hashes: ["h1".to_string()].into(),
+            orgs: ["o".to_string()].into(),
+            ever_retain: false,
+            deleted: true,
+        };
+        let live: BTreeSet<String> = ["h1".to_string()].into();
+        assert!(deleted_left_no_link(&h, &live, false).is_some());
+        assert!(deleted_left_no_link(&h, &live, true).is_none());
+        assert!(deleted_left_no_link(&h, &BTreeSet::new(), false).is_none());
+        let retained = History {
+            ever_retain: true,
+            ..h.clone()
+        };
+        assert!(deleted_left_no_link(&retained, &live, false).is_none());
+        let alive = History {
+            deleted: false,
+            ..h
+        };
+        assert!(deleted_left_no_link(&alive, &live, false).is_none());
+    }
+}
