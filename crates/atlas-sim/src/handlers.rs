@@ -241,6 +241,12 @@ pub(crate) fn not_org_owner() -> Reply {
     )
 }
 
+/// The request URI as a Digest client signs it: path and query (both ports check it).
+pub(crate) fn digest_uri(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
 pub async fn link_tokens(
     State(state): State<SimState>,
     method: Method,
@@ -249,9 +255,7 @@ pub async fn link_tokens(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_uri = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let request_uri = digest_uri(&uri);
     let principal = match authenticate(&state, method.as_str(), &request_uri, &headers) {
         Ok(p) => p,
         Err((failure, reply)) => {

@@ -251,9 +251,7 @@ pub async fn migration_link(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_uri = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let request_uri = super::handlers::digest_uri(&uri);
     let mut inner = state.lock();
     let source = &mut inner.source;
     let user = match authenticate_digest(
