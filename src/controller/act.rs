@@ -690,7 +690,7 @@ fn atlas_failure(
     status.atlas_error = Some(report::atlas_error_status(&err));
     tracing::info!(linktoken = %key_of(lt), reason = %class.reason, http_status = ?err.http_status(),
         error_code = err.error_code().unwrap_or(""), "Atlas call failed");
-    Report::new(lt, class.reason, Retry::from_hint(class.retry))
+    Report::new(lt, class.reason, Retry::for_atlas_failure(class))
         .status(status, err.user_message())
         .memory(Memory::Failure {
             generation: obs.observed.generation,

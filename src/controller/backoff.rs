@@ -1,7 +1,8 @@
 //! When to look at a LinkToken again, by outcome. Pure; the jitter comes in as a number.
 //!
 //! One policy, one path: an outcome becomes a [`Retry`] (an Atlas failure from its
-//! `classify` hint, anything else from its Ready reason), and [`delay`] turns it and the
+//! `classify` hint unless fixed credentials could end it, anything else from its Ready
+//! reason), and [`delay`] turns it and the
 //! object's failure streak into a duration. `act`, `cleanup` and the controller's error
 //! policy all go through `Context::retry_in`, which counts the streak and supplies the jitter.
 //!
@@ -18,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::api::Reason;
-use crate::atlas::RetryHint;
+use crate::atlas::{Classification, RetryHint};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -70,6 +71,18 @@ impl Retry {
             RetryHint::SlowResync => Retry::Resync,
             RetryHint::Backoff => Retry::Backoff,
             RetryHint::After(d) => Retry::After(d),
+        }
+    }
+
+    /// The policy for a failed Atlas call classified as `class`. Atlas's hint says when Atlas
+    /// itself may answer differently; where the fix may also be a new or corrected
+    /// credentials Secret, which this controller reads but does not watch, the recheck timer
+    /// of [`Retry::for_reason`] wins: otherwise fixed credentials would wait for the slow
+    /// resync (or for an unrelated watch event) to be noticed.
+    pub fn for_atlas_failure(class: Classification) -> Retry {
+        match Retry::for_reason(class.reason) {
+            Retry::Recheck => Retry::Recheck,
+            _ => Retry::from_hint(class.retry),
         }
     }
 
@@ -175,6 +188,33 @@ pub fn exponential(attempts: u32, cfg: &BackoffConfig, jitter: f64) -> Duration 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every Atlas failure a corrected credentials Secret can end is rechecked on the timer,
+    /// whatever Atlas hinted; the others keep Atlas's hint (Retry-After, backoff, no poll).
+    #[test]
+    fn atlas_failures_fixed_by_credentials_are_rechecked() {
+        use crate::atlas::error::{ApiFailure, AtlasError};
+        use crate::atlas::{Operation, classify};
+        let failure = |status: u16, retry_after: Option<u64>| {
+            AtlasError::Api(Box::new(ApiFailure::from_api_body(
+                status,
+                b"",
+                retry_after.map(Duration::from_secs),
+            )))
+        };
+        let rows = [
+            (failure(401, None), Retry::Recheck),
+            (failure(403, None), Retry::Recheck),
+            (failure(404, None), Retry::Recheck),
+            (failure(429, Some(7)), Retry::After(Duration::from_secs(7))),
+            (failure(503, None), Retry::Backoff),
+            (failure(400, None), Retry::OnChange),
+        ];
+        for (err, want) in rows {
+            let class = classify(&err, Operation::Create);
+            assert_eq!(Retry::for_atlas_failure(class), want, "{err:?}");
+        }
+    }
 
     fn cfg() -> BackoffConfig {
         BackoffConfig {

@@ -217,10 +217,14 @@ pub async fn commit(
     };
     // A second past the end, so that look finds the period over.
     let grace_end = grace_left.map(|left| left + Duration::from_secs(1));
-    Ok(match (after, grace_end) {
+    let next = match (after, grace_end) {
         (Some(a), Some(g)) => Some(a.min(g)),
         (a, g) => a.or(g),
-    })
+    };
+    // One line per committed outcome at debug: what a stuck LinkToken was last told, and
+    // when it will be looked at again without a watch event.
+    tracing::debug!(linktoken = %key_of(lt), reason = ?report.reason, next = ?next, "reconciled");
+    Ok(next)
 }
 
 /// Now, as RFC 3339 with milliseconds (ordering of in-flight markers and Secrets needs more

@@ -74,7 +74,9 @@ impl OperatorCommand {
         OperatorCommand {
             binary: binary.to_path_buf(),
             kubeconfig: kubeconfig.to_path_buf(),
-            rust_log: "info".into(),
+            // LINKTOKEN_TEST_RUST_LOG raises it for a run being diagnosed (e.g.
+            // `linktoken_operator=debug`: one line per reconciled outcome).
+            rust_log: std::env::var("LINKTOKEN_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             env: Vec::new(),
             args: vec![
                 format!("--atlas-url={atlas_url}").into(),
