@@ -198,6 +198,16 @@ async fn run(flags: Flags) -> Result<(), String> {
             tracing::error!(reason = %why, "the controller stopped unexpectedly; releasing the Lease and exiting");
         }
     }
+    // Events the stopped reconciles already decided on (published off their path), bounded:
+    // the Lease release and the exit must fit in terminationGracePeriodSeconds.
+    let flush_within = match ended {
+        Ended::Shutdown { .. } => std::time::Duration::from_secs(2),
+        _ => std::time::Duration::from_secs(1),
+    };
+    let unpublished = ctx.recorder.flush(flush_within).await;
+    if unpublished > 0 {
+        tracing::warn!(unpublished, "exiting with events not yet published");
+    }
     if let Some(elector) = elector {
         // After a loss the API server may be what failed: do not wait long for it.
         let bound = if ended == Ended::LeadershipLost {

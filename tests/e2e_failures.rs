@@ -309,13 +309,13 @@ async fn atlas_rate_limited_retries_no_earlier_than_retry_after() {
     let token = env.token_in("migration", "linkToken").await.expect("token");
     assert!(env.sim.state.is_token_live(&token));
     assert_eq!(env.sim.state.live_links(ORG), 1);
-    let events = env.events("migration").await;
-    assert!(
-        events
-            .iter()
-            .any(|(r, t, _)| r == "AtlasRateLimited" && t == "Warning"),
-        "{events:?}"
-    );
+    env.wait_event(
+        "migration",
+        "AtlasRateLimited",
+        "Warning",
+        Duration::from_secs(10),
+    )
+    .await;
     env.assert_at_most_one_link_per_org();
     env.assert_no_secret_leaked(&[&token, PRIVATE_KEY]).await;
 }

@@ -58,17 +58,20 @@ async fn a_linktoken_turns_ready_with_the_token_atlas_issued_and_is_revoked_on_d
         },
     )
     .await;
-    let events = env.events("migration").await;
-    assert!(
-        events
-            .iter()
-            .any(|(r, t, _)| r == "TokenIssued" && t == "Normal"),
-        "{events:?}"
-    );
-    assert!(
-        events.iter().any(|(r, _, _)| r == "TokenRevoked"),
-        "{events:?}"
-    );
+    env.wait_event(
+        "migration",
+        "TokenIssued",
+        "Normal",
+        Duration::from_secs(10),
+    )
+    .await;
+    env.wait_event(
+        "migration",
+        "TokenRevoked",
+        "Normal",
+        Duration::from_secs(10),
+    )
+    .await;
     env.assert_no_secret_leaked(&[&token, PRIVATE_KEY, PUBLIC_KEY])
         .await;
 }

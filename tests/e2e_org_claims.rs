@@ -257,13 +257,17 @@ async fn a_refused_revocation_in_the_previous_org_is_a_warning_not_a_stall() {
         Some(ORG_B)
     );
     assert!(live_in_sim(&env, &new).await);
-    let events = env.events("x").await;
-    assert!(
-        events
-            .iter()
-            .any(|(r, _, note)| r == "RevocationSkipped" && note.contains(ORG)),
-        "the warning names the previous org: {events:?}"
-    );
+    env.wait_events(
+        "x",
+        "a RevocationSkipped naming the previous org",
+        Duration::from_secs(10),
+        |events| {
+            events
+                .iter()
+                .any(|(r, _, note)| r == "RevocationSkipped" && note.contains(ORG))
+        },
+    )
+    .await;
     let (_, stalled) = env.ready_message_and_stalled("x").await;
     assert_ne!(stalled, "True");
     assert_one_live_link_per_org_and_ready_means_live(&env, &[&env.ns]).await;

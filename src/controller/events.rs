@@ -9,11 +9,13 @@
 //! goes through a fresh `Recorder` with an empty cache: one create, nothing kept.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, Reporter};
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 /// Background publishes in flight at once, for the whole process: each holds an API
 /// connection, and issuing must not open one more per token when the API server is slow.
@@ -24,6 +26,10 @@ pub struct Recorder {
     client: Client,
     reporter: Reporter,
     background: Arc<Semaphore>,
+    /// The background publishes not finished yet, so that an exiting process can wait for
+    /// them: an event the reconcile already decided on (TokenRevoked after a finalizer was
+    /// removed) must not vanish because SIGTERM came a moment later.
+    pending: TaskTracker,
 }
 
 impl Recorder {
@@ -32,6 +38,7 @@ impl Recorder {
             client,
             reporter,
             background: Arc::new(Semaphore::new(BACKGROUND)),
+            pending: TaskTracker::new(),
         }
     }
 
@@ -44,7 +51,7 @@ impl Recorder {
         key: String,
     ) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.pending.spawn(async move {
             // Never closed: the semaphore lives as long as the recorder.
             let _permit = this.background.clone().acquire_owned().await.ok();
             for ev in events {
@@ -53,6 +60,15 @@ impl Recorder {
                 }
             }
         });
+    }
+
+    /// Waits, at most `within`, for the background publishes already started; returns how
+    /// many were still unfinished when the time ran out (0: all were published or failed).
+    /// Publishes started after this call are still run, and not waited for.
+    pub async fn flush(&self, within: Duration) -> usize {
+        self.pending.close();
+        let done = tokio::time::timeout(within, self.pending.wait()).await;
+        if done.is_ok() { 0 } else { self.pending.len() }
     }
 
     /// Creates the event (events.k8s.io/v1), as kube's `Recorder::publish` does for a first

@@ -274,6 +274,29 @@ impl Env {
             .collect()
     }
 
+    /// The events of `name` once `wanted` holds for them. The operator publishes its Normal
+    /// events off the reconcile's path, so they may land a moment after the status or the
+    /// deletion they report: waits up to `within`, then fails showing the events there are.
+    pub async fn wait_events(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&[(String, String, String)]) -> bool,
+    ) -> Vec<(String, String, String)> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let events = self.events(name).await;
+            if wanted(&events) {
+                return events;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("timed out waiting for events of {name}: {what}; there are {events:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
     /// Total Atlas link-token calls the simulator answered so far.
     pub fn atlas_calls(&self) -> u64 {
         self.sim.state.calls_total()
@@ -447,17 +470,9 @@ impl Env {
 
     /// Waits until an event with this reason and type exists for the LinkToken.
     pub async fn wait_event(&self, name: &str, reason: &str, type_: &str, within: Duration) {
-        eventually(
-            within,
-            &format!("{type_} event {reason} on {name}"),
-            || async {
-                self.events(name)
-                    .await
-                    .iter()
-                    .any(|(r, t, _)| r == reason && t == type_)
-                    .then_some(())
-            },
-        )
+        self.wait_events(name, &format!("{type_} event {reason}"), within, |events| {
+            events.iter().any(|(r, t, _)| r == reason && t == type_)
+        })
         .await;
     }
 
