@@ -13,7 +13,11 @@
 //! answer clears it. After a crash in between, the next reconcile asks the source's status
 //! before posting again, so the org is linked once. A new token is never linked in the
 //! reconcile that issued it: that one records the token (status), the next one links it, so
-//! every state a crash can leave is one of the rows of [`decide_link`].
+//! every state a crash can leave is one of the rows of [`decide_link`]. The marker write is
+//! fenced (resourceVersion), and so, as far as a source without preconditions allows, are the
+//! calls after it: a POST (or the DELETE before a relink) goes out only while a fresh read
+//! shows the marker is still the LinkToken's latest write ([`fence_holds`]), so an actor held
+//! after its marker never posts a stale view over another actor's link.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -80,6 +84,14 @@ pub fn decide_link(
         }
         (Some(_), _) => LinkStep::Post,
     }
+}
+
+/// Whether an attempt whose link marker write returned `marker` may still call the source,
+/// given the LinkToken read fresh (`None`: gone). Only while no write reached it since the
+/// marker: any other write (another actor's marker or answer, a spec edit, a rotation, a
+/// deletion) means this attempt's view is stale. Without a version to compare, it may not.
+pub fn fence_holds(marker: Option<&str>, now: Option<&LinkToken>) -> bool {
+    marker.is_some() && marker == now.and_then(|lt| lt.metadata.resource_version.as_deref())
 }
 
 /// What a status check found, and what follows.
@@ -338,6 +350,25 @@ impl Run<'_> {
             .map(|t| LinkTokenValue::new(t.to_string()))
     }
 
+    /// [`fence_holds`] on the LinkToken read fresh from the API server (a consistent read,
+    /// not the cache, which may lag another actor's writes). Err(Superseded) otherwise: the
+    /// attempt ends without calling the source, and the next reconcile reads the object fresh.
+    async fn confirm_fence(&self, marker: Option<&str>) -> Result<(), Error> {
+        let ns = self
+            .lt
+            .namespace()
+            .ok_or(Error::MissingMetadata("namespace"))?;
+        let api: Api<LinkToken> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let now = api.get_opt(&self.lt.name_any()).await?;
+        if fence_holds(marker, now.as_ref()) {
+            return Ok(());
+        }
+        self.ctx.versions.write_failed(&report::object_ref(self.lt));
+        tracing::info!(linktoken = %report::key_of(self.lt),
+            "the LinkToken changed after this attempt's link marker; not calling the source");
+        Err(Error::Superseded)
+    }
+
     fn recorded(&self, spec: &SourceSpec) -> LinkStatus {
         let mut l = self.status.link.clone().unwrap_or_default();
         l.url = spec.url.trim_end_matches('/').to_string();
@@ -486,11 +517,19 @@ impl Run<'_> {
         );
         let rv =
             report::write_status_at(self.ctx, self.lt, &marked, self.base.fence.as_deref()).await?;
+        let marker = rv.clone();
         let run = Run {
             base: self.base.clone().fenced_at(rv),
             ..self
         };
         super::pause::point("before-link-post").await;
+        // The marker write was fenced, but the POST cannot be: the source takes no
+        // precondition. Between the two this actor may have been held (a lost Lease, a frozen
+        // process) while another linked, rotated, or followed a spec that moved or dropped the
+        // source; posting this attempt's view would then link a token or an org no status
+        // records. So the POST goes out only while the marker is still the LinkToken's latest
+        // write, read fresh. What remains is the one round trip between that read and the POST.
+        run.confirm_fence(marker.as_deref()).await?;
         let target = Target {
             url: &spec.url,
             ca_pem: access.ca.as_deref(),
@@ -500,7 +539,10 @@ impl Run<'_> {
             .link(target, &access.creds, &spec.org_id, &token)
             .await;
         if answer.as_ref().is_err_and(SourceError::is_already_linked) {
-            // Linked with another token (the one before a rotation): unlink, then link.
+            // Linked with another token (the one before a rotation): unlink, then link. The
+            // DELETE removes whatever link the org holds, possibly one another actor just
+            // made: the fence is confirmed again first.
+            run.confirm_fence(marker.as_deref()).await?;
             answer = match source.unlink(target, &access.creds, &spec.org_id).await {
                 Ok(_) => {
                     source
@@ -945,6 +987,26 @@ mod tests {
         // The link vanished at the source (drift) or never landed: post.
         assert_eq!(after_check(None, false), CheckOutcome::Post);
         assert_eq!(after_check(None, true), CheckOutcome::Post);
+    }
+
+    #[test]
+    fn the_source_is_called_only_while_the_link_marker_is_the_latest_write() {
+        let at = |rv: &str| {
+            let mut lt = LinkToken::new("lt", Default::default());
+            lt.metadata.resource_version = Some(rv.into());
+            lt
+        };
+        assert!(fence_holds(Some("41"), Some(&at("41"))));
+        // Another actor wrote (its marker, its answer, a rotation), or the spec changed.
+        assert!(!fence_holds(Some("41"), Some(&at("45"))));
+        // The LinkToken is gone.
+        assert!(!fence_holds(Some("41"), None));
+        // No version to compare: nothing proves the view current.
+        assert!(!fence_holds(None, Some(&at("41"))));
+        assert!(!fence_holds(
+            None,
+            Some(&LinkToken::new("lt", Default::default()))
+        ));
     }
 
     fn t(s: &str) -> Time {

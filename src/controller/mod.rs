@@ -476,6 +476,8 @@ fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
         Error::RevocationBlocked { retry_after, .. } => return Action::requeue(*retry_after),
         // A conflict means the object changed under us; its watch event reconciles it anyway.
         Error::Kube(kube::Error::Api(s)) if s.code == 409 => Retry::Soon(Duration::from_secs(1)),
+        // The same, found by the link step's fresh read before a source call.
+        Error::Superseded if ctx.in_cache(&key) => Retry::Soon(Duration::from_secs(1)),
         // The object went away meanwhile (its writes failed with 404): keep nothing about it.
         _ if !ctx.in_cache(&key) => {
             ctx.vanished(&key);
