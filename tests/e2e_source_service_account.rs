@@ -9,13 +9,24 @@
 //! - a source with no token endpoint (Ops Manager) is SourceConfigInvalid, saying to use an
 //!   API key;
 //! - no client secret, bearer token or link token appears in logs, events or status.
+//!
+//! The source client alone against atlas-sim (no control plane): one bearer token per account
+//! and source, a token the source stops accepting replaced once, a wrong secret refused at the
+//! token endpoint with one request per burst.
 use testkit::require_cluster;
 
 use std::time::{Duration, Instant};
 
-use atlas_sim::config::{DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET, DEMO_SOURCE_ORG_ID};
-use atlas_sim::{CallKind, FaultSpec, FaultTarget, SyncStatus};
+use atlas_sim::config::{
+    DEMO_ORG_ID, DEMO_PRIVATE_KEY, DEMO_PUBLIC_KEY, DEMO_SOURCE_CLIENT_ID,
+    DEMO_SOURCE_CLIENT_SECRET, DEMO_SOURCE_ORG_ID,
+};
+use atlas_sim::{
+    CallKind, FaultSpec, FaultTarget, ORG_OWNER, ServiceAccountConfig, SimConfig, SyncStatus, roles,
+};
 use linktoken_operator::api::Reason;
+use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials, LinkTokenValue};
+use linktoken_operator::source::{SourceClient, SourceConfig, Target};
 use sha2::{Digest, Sha256};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, condition, linktoken_yaml, status_fault};
 use testkit::eventually;
@@ -212,4 +223,149 @@ async fn a_source_without_a_token_endpoint_says_to_use_an_api_key() {
     assert!(env.sim.state.source_link(DEMO_SOURCE_ORG_ID).is_none());
     env.assert_no_secret_leaked(&[DEMO_SOURCE_CLIENT_SECRET, PRIVATE_KEY])
         .await;
+}
+
+// ---- The source client alone, against atlas-sim (no control plane) --------------------------
+
+/// atlas-sim on loopback (demo config: the source port with the demo service account).
+async fn sim() -> atlas_sim::SimHandle {
+    let any = "127.0.0.1:0".parse().expect("addr");
+    atlas_sim::SimServer::start(SimConfig::demo(), any, any)
+        .await
+        .expect("atlas-sim")
+}
+
+/// A live link token minted on `h`'s Atlas side.
+async fn atlas_token(h: &atlas_sim::SimHandle) -> LinkTokenValue {
+    AtlasClient::new(AtlasConfig::with_base_url(&h.atlas_url))
+        .expect("client")
+        .create_link_token(
+            &Credentials::api_key(DEMO_PUBLIC_KEY, DEMO_PRIVATE_KEY),
+            DEMO_ORG_ID,
+            &[],
+        )
+        .await
+        .expect("token")
+}
+
+fn source_minted(h: &atlas_sim::SimHandle, client: &str) -> u64 {
+    h.state
+        .snapshot()
+        .source_oauth
+        .get(client)
+        .map_or(0, |s| s.minted)
+}
+
+/// The token cache is keyed by account and source: the same account at two sources is two
+/// tokens; a token the source stops accepting (expired early) is replaced once, not looped on.
+#[tokio::test]
+async fn the_source_client_mints_per_source_and_remints_a_rejected_token_once() {
+    let (a, b) = (sim().await, sim().await);
+    let client = SourceClient::new(SourceConfig::default(), None);
+    let sa = Credentials::service_account(DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET);
+    let url_a = a.source_url().expect("source port");
+    let url_b = b.source_url().expect("source port");
+    let (ta, tb) = (
+        Target {
+            url: &url_a,
+            ca_pem: None,
+        },
+        Target {
+            url: &url_b,
+            ca_pem: None,
+        },
+    );
+    let token = atlas_token(&a).await;
+    let linked = client
+        .link(ta, &sa, DEMO_SOURCE_ORG_ID, &token)
+        .await
+        .expect("link");
+    assert_eq!(linked, Some(linktoken_operator::source::SyncStatus::Synced));
+    for _ in 0..3 {
+        client
+            .status(ta, &sa, DEMO_SOURCE_ORG_ID)
+            .await
+            .expect("status");
+    }
+    assert_eq!(source_minted(&a, DEMO_SOURCE_CLIENT_ID), 1, "reused");
+    // Another source, the same account: a token of its own (b's status: no link there).
+    let none = client
+        .status(tb, &sa, DEMO_SOURCE_ORG_ID)
+        .await
+        .expect("status at b");
+    assert_eq!(none, None);
+    assert_eq!(source_minted(&b, DEMO_SOURCE_CLIENT_ID), 1);
+    // Back at the first source: its token is still cached (b's did not replace it).
+    for t in [ta, tb, ta] {
+        client
+            .status(t, &sa, DEMO_SOURCE_ORG_ID)
+            .await
+            .expect("status");
+    }
+    assert_eq!(source_minted(&a, DEMO_SOURCE_CLIENT_ID), 1);
+    assert_eq!(source_minted(&b, DEMO_SOURCE_CLIENT_ID), 1);
+
+    // An account whose tokens die after 1 s, sooner than the client's shortest reuse: the
+    // source answers 401 to the cached token, the client mints once more and succeeds.
+    let mut short = ServiceAccountConfig::new(
+        "mdb_sa_id_short",
+        "mdb_sa_sk_short",
+        roles(DEMO_SOURCE_ORG_ID, ORG_OWNER),
+    );
+    short.token_lifetime_seconds = 1;
+    a.state.add_source_service_account(short).expect("add");
+    let short = Credentials::service_account("mdb_sa_id_short", "mdb_sa_sk_short");
+    client
+        .status(ta, &short, DEMO_SOURCE_ORG_ID)
+        .await
+        .expect("status");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let st = client
+        .status(ta, &short, DEMO_SOURCE_ORG_ID)
+        .await
+        .expect("status after expiry");
+    assert_eq!(st, Some(linktoken_operator::source::SyncStatus::Synced));
+    assert_eq!(source_minted(&a, "mdb_sa_id_short"), 2, "one re-mint");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_fails_at_the_token_endpoint_naming_no_secret() {
+    let h = sim().await;
+    let client = SourceClient::new(SourceConfig::default(), None);
+    let url = h.source_url().expect("source port");
+    let target = Target {
+        url: &url,
+        ca_pem: None,
+    };
+    let wrong = Credentials::service_account(DEMO_SOURCE_CLIENT_ID, WRONG_SECRET);
+    let e = client
+        .status(target, &wrong, DEMO_SOURCE_ORG_ID)
+        .await
+        .expect_err("refused");
+    assert_eq!(e.reason(), Reason::SourceUnauthorized);
+    assert_eq!(e.error_code(), Some("invalid_client"));
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains(WRONG_SECRET), "{shown}");
+    assert!(!shown.contains(DEMO_SOURCE_CLIENT_ID), "{shown}");
+    // No call reached the migrationLink endpoint.
+    assert!(
+        h.state
+            .source_calls()
+            .iter()
+            .all(|c| c.path == "/api/oauth/token")
+    );
+    // The failure is shared for a cool-down: a burst of reconciles costs one request.
+    for _ in 0..5 {
+        assert!(
+            client
+                .status(target, &wrong, DEMO_SOURCE_ORG_ID)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(
+        h.state.calls("POST", CallKind::SourceOauthToken, 401),
+        1,
+        "one token request for the burst"
+    );
 }
