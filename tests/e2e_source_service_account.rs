@@ -2,8 +2,9 @@
 //! source credentials Secret), end to end: the operator binary on the real control plane,
 //! atlas-sim serving Atlas and the source side (whose port mints its own bearer tokens at
 //! `/api/oauth/token`). What a user depends on:
-//! - a service account links the source org as an API key does (Ready, reason Linked), with
-//!   one token minted and reused, not one per call;
+//! - a service account links the source org as an API key does (Ready, reason Linked),
+//!   re-links on rotation and unlinks before the revocation on deletion, with one bearer token
+//!   minted and reused, not one per call;
 //! - a wrong client secret is SourceUnauthorized, without a hot loop on the token endpoint,
 //!   and the link is made once the Secret is fixed (the credentials recheck timer);
 //! - a source with no token endpoint (Ops Manager) is SourceConfigInvalid, saying to use an
@@ -141,6 +142,17 @@ async fn a_cloud_manager_service_account_links_end_to_end_and_nothing_secret_lea
     );
     assert_eq!(minted(&env), 1, "one bearer token, reused");
     assert_eq!(token_requests(&env, 200), 1);
+
+    // Deletion: unlinked at the source with the service account, then revoked in Atlas.
+    env.delete_linktoken("migration").await;
+    env.wait_linktoken_gone("migration", WAIT).await;
+    assert!(
+        env.sim.state.source_link(DEMO_SOURCE_ORG_ID).is_none(),
+        "unlinked"
+    );
+    assert!(env.revoked(&new), "then revoked");
+    env.wait_event("migration", "Unlinked", "Normal", WAIT)
+        .await;
 
     env.assert_no_secret_leaked(&[&token, &new, DEMO_SOURCE_CLIENT_SECRET, PRIVATE_KEY])
         .await;
