@@ -24,7 +24,7 @@ use linktoken_operator::api::{LinkToken, Reason};
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials};
 use linktoken_operator::source::{SourceClient, Target};
 use sha2::{Digest, Sha256};
-use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, linktoken_yaml, status_fault};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, condition, linktoken_yaml, status_fault};
 use testkit::eventually;
 use testkit::kstatus::{kstatus_bin, kstatus_of};
 use testkit::operator::PAUSE_ENV;
@@ -85,14 +85,6 @@ async fn linked_token(env: &Env, name: &str, org: &str, source_org: &str, creds:
         &source_spec(&url, source_org, creds, ""),
     ))
     .await;
-}
-
-fn condition(lt: &LinkToken, type_: &str) -> (String, String, String) {
-    lt.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
 }
 
 /// Waits for Ready reason Linked, and checks what it promises: the Secret's token is live in
@@ -321,8 +313,17 @@ async fn every_source_failure_maps_to_its_reason_without_a_hot_loop() {
     env.api_key_secret("creds").await;
     source_key_secret(&env, "source-creds", SOURCE_PRIVATE).await;
     source_key_secret(&env, "wrong-creds", "not-the-private-key").await;
-    env.put_secret("sa-creds", &[("clientId", "x"), ("clientSecret", "y")])
-        .await;
+    // Both kinds of credentials in one Secret: which to use would be a guess.
+    env.put_secret(
+        "both-creds",
+        &[
+            ("publicApiKey", SOURCE_PUBLIC),
+            ("privateApiKey", SOURCE_PRIVATE),
+            ("clientId", "x"),
+            ("clientSecret", "y"),
+        ],
+    )
+    .await;
     // A key that exists but is Organization Owner of another source org only.
     let other_owned = "0000000000000000000000b1";
     let not_owner = "0000000000000000000000b2";
@@ -396,12 +397,12 @@ async fn every_source_failure_maps_to_its_reason_without_a_hot_loop() {
             "absent-creds",
         ),
         (
-            "service-account",
+            "both-kinds",
             SOURCE_ORG,
-            "sa-creds",
+            "both-creds",
             Reason::SourceConfigInvalid,
             true,
-            "API key",
+            "keep only one",
         ),
     ];
     // No grace for a missing credentials Secret: Stalled at once (the grace has its own test).

@@ -42,12 +42,14 @@ pub enum Reason {
     Linking,
     /// The source credentials Secret does not exist.
     SourceCredentialsNotFound,
-    /// The source credentials Secret lacks publicApiKey/privateApiKey, or the CA bundle is
-    /// missing or not PEM.
+    /// The source credentials Secret holds neither a complete API key nor a complete service
+    /// account (or both), the source has no token endpoint for a service account, or the CA
+    /// bundle is missing or not PEM.
     SourceConfigInvalid,
-    /// The source answered 401.
+    /// The source (or its token endpoint) answered 401.
     SourceUnauthorized,
-    /// The source answered 403 (not Organization Owner of the source org, IP not allowed).
+    /// The source (or its token endpoint) answered 403 (not Organization Owner of the source
+    /// org, IP not allowed).
     SourceForbidden,
     /// The source answered 404 for its org.
     SourceOrgNotFound,

@@ -31,8 +31,10 @@ pub struct SourceSpec {
     #[schemars(regex(pattern = r"^([a-f0-9]{24})$"))]
     pub org_id: String,
 
-    /// Secret in the LinkToken's namespace holding a programmatic API key of an Organization
-    /// Owner of the source org: keys publicApiKey and privateApiKey (HTTP Digest).
+    /// Secret in the LinkToken's namespace holding credentials of an Organization Owner of the
+    /// source org: a programmatic API key (keys publicApiKey and privateApiKey; HTTP Digest) or,
+    /// for Cloud Manager, a service account (keys clientId and clientSecret; OAuth 2.0 client
+    /// credentials at {url}/api/oauth/token). Exactly one kind.
     pub credentials_secret_ref: CredentialsSecretRef,
 
     /// Certificate authorities (PEM) to trust for the source, in addition to the platform's:

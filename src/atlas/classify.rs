@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::api::Reason;
 
-use super::error::AtlasError;
+use super::error::{ApiFailure, AtlasError};
 
 /// What the controller was doing when the error happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,6 +47,20 @@ const fn c(reason: Reason, retry: RetryHint) -> Classification {
 /// OAuth error codes that mean "these client credentials are not valid".
 const OAUTH_UNAUTHORIZED: [&str; 3] = ["invalid_client", "invalid_grant", "unauthorized_client"];
 
+/// The status a token-endpoint failure stands for, shared by the Atlas and the source
+/// mappings: the OAuth codes that say the client credentials are wrong count as 401 (servers
+/// send them with 400 or 401), `access_denied` as 403; anything else keeps its HTTP status.
+pub fn token_endpoint_status(f: &ApiFailure) -> u16 {
+    let code = f.error_code.as_deref().unwrap_or("");
+    if OAUTH_UNAUTHORIZED.contains(&code) {
+        401
+    } else if code == "access_denied" {
+        403
+    } else {
+        f.status
+    }
+}
+
 /// Maps an error to its Ready reason. Every variant and status range is covered.
 pub fn classify(err: &AtlasError, op: Operation) -> Classification {
     let unavailable = |retry_after: Option<Duration>| {
@@ -79,24 +93,15 @@ pub fn classify(err: &AtlasError, op: Operation) -> Classification {
             _ => unavailable(f.retry_after),
         },
         AtlasError::ActiveMigration(_) => c(Reason::RevocationBlocked, RetryHint::Backoff),
-        AtlasError::TokenEndpoint(f) => {
-            let code = f.error_code.as_deref().unwrap_or("");
-            if OAUTH_UNAUTHORIZED.contains(&code) {
-                c(Reason::AtlasUnauthorized, RetryHint::SlowResync)
-            } else if code == "access_denied" {
-                c(Reason::AtlasForbidden, RetryHint::SlowResync)
-            } else {
-                match f.status {
-                    401 => c(Reason::AtlasUnauthorized, RetryHint::SlowResync),
-                    403 => c(Reason::AtlasForbidden, RetryHint::SlowResync),
-                    429 => rate_limited(f.retry_after),
-                    // invalid_request, unsupported_grant_type, ...: nothing the LinkToken can
-                    // change, and retrying at once would not help either.
-                    400..=499 => c(Reason::AtlasRejected, RetryHint::SlowResync),
-                    _ => unavailable(f.retry_after),
-                }
-            }
-        }
+        AtlasError::TokenEndpoint(f) => match token_endpoint_status(f) {
+            401 => c(Reason::AtlasUnauthorized, RetryHint::SlowResync),
+            403 => c(Reason::AtlasForbidden, RetryHint::SlowResync),
+            429 => rate_limited(f.retry_after),
+            // invalid_request, unsupported_grant_type, ...: nothing the LinkToken can
+            // change, and retrying at once would not help either.
+            400..=499 => c(Reason::AtlasRejected, RetryHint::SlowResync),
+            _ => unavailable(f.retry_after),
+        },
         AtlasError::Transport { .. }
         | AtlasError::BodyTooLarge { .. }
         | AtlasError::InvalidResponse { .. }

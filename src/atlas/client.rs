@@ -20,9 +20,9 @@ use super::credentials::{AuthParts, Credentials, Fingerprint};
 use super::digest;
 use super::error::AtlasError;
 use super::nonces::NonceCache;
-use super::oauth::{self, TokenCache};
+use super::oauth::{self, BearerAuth, TokenCache};
 use super::observer::{Endpoint, RequestObserver};
-use super::redact::{BearerToken, LinkTokenValue};
+use super::redact::LinkTokenValue;
 use super::tls::TrustRoots;
 use super::transport::{Incoming, Limits, Outgoing, round_trip};
 
@@ -237,9 +237,7 @@ impl AtlasClient {
         .await
     }
 
-    /// Bearer with a cached token. A 401 with a token that came from the cache (revoked or
-    /// expired early at Atlas) drops it and tries once with a new one; Atlas refuses a 401
-    /// request before acting on it, so the resend cannot duplicate a POST.
+    /// Bearer with a cached token: see [`oauth::bearer_exchange`].
     async fn send_bearer(
         &self,
         fp: Fingerprint,
@@ -249,26 +247,20 @@ impl AtlasClient {
         url: &Url,
         body: Option<&[u8]>,
     ) -> Result<Incoming, AtlasError> {
-        let mint = || {
-            oauth::mint(
-                &self.inner.http,
-                self.inner.limits,
-                self.observer.as_deref(),
-                &self.inner.token_url,
-                client_id,
-                client_secret,
-            )
+        let auth = BearerAuth {
+            tokens: &self.inner.tokens,
+            fp,
+            http: &self.inner.http,
+            limits: self.inner.limits,
+            observer: self.observer.as_deref(),
+            token_url: &self.inner.token_url,
+            client_id,
+            client_secret,
         };
-        let (token, fresh) = self.inner.tokens.get(&fp, mint).await?;
-        let resp = self
-            .api_request(method.clone(), url, body, bearer(&token))
-            .await?;
-        if resp.status != 401 || fresh {
-            return Ok(resp);
-        }
-        self.inner.tokens.invalidate(&fp, &token).await;
-        let (token, _) = self.inner.tokens.get(&fp, mint).await?;
-        self.api_request(method, url, body, bearer(&token)).await
+        oauth::bearer_exchange(auth, |header| {
+            self.api_request(method.clone(), url, body, header)
+        })
+        .await
     }
 
     async fn api_request(
@@ -301,11 +293,6 @@ impl AtlasClient {
         )
         .await
     }
-}
-
-fn bearer(token: &BearerToken) -> Option<HeaderValue> {
-    // Checked when minted; a failure here would only mean an unauthenticated request (-> 401).
-    HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()
 }
 
 /// The HTTP client of the Atlas and source clients: rustls with exactly `roots`, the

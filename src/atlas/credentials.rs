@@ -57,6 +57,16 @@ impl Fingerprint {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The fingerprint of these credentials as used at one place (a token endpoint URL): a
+    /// cache key that keeps the same account's tokens from two servers apart.
+    pub fn scoped(&self, scope: &str) -> Fingerprint {
+        let mut h = Sha256::new();
+        h.update(b"linktoken-operator/credentials-scope/v1\0");
+        h.update(self.0);
+        h.update(scope.as_bytes());
+        Fingerprint(h.finalize().into())
+    }
 }
 
 impl fmt::Debug for Fingerprint {
@@ -388,6 +398,13 @@ mod tests {
             Credentials::service_account("u", "p").fingerprint()
         );
         assert_eq!(a.fingerprint().to_hex().len(), 64);
+        let fp = a.fingerprint();
+        assert_ne!(fp.scoped("https://a/api/oauth/token"), fp);
+        assert_ne!(
+            fp.scoped("https://a/api/oauth/token"),
+            fp.scoped("https://b/api/oauth/token")
+        );
+        assert_eq!(fp.scoped("x"), a.fingerprint().scoped("x"));
     }
 
     #[test]

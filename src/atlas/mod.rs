@@ -17,7 +17,7 @@ pub mod credentials;
 mod digest;
 pub mod error;
 pub(crate) mod nonces;
-mod oauth;
+pub(crate) mod oauth;
 pub mod observer;
 mod redact;
 pub mod tls;

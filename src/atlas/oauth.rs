@@ -22,7 +22,7 @@ use super::credentials::Fingerprint;
 use super::error::AtlasError;
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::BearerToken;
-use super::transport::{Limits, Outgoing, round_trip};
+use super::transport::{Incoming, Limits, Outgoing, round_trip};
 
 /// Lifetime assumed when the endpoint omits `expires_in` (Atlas documents 3600 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -148,6 +148,58 @@ impl TokenCache {
             slot.token = None;
         }
     }
+}
+
+/// Who mints a service account's bearer tokens, where, and the cache they are kept in.
+pub(crate) struct BearerAuth<'a> {
+    pub tokens: &'a TokenCache,
+    /// The cache key: the credentials' fingerprint, scoped to the token endpoint when one
+    /// cache serves several servers (the same account minted at two hosts is two tokens).
+    pub fp: Fingerprint,
+    pub http: &'a reqwest::Client,
+    pub limits: Limits,
+    pub observer: Option<&'a dyn RequestObserver>,
+    pub token_url: &'a Url,
+    pub client_id: &'a str,
+    pub client_secret: &'a str,
+}
+
+/// One request with a bearer token, shared by the Atlas and the source clients: the cached
+/// token (or one minted now). A 401 with a token that came from the cache (revoked or expired
+/// early at the server) drops it and tries once with a new one; the server refuses a 401
+/// request before acting on it, so the resend cannot duplicate a POST. `send` makes one round
+/// trip with the given Authorization header.
+pub(crate) async fn bearer_exchange<F, Fut>(
+    auth: BearerAuth<'_>,
+    send: F,
+) -> Result<Incoming, AtlasError>
+where
+    F: Fn(Option<HeaderValue>) -> Fut,
+    Fut: Future<Output = Result<Incoming, AtlasError>>,
+{
+    let mint_once = || {
+        mint(
+            auth.http,
+            auth.limits,
+            auth.observer,
+            auth.token_url,
+            auth.client_id,
+            auth.client_secret,
+        )
+    };
+    let (token, fresh) = auth.tokens.get(&auth.fp, mint_once).await?;
+    let resp = send(bearer(&token)).await?;
+    if resp.status != 401 || fresh {
+        return Ok(resp);
+    }
+    auth.tokens.invalidate(&auth.fp, &token).await;
+    let (token, _) = auth.tokens.get(&auth.fp, mint_once).await?;
+    send(bearer(&token)).await
+}
+
+fn bearer(token: &BearerToken) -> Option<HeaderValue> {
+    // Checked when minted; a failure here would only mean an unauthenticated request (-> 401).
+    HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()
 }
 
 /// How long a token with this lifetime is reused before renewal, and how long it may still be

@@ -39,7 +39,7 @@ use crate::api::{
     AtlasErrorStatus, CaBundleRef, LINKED, LinkStatus, LinkToken, LinkTokenStatus, Reason,
     SourceSpec,
 };
-use crate::atlas::{Credentials, CredentialsKind, LinkTokenValue};
+use crate::atlas::{Credentials, LinkTokenValue};
 use crate::source::{SourceError, SyncStatus, Target, Unlinked};
 
 /// Where the spec says the link should be.
@@ -858,17 +858,12 @@ fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Source credentials: an API key only (Digest, realm "MMS Public API"). The message names
-/// keys, never values.
+/// Source credentials: an API key (Digest, realm "MMS Public API") or a Cloud Manager
+/// service account (clientId/clientSecret, bearer tokens from `{url}/api/oauth/token`), with
+/// the Atlas credentials Secret's rules (exactly one complete kind). The message names keys,
+/// never values.
 fn source_credentials(data: &BTreeMap<String, Vec<u8>>) -> Result<Credentials, String> {
-    match Credentials::from_secret_data(data) {
-        Ok(c) if c.kind() == CredentialsKind::ApiKey => Ok(c),
-        Ok(_) => Err(
-            "holds a service account (clientId/clientSecret); the source needs an API key (publicApiKey and privateApiKey)"
-                .into(),
-        ),
-        Err(e) => Err(e.to_string()),
-    }
+    Credentials::from_secret_data(data).map_err(|e| e.to_string())
 }
 
 /// The PEM CA bundle from a Secret or ConfigMap key; the error names the object and key.
@@ -1128,21 +1123,39 @@ mod tests {
     }
 
     #[test]
-    fn source_credentials_must_be_an_api_key() {
+    fn source_credentials_are_an_api_key_or_a_service_account() {
+        use crate::atlas::CredentialsKind;
         let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect()
         };
-        assert!(
-            source_credentials(&data(&[("publicApiKey", "p"), ("privateApiKey", "s3cr3t")]))
-                .is_ok()
+        let kind = |pairs: &[(&str, &str)]| source_credentials(&data(pairs)).map(|c| c.kind());
+        assert_eq!(
+            kind(&[("publicApiKey", "p"), ("privateApiKey", "s3cr3t")]),
+            Ok(CredentialsKind::ApiKey)
         );
-        let e = source_credentials(&data(&[("clientId", "i"), ("clientSecret", "s3cr3t")]))
-            .unwrap_err();
-        assert!(e.contains("API key") && !e.contains("s3cr3t"), "{e}");
-        let e = source_credentials(&data(&[("publicApiKey", "p")])).unwrap_err();
-        assert!(!e.is_empty());
+        assert_eq!(
+            kind(&[("clientId", "i"), ("clientSecret", "s3cr3t")]),
+            Ok(CredentialsKind::ServiceAccount)
+        );
+        for (pairs, says) in [
+            (
+                &[
+                    ("publicApiKey", "p"),
+                    ("privateApiKey", "s3cr3t"),
+                    ("clientId", "i"),
+                    ("clientSecret", "s3cr3t"),
+                ][..],
+                "keep only one",
+            ),
+            (&[("clientId", "i")][..], "clientSecret"),
+            (&[("clientSecret", "s3cr3t")][..], "clientId"),
+            (&[("publicApiKey", "p")][..], "privateApiKey"),
+        ] {
+            let e = source_credentials(&data(pairs)).unwrap_err();
+            assert!(e.contains(says) && !e.contains("s3cr3t"), "{e}");
+        }
     }
 }

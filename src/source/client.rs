@@ -2,7 +2,9 @@
 //! `/api/public/v1.0/orgs/{orgId}/liveExport/migrationLink` (POST, GET `/status`, DELETE).
 //!
 //! It reuses the Atlas client's machinery: the Digest exchange with nonce reuse (realm "MMS
-//! Public API", MD5, qop=auth), the capped and observed round trip, typed failures with the
+//! Public API", MD5, qop=auth) for an API key, the client-credentials bearer exchange with its
+//! single-flight token cache for a service account (Cloud Manager; tokens from
+//! `{url}/api/oauth/token`), the capped and observed round trip, typed failures with the
 //! ApiError body parsed. What differs: the base URL comes from the LinkToken (an Ops Manager
 //! lives anywhere) and so may its CA bundle, so one HTTP client is built per CA bundle and
 //! kept (a handful per operator); roots are the platform's plus that bundle. Redirects are not
@@ -23,6 +25,7 @@ use super::error::SourceError;
 use crate::atlas::client::{DigestAuth, digest_exchange, http_client, join, parse_base_url};
 use crate::atlas::credentials::AuthParts;
 use crate::atlas::nonces::NonceCache;
+use crate::atlas::oauth::{BearerAuth, TokenCache, bearer_exchange};
 use crate::atlas::transport::{Incoming, Limits, Outgoing, round_trip};
 use crate::atlas::{Credentials, Endpoint, LinkTokenValue, RequestObserver};
 
@@ -70,6 +73,10 @@ pub struct SourceConfig {
     pub max_body_bytes: usize,
     pub max_retry_after: Duration,
     pub user_agent: String,
+    /// Service-account bearer tokens: as `AtlasConfig`'s fields of the same names.
+    pub token_renew_before: Duration,
+    pub token_failure_cooldown: Duration,
+    pub token_min_reuse: Duration,
 }
 
 impl Default for SourceConfig {
@@ -80,6 +87,9 @@ impl Default for SourceConfig {
             max_body_bytes: 64 * 1024,
             max_retry_after: Duration::from_secs(300),
             user_agent: crate::atlas::default_user_agent(),
+            token_renew_before: Duration::from_secs(600),
+            token_failure_cooldown: Duration::from_secs(5),
+            token_min_reuse: Duration::from_secs(30),
         }
     }
 }
@@ -90,18 +100,25 @@ struct Http {
 }
 
 /// The source client. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SourceClient {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+impl Default for SourceClient {
+    fn default() -> Self {
+        SourceClient::new(SourceConfig::default(), None)
+    }
+}
+
 struct Inner {
     config: SourceConfig,
     /// One HTTP client (and nonce cache) per CA bundle (by hash; None: platform roots only).
     clients: Mutex<HashMap<Option<[u8; 32]>, Arc<Http>>>,
     platform: OnceLock<Vec<CertificateDer<'static>>>,
     observer: Option<Arc<dyn RequestObserver>>,
+    /// Service-account bearer tokens, by credentials and token endpoint.
+    tokens: TokenCache,
 }
 
 impl std::fmt::Debug for SourceClient {
@@ -119,6 +136,12 @@ impl SourceClient {
     pub fn new(config: SourceConfig, observer: Option<Arc<dyn RequestObserver>>) -> Self {
         SourceClient {
             inner: Arc::new(Inner {
+                tokens: TokenCache::new(
+                    config.token_renew_before,
+                    config.token_failure_cooldown,
+                    config.max_retry_after,
+                    config.token_min_reuse,
+                ),
                 config,
                 clients: Mutex::new(HashMap::new()),
                 platform: OnceLock::new(),
@@ -193,23 +216,13 @@ impl SourceClient {
         url: &Url,
         body: Option<&[u8]>,
     ) -> Result<Incoming, SourceError> {
-        let AuthParts::Digest { username, password } = creds.auth_parts() else {
-            return Err(SourceError::Config(
-                "the source credentials must be an API key (publicApiKey and privateApiKey)".into(),
-            ));
-        };
         let http = self.http(target.ca_pem)?;
         let limits = Limits {
             max_body_bytes: self.inner.config.max_body_bytes,
             max_retry_after: self.inner.config.max_retry_after,
         };
-        let auth = DigestAuth {
-            nonces: &http.nonces,
-            fp: creds.fingerprint(),
-            username,
-            password,
-        };
-        let resp = digest_exchange(auth, &method, url, |header| {
+        let observer = self.inner.observer.as_deref();
+        let request = |header: Option<HeaderValue>| {
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
             if body.is_some() {
@@ -222,7 +235,7 @@ impl SourceClient {
             round_trip(
                 &http.client,
                 limits,
-                self.inner.observer.as_deref(),
+                observer,
                 Outgoing {
                     method: method.clone(),
                     url,
@@ -231,8 +244,37 @@ impl SourceClient {
                     endpoint: Endpoint::SourceLink,
                 },
             )
-        })
-        .await?;
+        };
+        let resp = match creds.auth_parts() {
+            AuthParts::Digest { username, password } => {
+                let auth = DigestAuth {
+                    nonces: &http.nonces,
+                    fp: creds.fingerprint(),
+                    username,
+                    password,
+                };
+                digest_exchange(auth, &method, url, request).await?
+            }
+            // A service account (Cloud Manager): the same client-credentials flow as for
+            // Atlas, against the source's own token endpoint.
+            AuthParts::ClientCredentials {
+                client_id,
+                client_secret,
+            } => {
+                let token_url = token_url(target.url)?;
+                let auth = BearerAuth {
+                    tokens: &self.inner.tokens,
+                    fp: creds.fingerprint().scoped(token_url.as_str()),
+                    http: &http.client,
+                    limits,
+                    observer,
+                    token_url: &token_url,
+                    client_id,
+                    client_secret,
+                };
+                bearer_exchange(auth, request).await?
+            }
+        };
         Ok(resp)
     }
 
@@ -278,6 +320,13 @@ impl SourceClient {
         clients.insert(key, http.clone());
         Ok(http)
     }
+}
+
+/// `{base}/api/oauth/token`: where a service account's bearer tokens are minted (Cloud
+/// Manager documents `https://cloud.mongodb.com/api/oauth/token`).
+fn token_url(base: &str) -> Result<Url, SourceError> {
+    let base = parse_base_url(base).map_err(|e| SourceError::Config(e.to_string()))?;
+    join(&base, &["api", "oauth", "token"]).map_err(|e| SourceError::Config(e.to_string()))
 }
 
 /// `{base}/api/public/v1.0/orgs/{orgId}/liveExport/migrationLink[/status]`. The URL is checked

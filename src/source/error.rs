@@ -6,13 +6,32 @@
 use std::time::Duration;
 
 use crate::api::Reason;
+use crate::atlas::classify::token_endpoint_status;
 use crate::atlas::{ApiFailure, AtlasError, TransportKind};
+
+/// The token endpoint's refusal; a 404 or 405 (no such endpoint) says what it most likely
+/// means: the source has no service accounts (Ops Manager offers API keys only).
+fn token_endpoint_message(f: &ApiFailure) -> String {
+    let hint = match f.status {
+        404 | 405 => {
+            "; this source offers no service accounts (Ops Manager has API keys only): use publicApiKey and privateApiKey"
+        }
+        _ => "",
+    };
+    format!(
+        "the source's token endpoint (POST /api/oauth/token) refused the service account: {f}{hint}"
+    )
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// The source answered with a non-success status.
     #[error("the source answered {0}")]
     Api(Box<ApiFailure>),
+    /// The service account's token request (`POST {url}/api/oauth/token`) failed: no call
+    /// to the source was made.
+    #[error("{}", token_endpoint_message(.0))]
+    TokenEndpoint(Box<ApiFailure>),
     /// No (complete) HTTP response.
     #[error("the source request failed: {kind}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
     Transport { kind: TransportKind, detail: String },
@@ -36,9 +55,8 @@ pub enum SourceError {
 impl From<AtlasError> for SourceError {
     fn from(e: AtlasError) -> Self {
         match e {
-            AtlasError::Api(f) | AtlasError::ActiveMigration(f) | AtlasError::TokenEndpoint(f) => {
-                SourceError::Api(f)
-            }
+            AtlasError::Api(f) | AtlasError::ActiveMigration(f) => SourceError::Api(f),
+            AtlasError::TokenEndpoint(f) => SourceError::TokenEndpoint(f),
             AtlasError::Transport { kind, detail, .. } => SourceError::Transport { kind, detail },
             AtlasError::BodyTooLarge { limit, .. } => SourceError::BodyTooLarge { limit },
             AtlasError::InvalidResponse { status, what, .. } => {
@@ -53,7 +71,7 @@ impl From<AtlasError> for SourceError {
 impl SourceError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            SourceError::Api(f) => Some(f.status),
+            SourceError::Api(f) | SourceError::TokenEndpoint(f) => Some(f.status),
             SourceError::InvalidResponse { status, .. } => Some(*status),
             _ => None,
         }
@@ -61,28 +79,28 @@ impl SourceError {
 
     pub fn error_code(&self) -> Option<&str> {
         match self {
-            SourceError::Api(f) => f.error_code.as_deref(),
+            SourceError::Api(f) | SourceError::TokenEndpoint(f) => f.error_code.as_deref(),
             _ => None,
         }
     }
 
     pub fn detail(&self) -> Option<&str> {
         match self {
-            SourceError::Api(f) => f.detail.as_deref(),
+            SourceError::Api(f) | SourceError::TokenEndpoint(f) => f.detail.as_deref(),
             _ => None,
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SourceError::Api(f) => f.retry_after,
+            SourceError::Api(f) | SourceError::TokenEndpoint(f) => f.retry_after,
             _ => None,
         }
     }
 
     /// True for a 409 from a POST: the org is already linked with another token.
     pub fn is_already_linked(&self) -> bool {
-        self.http_status() == Some(409)
+        matches!(self, SourceError::Api(f) if f.status == 409)
     }
 
     /// The Linked reason of this failure. Transient trouble (5xx, 429, transport, a body we
@@ -96,6 +114,15 @@ impl SourceError {
                 // transient trouble on the way.
                 404 if f.is_atlas_api_error() => Reason::SourceOrgNotFound,
                 404 | 408 | 429 => Reason::SourceUnavailable,
+                400..=499 => Reason::SourceRejected,
+                _ => Reason::SourceUnavailable,
+            },
+            SourceError::TokenEndpoint(f) => match token_endpoint_status(f) {
+                401 => Reason::SourceUnauthorized,
+                403 => Reason::SourceForbidden,
+                // No token endpoint at that URL: a source without service accounts.
+                404 | 405 => Reason::SourceConfigInvalid,
+                408 | 429 => Reason::SourceUnavailable,
                 400..=499 => Reason::SourceRejected,
                 _ => Reason::SourceUnavailable,
             },
@@ -115,6 +142,19 @@ mod tests {
 
     fn api(status: u16, body: &[u8]) -> SourceError {
         SourceError::Api(Box::new(ApiFailure::from_api_body(status, body, None)))
+    }
+
+    fn token(status: u16, code: &str) -> SourceError {
+        let body = if code.is_empty() {
+            String::new()
+        } else {
+            format!(r#"{{"error":"{code}","error_description":"d"}}"#)
+        };
+        SourceError::TokenEndpoint(Box::new(ApiFailure::from_oauth_body(
+            status,
+            body.as_bytes(),
+            None,
+        )))
     }
 
     #[test]
@@ -157,6 +197,21 @@ mod tests {
                 SourceError::CaBundle("no certificate".into()),
                 Reason::SourceConfigInvalid,
             ),
+            (token(401, "invalid_client"), Reason::SourceUnauthorized),
+            (token(400, "invalid_client"), Reason::SourceUnauthorized),
+            (token(400, "invalid_grant"), Reason::SourceUnauthorized),
+            (token(403, "access_denied"), Reason::SourceForbidden),
+            (token(400, "invalid_request"), Reason::SourceRejected),
+            (token(429, ""), Reason::SourceUnavailable),
+            (token(503, ""), Reason::SourceUnavailable),
+            (
+                SourceError::TokenEndpoint(Box::new(ApiFailure::from_oauth_body(
+                    404,
+                    br#"{"error":404,"errorCode":"RESOURCE_NOT_FOUND"}"#,
+                    None,
+                ))),
+                Reason::SourceConfigInvalid,
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(e.reason(), want, "{e}");
@@ -175,5 +230,13 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("not a live token"), "{m}");
+        // A missing token endpoint tells the user what to use instead.
+        let m = SourceError::TokenEndpoint(Box::new(ApiFailure::from_oauth_body(404, b"", None)))
+            .to_string();
+        assert!(
+            m.contains("token endpoint") && m.contains("publicApiKey and privateApiKey"),
+            "{m}"
+        );
+        assert!(!token(409, "x").is_already_linked());
     }
 }

@@ -28,6 +28,7 @@ pub fn router(state: SimState) -> Router {
         .route("/service-accounts", post(add_service_account))
         .route("/source-orgs", post(add_source_org))
         .route("/source-api-keys", post(add_source_api_key))
+        .route("/source-service-accounts", post(add_source_service_account))
         .route(
             "/faults",
             post(add_fault).get(list_faults).delete(clear_faults),
@@ -164,6 +165,16 @@ async fn add_source_org(State(state): State<SimState>, body: Bytes) -> Response 
         "id",
         |o: &SourceOrgConfig| o.id.clone(),
         SimState::add_source_org,
+    )
+}
+
+async fn add_source_service_account(State(state): State<SimState>, body: Bytes) -> Response {
+    create(
+        &state,
+        &body,
+        "clientId",
+        |s: &ServiceAccountConfig| s.client_id.clone(),
+        SimState::add_source_service_account,
     )
 }
 

@@ -1,5 +1,5 @@
-//! Authentication of Atlas API calls: HTTP Digest (API keys) or Bearer (service accounts);
-//! and of source-side calls (Digest only, with the source side's own keys and nonces).
+//! Authentication of Atlas API calls and of source-side calls: HTTP Digest (API keys) or
+//! Bearer (service accounts), each port with its own keys, nonces, accounts and tokens.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use super::config::ApiKeyConfig;
 use super::digest::{self, NonceCheck, NonceStore, REALM};
 use super::reply::Reply;
-use super::state::{Principal, SimState, sha256_hex};
+use super::state::{OAuthAccounts, Principal, SimState, sha256_hex};
 
 /// Why a call was refused; only for the debug log, never sent to the client (Atlas answers
 /// every failure with the same body).
@@ -26,16 +26,37 @@ pub enum AuthFailure {
     ExpiredBearer,
 }
 
-/// Authenticates a call. `request_uri` is the request target (path and query) that a Digest
-/// `uri` parameter must match.
+/// Authenticates an Atlas-port call. `request_uri` is the request target (path and query)
+/// that a Digest `uri` parameter must match.
 pub fn authenticate(
     state: &SimState,
     method: &str,
     request_uri: &str,
     headers: &HeaderMap,
 ) -> Result<Principal, (AuthFailure, Reply)> {
-    let now = Instant::now();
     let mut inner = state.lock();
+    let inner = &mut *inner;
+    authenticate_with(
+        &inner.api_keys,
+        &mut inner.nonces,
+        &mut inner.oauth,
+        method,
+        request_uri,
+        headers,
+    )
+}
+
+/// Authenticates a call against one server's principals (the Atlas port's or the source
+/// port's): Bearer with a token that server minted, or Digest with one of its API keys.
+pub fn authenticate_with(
+    keys: &HashMap<String, ApiKeyConfig>,
+    nonces: &mut NonceStore,
+    oauth: &mut OAuthAccounts,
+    method: &str,
+    request_uri: &str,
+    headers: &HeaderMap,
+) -> Result<Principal, (AuthFailure, Reply)> {
+    let now = Instant::now();
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let failure = match header {
         None => AuthFailure::Missing,
@@ -43,30 +64,22 @@ pub fn authenticate(
             let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
             if scheme.eq_ignore_ascii_case("bearer") {
                 let hash = sha256_hex(rest.trim());
-                match inner.bearer.get(&hash) {
+                match oauth.bearer.get(&hash) {
                     Some(t) if t.expires_at > now => {
                         let client = t.client_id.clone();
-                        if inner.service_accounts.contains_key(&client) {
+                        if oauth.service_accounts.contains_key(&client) {
                             return Ok(Principal::ServiceAccount(client));
                         }
                         AuthFailure::UnknownPrincipal
                     }
                     Some(_) => {
-                        inner.bearer.remove(&hash);
+                        oauth.bearer.remove(&hash);
                         AuthFailure::ExpiredBearer
                     }
                     None => AuthFailure::UnknownPrincipal,
                 }
             } else if scheme.eq_ignore_ascii_case("digest") {
-                let inner = &mut *inner;
-                match check_digest(
-                    &inner.api_keys,
-                    &mut inner.nonces,
-                    method,
-                    request_uri,
-                    value,
-                    now,
-                ) {
+                match check_digest(keys, nonces, method, request_uri, value, now) {
                     Ok(user) => return Ok(Principal::ApiKey(user)),
                     Err(f) => f,
                 }
@@ -75,7 +88,7 @@ pub fn authenticate(
             }
         }
     };
-    Err((failure, unauthorized(&mut inner.nonces, failure, now)))
+    Err((failure, unauthorized(nonces, failure, now)))
 }
 
 /// The 401 answer: the Atlas body and a Digest challenge with a fresh nonce.
@@ -88,26 +101,6 @@ pub fn unauthorized(nonces: &mut NonceStore, failure: AuthFailure, now: Instant)
         "You are not authorized for this resource.",
     )
     .header(WWW_AUTHENTICATE, digest::challenge(&nonce, stale))
-}
-
-/// Authenticates a Digest-only call (the source side has no bearer tokens) against `keys`
-/// and `nonces`; returns the public key.
-pub fn authenticate_digest(
-    keys: &HashMap<String, ApiKeyConfig>,
-    nonces: &mut NonceStore,
-    method: &str,
-    request_uri: &str,
-    headers: &HeaderMap,
-) -> Result<String, (AuthFailure, Reply)> {
-    let now = Instant::now();
-    let failure = match headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        None => AuthFailure::Missing,
-        Some(value) => match check_digest(keys, nonces, method, request_uri, value, now) {
-            Ok(user) => return Ok(user),
-            Err(f) => f,
-        },
-    };
-    Err((failure, unauthorized(nonces, failure, now)))
 }
 
 /// Checks a Digest Authorization value; returns the public key it was made with.

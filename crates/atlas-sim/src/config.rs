@@ -24,6 +24,9 @@ pub const DEMO_CLIENT_SECRET: &str = "mdb_sa_sk_demo";
 pub const DEMO_SOURCE_ORG_ID: &str = "6a1e9b2a3c4d5e6f7a8b9c0d";
 pub const DEMO_SOURCE_PUBLIC_KEY: &str = "demosourcepublic";
 pub const DEMO_SOURCE_PRIVATE_KEY: &str = "demo-source-private-0000";
+/// The source side's demo service account (Cloud Manager), Organization Owner of the source org.
+pub const DEMO_SOURCE_CLIENT_ID: &str = "mdb_sa_id_source_demo";
+pub const DEMO_SOURCE_CLIENT_SECRET: &str = "mdb_sa_sk_source_demo_0000";
 
 /// Roles of a principal, keyed by org id (e.g. `{"5f1e...": ["ORG_OWNER"]}`).
 pub type OrgRoles = BTreeMap<String, Vec<String>>;
@@ -44,6 +47,10 @@ pub struct SimConfig {
     /// Digest API keys of the source side; roles are keyed by source org id.
     #[serde(default)]
     pub source_api_keys: Vec<ApiKeyConfig>,
+    /// Service accounts of the source side (Cloud Manager), with their own token endpoint
+    /// on the source port; roles are keyed by source org id.
+    #[serde(default)]
+    pub source_service_accounts: Vec<ServiceAccountConfig>,
     /// Default per-org token bucket (orgs may override it).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -139,6 +146,7 @@ impl Default for SimConfig {
             service_accounts: Vec::new(),
             source_orgs: Vec::new(),
             source_api_keys: Vec::new(),
+            source_service_accounts: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             digest_nonce_lifetime_seconds: default_nonce_lifetime(),
         }
@@ -319,7 +327,8 @@ impl ServiceAccountConfig {
 impl SimConfig {
     /// The local-demo configuration: three orgs (one per example in deploy/examples, since
     /// Atlas keeps one link per org), one API key and one service account, both Organization
-    /// Owner of all three; on the source side one org and one API key that owns it.
+    /// Owner of all three; on the source side one org and one API key and one service account
+    /// that own it.
     pub fn demo() -> Self {
         let owner_of_all = || {
             let mut r = roles(DEMO_ORG_ID, ORG_OWNER);
@@ -351,6 +360,11 @@ impl SimConfig {
             source_api_keys: vec![ApiKeyConfig::new(
                 DEMO_SOURCE_PUBLIC_KEY,
                 DEMO_SOURCE_PRIVATE_KEY,
+                roles(DEMO_SOURCE_ORG_ID, ORG_OWNER),
+            )],
+            source_service_accounts: vec![ServiceAccountConfig::new(
+                DEMO_SOURCE_CLIENT_ID,
+                DEMO_SOURCE_CLIENT_SECRET,
                 roles(DEMO_SOURCE_ORG_ID, ORG_OWNER),
             )],
             ..Self::default()
@@ -399,6 +413,12 @@ impl SimConfig {
             "source API key",
             ApiKeyConfig::validate,
             |k| &k.public_key,
+        )?;
+        unique(
+            &self.source_service_accounts,
+            "source service account",
+            ServiceAccountConfig::validate,
+            |s| &s.client_id,
         )?;
         Ok(())
     }

@@ -33,6 +33,8 @@ pub enum FaultTarget {
     Any,
     /// Every call on the source (Cloud Manager / Ops Manager) port.
     Source,
+    /// /api/oauth/token and /api/oauth/revoke on the source port.
+    SourceOauth,
 }
 
 /// What `POST /faults` accepts.
@@ -95,6 +97,12 @@ impl FaultSpec {
                 matches!(call.kind, CallKind::OauthToken | CallKind::OauthRevoke)
             }
             FaultTarget::Source => call.port == Port::Source,
+            FaultTarget::SourceOauth => {
+                matches!(
+                    call.kind,
+                    CallKind::SourceOauthToken | CallKind::SourceOauthRevoke
+                )
+            }
         };
         target_ok
             && self
@@ -119,6 +127,10 @@ pub enum CallKind {
     SourceLink,
     /// GET /api/public/v1.0/orgs/{orgId}/liveExport/migrationLink/status (source port).
     SourceLinkStatus,
+    /// POST /api/oauth/token on the source port.
+    SourceOauthToken,
+    /// POST /api/oauth/revoke on the source port.
+    SourceOauthRevoke,
     /// Any other path on the source port.
     SourceOther,
     /// Any other path on the Atlas port.
@@ -141,6 +153,8 @@ impl CallKind {
             CallKind::OauthRevoke => "oauthRevoke",
             CallKind::SourceLink => "sourceLink",
             CallKind::SourceLinkStatus => "sourceLinkStatus",
+            CallKind::SourceOauthToken => "sourceOauthToken",
+            CallKind::SourceOauthRevoke => "sourceOauthRevoke",
             CallKind::SourceOther => "sourceOther",
             CallKind::Other => "other",
         }
@@ -149,9 +163,11 @@ impl CallKind {
     /// The port this kind of call arrives on.
     pub fn port(self) -> Port {
         match self {
-            CallKind::SourceLink | CallKind::SourceLinkStatus | CallKind::SourceOther => {
-                Port::Source
-            }
+            CallKind::SourceLink
+            | CallKind::SourceLinkStatus
+            | CallKind::SourceOauthToken
+            | CallKind::SourceOauthRevoke
+            | CallKind::SourceOther => Port::Source,
             CallKind::LinkTokens
             | CallKind::OauthToken
             | CallKind::OauthRevoke
@@ -178,6 +194,11 @@ impl CallKind {
 
     /// Classifies a path of the source port; for migrationLink paths also returns the org id.
     pub fn classify_source(path: &str) -> (CallKind, Option<&str>) {
+        match path {
+            "/api/oauth/token" => return (CallKind::SourceOauthToken, None),
+            "/api/oauth/revoke" => return (CallKind::SourceOauthRevoke, None),
+            _ => {}
+        }
         let Some(rest) = path.strip_prefix("/api/public/v1.0/orgs/") else {
             return (CallKind::SourceOther, None);
         };
@@ -312,6 +333,11 @@ mod tests {
             (CallKind::SourceOther, None)
         );
         assert_eq!(CallKind::SourceOther.port(), Port::Source);
+        assert_eq!(
+            CallKind::classify_source("/api/oauth/token"),
+            (CallKind::SourceOauthToken, None)
+        );
+        assert_eq!(CallKind::SourceOauthToken.port(), Port::Source);
         assert_eq!(CallKind::Other.port(), Port::Atlas);
     }
 

@@ -1,5 +1,7 @@
 //! The service-account OAuth 2.0 endpoints: `POST /api/oauth/token` (client credentials) and
-//! `POST /api/oauth/revoke`. Errors use OAuth bodies `{"error", "error_description"}`.
+//! `POST /api/oauth/revoke`, on the Atlas port and on the source port (Cloud Manager service
+//! accounts), each against its own accounts and tokens. Errors use OAuth bodies
+//! `{"error", "error_description"}`.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 
 use super::reply::ErrorCode;
-use super::state::{BearerToken, SimState, random_b64, sha256_hex};
+use super::state::{BearerToken, Inner, OAuthAccounts, SimState, random_b64, sha256_hex};
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut r = (
@@ -46,11 +48,21 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
+/// Which server's service accounts a call is for: the Atlas port's or the source port's.
+type Accounts = fn(&mut Inner) -> &mut OAuthAccounts;
+
+fn atlas(inner: &mut Inner) -> &mut OAuthAccounts {
+    &mut inner.oauth
+}
+
+fn source(inner: &mut Inner) -> &mut OAuthAccounts {
+    &mut inner.source.oauth
+}
+
 /// Checks Basic credentials against the configured service accounts; returns the client id.
-fn authenticate_client(state: &SimState, headers: &HeaderMap) -> Option<String> {
+fn authenticate_client(accounts: &OAuthAccounts, headers: &HeaderMap) -> Option<String> {
     let (id, secret) = basic_credentials(headers)?;
-    let inner = state.lock();
-    let sa = inner.service_accounts.get(&id)?;
+    let sa = accounts.service_accounts.get(&id)?;
     super::digest::constant_time_eq(sa.client_secret.as_bytes(), secret.as_bytes()).then_some(id)
 }
 
@@ -88,18 +100,48 @@ fn new_access_token(client_id: &str, lifetime: u64) -> String {
     format!("{header}.{payload}.{}", random_b64(64))
 }
 
+/// `POST /api/oauth/token` on the Atlas port.
 pub async fn token(State(state): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(client_id) = authenticate_client(&state, &headers) else {
+    mint(&state, atlas, &headers, &body)
+}
+
+/// `POST /api/oauth/token` on the source port (Cloud Manager service accounts).
+pub async fn source_token(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mint(&state, source, &headers, &body)
+}
+
+/// `POST /api/oauth/revoke` on the Atlas port.
+pub async fn revoke(State(state): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
+    revoke_in(&state, atlas, &headers, &body)
+}
+
+/// `POST /api/oauth/revoke` on the source port.
+pub async fn source_revoke(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    revoke_in(&state, source, &headers, &body)
+}
+
+fn mint(state: &SimState, accounts: Accounts, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mut inner = state.lock();
+    let accounts = accounts(&mut inner);
+    let Some(client_id) = authenticate_client(accounts, headers) else {
         return invalid_client();
     };
-    if !is_form(&headers) {
+    if !is_form(headers) {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Content-Type must be application/x-www-form-urlencoded.",
         );
     }
-    match form_value(&body, "grant_type").as_deref() {
+    match form_value(body, "grant_type").as_deref() {
         None | Some("") => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -117,12 +159,11 @@ pub async fn token(State(state): State<SimState>, headers: HeaderMap, body: Byte
         }
     }
     let now = Instant::now();
-    let mut inner = state.lock();
-    let Some(sa) = inner.service_accounts.get(&client_id) else {
+    let Some(sa) = accounts.service_accounts.get(&client_id) else {
         return invalid_client();
     };
     let (lifetime, cap) = (sa.token_lifetime_seconds, sa.max_active_tokens);
-    if inner.live_bearer_count(&client_id, now) >= cap {
+    if accounts.live_bearer_count(&client_id, now) >= cap {
         return oauth_error(
             StatusCode::FORBIDDEN,
             "access_denied",
@@ -130,14 +171,14 @@ pub async fn token(State(state): State<SimState>, headers: HeaderMap, body: Byte
         );
     }
     let token = new_access_token(&client_id, lifetime);
-    inner.bearer.insert(
+    accounts.bearer.insert(
         sha256_hex(&token),
         BearerToken {
             client_id: client_id.clone(),
             expires_at: now + Duration::from_secs(lifetime),
         },
     );
-    inner.oauth.entry(client_id).or_default().minted += 1;
+    accounts.stats.entry(client_id).or_default().minted += 1;
     drop(inner);
     let mut r = (
         StatusCode::OK,
@@ -151,18 +192,20 @@ pub async fn token(State(state): State<SimState>, headers: HeaderMap, body: Byte
 }
 
 /// RFC 7009: 200 whether or not the token was live; only the owning client can revoke it.
-pub async fn revoke(State(state): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(client_id) = authenticate_client(&state, &headers) else {
+fn revoke_in(state: &SimState, accounts: Accounts, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mut inner = state.lock();
+    let accounts = accounts(&mut inner);
+    let Some(client_id) = authenticate_client(accounts, headers) else {
         return invalid_client();
     };
-    if !is_form(&headers) {
+    if !is_form(headers) {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Content-Type must be application/x-www-form-urlencoded.",
         );
     }
-    let Some(token) = form_value(&body, "token").filter(|t| !t.is_empty()) else {
+    let Some(token) = form_value(body, "token").filter(|t| !t.is_empty()) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -170,14 +213,13 @@ pub async fn revoke(State(state): State<SimState>, headers: HeaderMap, body: Byt
         );
     };
     let hash = sha256_hex(&token);
-    let mut inner = state.lock();
-    if inner
+    if accounts
         .bearer
         .get(&hash)
         .is_some_and(|t| t.client_id == client_id)
     {
-        inner.bearer.remove(&hash);
-        inner.oauth.entry(client_id).or_default().revoked += 1;
+        accounts.bearer.remove(&hash);
+        accounts.stats.entry(client_id).or_default().revoked += 1;
     }
     StatusCode::OK.into_response()
 }

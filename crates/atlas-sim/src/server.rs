@@ -259,7 +259,8 @@ pub fn atlas_router(state: SimState) -> Router {
         .with_state(state)
 }
 
-/// The Cloud Manager / Ops Manager port: the three migrationLink calls.
+/// The Cloud Manager / Ops Manager port: the three migrationLink calls, and the service
+/// accounts' token endpoints.
 pub fn source_router(state: SimState) -> Router {
     Router::new()
         .route(
@@ -270,6 +271,9 @@ pub fn source_router(state: SimState) -> Router {
             "/api/public/v1.0/orgs/{org_id}/liveExport/migrationLink/status",
             any(source::migration_link),
         )
+        // Cloud Manager service accounts mint bearer tokens at the source's own endpoint.
+        .route("/api/oauth/token", post(oauth::source_token))
+        .route("/api/oauth/revoke", post(oauth::source_revoke))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             CallCtx {

@@ -20,15 +20,19 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::auth::authenticate_digest;
-use super::config::{ApiKeyConfig, ORG_OWNER, SimConfig, SourceOrgConfig, is_valid_org_id};
+use super::auth::authenticate_with;
+use super::config::{
+    ApiKeyConfig, ORG_OWNER, ServiceAccountConfig, SimConfig, SourceOrgConfig, is_valid_org_id,
+};
 use super::digest::NonceStore;
 use super::faults::CallKind;
 use super::handlers::{
     bad_request, invalid_org_id, media_type, not_org_owner, parse_format, parse_object,
 };
 use super::reply::{PLAIN_JSON, Reply};
-use super::state::{AdminError, Inner, SimState, TokenStatus, sha256_hex};
+use super::state::{
+    AdminError, Inner, OAuthAccounts, Principal, SimState, TokenStatus, sha256_hex,
+};
 
 /// Source-port calls kept in the admin history; older ones are dropped first.
 const HISTORY_LIMIT: usize = 1000;
@@ -103,6 +107,8 @@ pub(crate) struct SourceOrg {
 pub(crate) struct SourceState {
     orgs: BTreeMap<String, SourceOrg>,
     pub api_keys: HashMap<String, ApiKeyConfig>,
+    /// Service accounts (Cloud Manager) and the bearer tokens this port minted.
+    pub oauth: OAuthAccounts,
     /// Nonces of its own: the source side is another server, a nonce from the Atlas port
     /// means nothing here.
     pub nonces: NonceStore,
@@ -130,15 +136,19 @@ impl SourceState {
                 .iter()
                 .map(|k| (k.public_key.clone(), k.clone()))
                 .collect(),
+            oauth: OAuthAccounts::new(&config.source_service_accounts),
             nonces: NonceStore::new(Duration::from_secs(config.digest_nonce_lifetime_seconds)),
             history: VecDeque::new(),
         }
     }
 
-    fn is_owner(&self, public_key: &str, org_id: &str) -> bool {
-        self.api_keys
-            .get(public_key)
-            .and_then(|k| k.roles.get(org_id))
+    fn is_owner(&self, principal: &Principal, org_id: &str) -> bool {
+        let roles = match principal {
+            Principal::ApiKey(k) => self.api_keys.get(k).map(|k| &k.roles),
+            Principal::ServiceAccount(c) => self.oauth.service_accounts.get(c).map(|s| &s.roles),
+        };
+        roles
+            .and_then(|r| r.get(org_id))
             .is_some_and(|roles| roles.iter().any(|r| r == ORG_OWNER))
     }
 
@@ -147,6 +157,7 @@ impl SourceState {
             org.link = None;
         }
         self.history.clear();
+        self.oauth.stats.clear();
     }
 
     pub fn record(&mut self, call: SourceCall) {
@@ -227,6 +238,10 @@ impl SimState {
         Ok(())
     }
 
+    pub fn add_source_service_account(&self, sa: ServiceAccountConfig) -> Result<(), AdminError> {
+        self.lock().source.oauth.add(sa)
+    }
+
     pub fn add_source_api_key(&self, key: ApiKeyConfig) -> Result<(), AdminError> {
         key.validate()?;
         let mut inner = self.lock();
@@ -254,9 +269,10 @@ pub async fn migration_link(
     let request_uri = super::handlers::digest_uri(&uri);
     let mut inner = state.lock();
     let source = &mut inner.source;
-    let user = match authenticate_digest(
+    let user = match authenticate_with(
         &source.api_keys,
         &mut source.nonces,
+        &mut source.oauth,
         method.as_str(),
         &request_uri,
         &headers,
@@ -297,7 +313,7 @@ fn handle(
     endpoint: CallKind,
     method: &Method,
     org_id: &str,
-    user: &str,
+    user: &Principal,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Reply {
@@ -422,7 +438,10 @@ fn parse_link_body(headers: &HeaderMap, body: &[u8]) -> Result<String, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DEMO_ORG_ID, DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PUBLIC_KEY, roles};
+    use crate::config::{
+        DEMO_CLIENT_ID, DEMO_ORG_ID, DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_ORG_ID,
+        DEMO_SOURCE_PUBLIC_KEY, roles,
+    };
     use crate::state::{Link, new_link_token};
 
     /// A demo state with one live Atlas token; returns (state, token).
@@ -450,7 +469,7 @@ mod tests {
             endpoint,
             &method,
             DEMO_SOURCE_ORG_ID,
-            DEMO_SOURCE_PUBLIC_KEY,
+            &Principal::ApiKey(DEMO_SOURCE_PUBLIC_KEY.into()),
             &HeaderMap::new(),
             body.as_bytes(),
         )
@@ -561,7 +580,7 @@ mod tests {
                 CallKind::SourceLink,
                 &method,
                 org,
-                user,
+                &Principal::ApiKey(user.into()),
                 &HeaderMap::new(),
                 body.as_bytes(),
             )
@@ -582,6 +601,35 @@ mod tests {
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         let r = run(DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PUBLIC_KEY, Method::PUT);
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn service_accounts_of_the_source_port_own_by_role() {
+        let (state, token) = state_with_token();
+        state
+            .add_source_service_account(ServiceAccountConfig::new(
+                "member_sa",
+                "s",
+                roles(DEMO_SOURCE_ORG_ID, "ORG_MEMBER"),
+            ))
+            .expect("member");
+        let body = json!({ "linkToken": token }).to_string();
+        let mut inner = state.lock();
+        let mut run = |client: &str| {
+            handle(
+                &mut inner,
+                CallKind::SourceLink,
+                &Method::POST,
+                DEMO_SOURCE_ORG_ID,
+                &Principal::ServiceAccount(client.into()),
+                &HeaderMap::new(),
+                body.as_bytes(),
+            )
+        };
+        assert_eq!(run("member_sa").status, StatusCode::FORBIDDEN);
+        // The Atlas port's service account is nobody here.
+        assert_eq!(run(DEMO_CLIENT_ID).status, StatusCode::FORBIDDEN);
+        assert_eq!(run(DEMO_SOURCE_CLIENT_ID).status, StatusCode::OK);
     }
 
     #[test]

@@ -104,16 +104,82 @@ pub struct OauthStats {
     pub revoked: u64,
 }
 
+/// One server's service accounts and the bearer tokens it minted for them: the Atlas port
+/// and the source port each have their own (a token from one means nothing to the other).
+#[derive(Debug, Default)]
+pub(crate) struct OAuthAccounts {
+    pub service_accounts: HashMap<String, ServiceAccountConfig>,
+    /// Live bearer tokens by sha256 (the simulator keeps no token in clear).
+    pub bearer: HashMap<String, BearerToken>,
+    pub stats: BTreeMap<String, OauthStats>,
+}
+
+impl OAuthAccounts {
+    pub fn new(accounts: &[ServiceAccountConfig]) -> Self {
+        OAuthAccounts {
+            service_accounts: accounts
+                .iter()
+                .map(|s| (s.client_id.clone(), s.clone()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Live (unexpired) bearer tokens of one service account; drops expired ones on the way.
+    pub fn live_bearer_count(&mut self, client_id: &str, now: Instant) -> usize {
+        self.bearer.retain(|_, t| t.expires_at > now);
+        self.bearer
+            .values()
+            .filter(|t| t.client_id == client_id)
+            .count()
+    }
+
+    /// Live tokens and counters per client, for `GET /state`.
+    pub fn snapshot(&mut self, now: Instant) -> BTreeMap<String, OauthSnapshot> {
+        self.bearer.retain(|_, t| t.expires_at > now);
+        let mut live: BTreeMap<String, usize> = BTreeMap::new();
+        for t in self.bearer.values() {
+            *live.entry(t.client_id.clone()).or_insert(0) += 1;
+        }
+        let mut clients: Vec<String> = self.stats.keys().cloned().collect();
+        clients.extend(live.keys().cloned());
+        clients
+            .into_iter()
+            .map(|c| {
+                let stats = self.stats.get(&c).copied().unwrap_or_default();
+                let live = live.get(&c).copied().unwrap_or(0);
+                (
+                    c,
+                    OauthSnapshot {
+                        minted: stats.minted,
+                        revoked: stats.revoked,
+                        live,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn add(&mut self, sa: ServiceAccountConfig) -> Result<(), AdminError> {
+        sa.validate()?;
+        if self.service_accounts.contains_key(&sa.client_id) {
+            return Err(AdminError::Conflict(format!(
+                "service account {} exists",
+                sa.client_id
+            )));
+        }
+        self.service_accounts.insert(sa.client_id.clone(), sa);
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub orgs: BTreeMap<String, OrgState>,
     pub api_keys: HashMap<String, ApiKeyConfig>,
-    pub service_accounts: HashMap<String, ServiceAccountConfig>,
     pub default_rate: RateLimitConfig,
     pub nonces: NonceStore,
-    /// Live bearer tokens by sha256 (the simulator keeps no token in clear).
-    pub bearer: HashMap<String, BearerToken>,
-    pub oauth: BTreeMap<String, OauthStats>,
+    pub oauth: OAuthAccounts,
     pub calls: BTreeMap<(String, CallKind, u16), u64>,
     /// The last `CALL_HISTORY_LIMIT` calls, oldest first.
     pub history: VecDeque<CallRecord>,
@@ -161,7 +227,7 @@ impl Inner {
     pub fn roles_of(&self, principal: &Principal) -> Option<&OrgRoles> {
         match principal {
             Principal::ApiKey(k) => self.api_keys.get(k).map(|c| &c.roles),
-            Principal::ServiceAccount(c) => self.service_accounts.get(c).map(|c| &c.roles),
+            Principal::ServiceAccount(c) => self.oauth.service_accounts.get(c).map(|c| &c.roles),
         }
     }
 
@@ -169,15 +235,6 @@ impl Inner {
         self.roles_of(principal)
             .and_then(|r| r.get(org_id))
             .is_some_and(|roles| roles.iter().any(|r| r == ORG_OWNER))
-    }
-
-    /// Live (unexpired) bearer tokens of one service account; drops expired ones on the way.
-    pub fn live_bearer_count(&mut self, client_id: &str, now: Instant) -> usize {
-        self.bearer.retain(|_, t| t.expires_at > now);
-        self.bearer
-            .values()
-            .filter(|t| t.client_id == client_id)
-            .count()
     }
 }
 
@@ -256,6 +313,8 @@ pub struct StateSnapshot {
     pub source_orgs: BTreeMap<String, SourceOrgSnapshot>,
     /// The latest source-port calls, oldest first (method, path, status; nothing secret).
     pub source_calls: Vec<SourceCall>,
+    /// Service-account tokens of the source port, as `oauth` for the Atlas port.
+    pub source_oauth: BTreeMap<String, OauthSnapshot>,
 }
 
 /// Cheap-to-clone handle on the simulator state.
@@ -280,15 +339,9 @@ impl SimState {
                 .iter()
                 .map(|k| (k.public_key.clone(), k.clone()))
                 .collect(),
-            service_accounts: config
-                .service_accounts
-                .iter()
-                .map(|s| (s.client_id.clone(), s.clone()))
-                .collect(),
             default_rate: config.rate_limit,
             nonces: NonceStore::new(Duration::from_secs(config.digest_nonce_lifetime_seconds)),
-            bearer: HashMap::new(),
-            oauth: BTreeMap::new(),
+            oauth: OAuthAccounts::new(&config.service_accounts),
             calls: BTreeMap::new(),
             history: VecDeque::new(),
             faults: FaultQueue::default(),
@@ -351,7 +404,11 @@ impl SimState {
     }
 
     pub fn oauth_tokens_minted(&self, client_id: &str) -> u64 {
-        self.lock().oauth.get(client_id).map_or(0, |s| s.minted)
+        self.lock()
+            .oauth
+            .stats
+            .get(client_id)
+            .map_or(0, |s| s.minted)
     }
 
     pub(crate) fn record_call(&self, method: &str, kind: CallKind, status: u16) {
@@ -386,14 +443,8 @@ impl SimState {
     pub fn snapshot(&self) -> StateSnapshot {
         let now = Instant::now();
         let mut inner = self.lock();
-        let live_by_client = {
-            inner.bearer.retain(|_, t| t.expires_at > now);
-            let mut m: BTreeMap<String, usize> = BTreeMap::new();
-            for t in inner.bearer.values() {
-                *m.entry(t.client_id.clone()).or_insert(0) += 1;
-            }
-            m
-        };
+        let oauth = inner.oauth.snapshot(now);
+        let source_oauth = inner.source.oauth.snapshot(now);
         let orgs = inner
             .orgs
             .iter_mut()
@@ -422,23 +473,6 @@ impl SimState {
                 count: *count,
             })
             .collect();
-        let mut clients: Vec<String> = inner.oauth.keys().cloned().collect();
-        clients.extend(live_by_client.keys().cloned());
-        let oauth = clients
-            .into_iter()
-            .map(|c| {
-                let stats = inner.oauth.get(&c).copied().unwrap_or_default();
-                let live = live_by_client.get(&c).copied().unwrap_or(0);
-                (
-                    c,
-                    OauthSnapshot {
-                        minted: stats.minted,
-                        revoked: stats.revoked,
-                        live,
-                    },
-                )
-            })
-            .collect();
         StateSnapshot {
             orgs,
             calls_total: calls.iter().map(|c| c.count).sum(),
@@ -447,6 +481,7 @@ impl SimState {
             faults: inner.faults.list(),
             source_orgs: inner.source_snapshot(),
             source_calls: inner.source.history.iter().cloned().collect(),
+            source_oauth,
         }
     }
 
@@ -475,16 +510,7 @@ impl SimState {
     }
 
     pub fn add_service_account(&self, sa: ServiceAccountConfig) -> Result<(), AdminError> {
-        sa.validate()?;
-        let mut inner = self.lock();
-        if inner.service_accounts.contains_key(&sa.client_id) {
-            return Err(AdminError::Conflict(format!(
-                "service account {} exists",
-                sa.client_id
-            )));
-        }
-        inner.service_accounts.insert(sa.client_id.clone(), sa);
-        Ok(())
+        self.lock().oauth.add(sa)
     }
 
     pub fn set_migrating(&self, org_id: &str, migrating: bool) -> Result<(), AdminError> {
@@ -526,7 +552,7 @@ impl SimState {
         }
         inner.calls.clear();
         inner.history.clear();
-        inner.oauth.clear();
+        inner.oauth.stats.clear();
         inner.faults.clear();
         inner.source.reset();
     }

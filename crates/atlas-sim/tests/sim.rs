@@ -250,10 +250,15 @@ async fn admin_delete(h: &SimHandle, path: &str) -> Resp {
 }
 
 async fn oauth_token(h: &SimHandle, id: &str, secret: &str) -> Resp {
+    oauth_token_at(&h.atlas_url, id, secret).await
+}
+
+/// `POST {base}/api/oauth/token` with Basic client credentials (either port).
+async fn oauth_token_at(base: &str, id: &str, secret: &str) -> Resp {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     into_resp(
         client()
-            .post(format!("{}/api/oauth/token", h.atlas_url))
+            .post(format!("{base}/api/oauth/token"))
             .header("Authorization", format!("Basic {basic}"))
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body("grant_type=client_credentials")

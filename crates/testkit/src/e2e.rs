@@ -490,6 +490,15 @@ impl Env {
     }
 }
 
+/// A condition of a LinkToken as (status, reason, message); empty when absent.
+pub fn condition(lt: &LinkToken, type_: &str) -> (String, String, String) {
+    lt.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
 /// A fault answering `status` (with an ApiError body) to link-token calls of `method`.
 pub fn status_fault(
     status: u16,

@@ -3,14 +3,17 @@
 
 use std::process::Command;
 
-use atlas_sim::config::{DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PRIVATE_KEY, DEMO_SOURCE_PUBLIC_KEY};
+use atlas_sim::config::{
+    DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET,
+    DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PRIVATE_KEY, DEMO_SOURCE_PUBLIC_KEY,
+};
 use atlas_sim::{CallKind, Port, SimConfig, SimHandle, SimServer, SimTls, SyncStatus};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
     BODY, DigestClient, ORG, PASS, USER, admin_get, admin_post, client, link_path, loopback,
-    ready_field, run_tool, sha256_hex, spawn_binary_ready, start, stop_binary,
+    oauth_token_at, ready_field, run_tool, sha256_hex, spawn_binary_ready, start, stop_binary,
 };
 
 const SRC_ORG: &str = DEMO_SOURCE_ORG_ID;
@@ -319,6 +322,121 @@ async fn faults_hit_source_calls() {
     assert!(r.text.contains("<html>"));
 }
 
+/// A call on the source port with a bearer token.
+async fn bearer_source(
+    h: &SimHandle,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> super::Resp {
+    let mut rb = client()
+        .request(method, format!("{}{path}", source_url(h)))
+        .header("Accept", JSON)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        rb = rb.header("Content-Type", JSON).body(b.to_owned());
+    }
+    super::into_resp(rb.send().await.expect("source call")).await
+}
+
+fn access_token(r: &super::Resp) -> String {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn service_accounts_of_the_source_port_mint_and_use_their_own_tokens() {
+    let h = start(SimConfig::demo()).await;
+    let src = source_url(&h);
+    let token = mint(&h).await;
+
+    // Minted at the source port, the token works there, with the roles of the source side.
+    let bearer =
+        access_token(&oauth_token_at(&src, DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET).await);
+    let r = bearer_source(
+        &h,
+        Method::POST,
+        &link(SRC_ORG),
+        &bearer,
+        Some(&token_body(&token)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = bearer_source(&h, Method::GET, &status_path(SRC_ORG), &bearer, None).await;
+    assert_eq!(r.json(), json!({"status": "SYNCED"}));
+    let s = admin_get(&h, "/state").await.json();
+    assert_eq!(s["sourceOauth"][DEMO_SOURCE_CLIENT_ID]["minted"], 1);
+    assert_eq!(s["sourceOauth"][DEMO_SOURCE_CLIENT_ID]["live"], 1);
+    assert!(
+        s["oauth"].get(DEMO_SOURCE_CLIENT_ID).is_none(),
+        "the Atlas port minted nothing"
+    );
+
+    // Each server knows only its own accounts and tokens.
+    let r = oauth_token_at(
+        &h.atlas_url,
+        DEMO_SOURCE_CLIENT_ID,
+        DEMO_SOURCE_CLIENT_SECRET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_client");
+    let r = oauth_token_at(&src, DEMO_SOURCE_CLIENT_ID, "wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], "invalid_client");
+    let atlas_bearer =
+        access_token(&oauth_token_at(&h.atlas_url, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET).await);
+    let r = bearer_source(&h, Method::GET, &status_path(SRC_ORG), &atlas_bearer, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "an Atlas token is nothing here"
+    );
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Digest"))
+    );
+
+    // Faults: `sourceOauth` hits the source port's token endpoint only.
+    let f = admin_post(
+        &h,
+        "/faults",
+        json!({"kind": "status", "status": 503, "count": 1, "target": "sourceOauth"}),
+    )
+    .await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.text);
+    let r = oauth_token_at(&h.atlas_url, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET).await;
+    assert_eq!(r.status, StatusCode::OK, "not the Atlas port's");
+    let r = bearer_source(&h, Method::GET, &status_path(SRC_ORG), &bearer, None).await;
+    assert_eq!(r.status, StatusCode::OK, "not the migrationLink calls");
+    let r = oauth_token_at(&src, DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.state.calls("POST", CallKind::SourceOauthToken, 503), 1);
+
+    // Revoked at the source port: refused there from then on.
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{DEMO_SOURCE_CLIENT_ID}:{DEMO_SOURCE_CLIENT_SECRET}"
+        ))
+    };
+    let r = client()
+        .post(format!("{src}/api/oauth/revoke"))
+        .header("Authorization", format!("Basic {basic}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("token={bearer}&token_type_hint=access_token"))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = bearer_source(&h, Method::GET, &status_path(SRC_ORG), &bearer, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn reset_clears_source_links_and_history() {
     let h = start(SimConfig::demo()).await;
@@ -452,6 +570,49 @@ async fn curl_digest_client_on_the_source_port() {
         .expect("member key");
     let (code, _) = curl_source("member", "member-secret", method_args("GET", &status_url)).await;
     assert_eq!(code, "403");
+}
+
+#[tokio::test]
+async fn curl_service_account_client_on_the_source_port() {
+    let h = start(SimConfig::demo()).await;
+    let base = source_url(&h);
+    let token = mint(&h).await;
+    let (code, out) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            // As the Cloud Manager docs show: Basic client credentials, a form body.
+            curl(&[
+                "-u",
+                &format!("{DEMO_SOURCE_CLIENT_ID}:{DEMO_SOURCE_CLIENT_SECRET}"),
+                "-H",
+                "Content-Type: application/x-www-form-urlencoded",
+                "--data",
+                "grant_type=client_credentials",
+                &format!("{base}/api/oauth/token"),
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, "200", "{out}");
+    let body = body_of(&out);
+    assert_eq!(body["token_type"], "Bearer");
+    let bearer = body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let auth = format!("Authorization: Bearer {bearer}");
+    let link_url = format!("{base}{}", link(SRC_ORG));
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["-H".to_owned(), auth];
+        args.extend(post_args(&link_url, &token));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, "200", "{out}");
+    assert_eq!(body_of(&out), json!({"status": "SYNCED"}));
 }
 
 #[tokio::test]
