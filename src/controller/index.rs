@@ -67,11 +67,15 @@ pub fn status_orgs(lt: &LinkToken) -> Vec<String> {
 
 /// True when `lt` names `org` in its spec or in a status field that can back a claim.
 fn names_org(lt: &LinkToken, org: &str) -> bool {
+    lt.spec.org_id == org || status_names_org(lt, org)
+}
+
+/// `status_orgs(lt).contains(org)` without building the list: asked of every cached
+/// LinkToken on every reconcile.
+fn status_names_org(lt: &LinkToken, org: &str) -> bool {
     let st = lt.status.as_ref();
-    lt.spec.org_id == org
-        || st
-            .and_then(|s| s.issued_for.as_ref())
-            .is_some_and(|i| i.org_id == org)
+    st.and_then(|s| s.issued_for.as_ref())
+        .is_some_and(|i| i.org_id == org)
         || st
             .and_then(|s| s.in_flight.as_ref())
             .is_some_and(|f| f.org_id == org)
@@ -232,7 +236,7 @@ pub fn held_by_others(all: &[Arc<LinkToken>], lt: &LinkToken) -> Vec<String> {
 pub fn others_may_hold(all: &[Arc<LinkToken>], lt: &LinkToken) -> bool {
     all.iter()
         .filter(|o| !same(o, lt))
-        .any(|o| status_orgs(o).contains(&lt.spec.org_id))
+        .any(|o| status_names_org(o, &lt.spec.org_id))
 }
 
 /// True when the LinkToken that owns `lt`'s org is being deleted (so a takeover is near).
