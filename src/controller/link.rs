@@ -94,6 +94,26 @@ pub fn fence_holds(marker: Option<&str>, now: Option<&LinkToken>) -> bool {
     marker.is_some() && marker == now.and_then(|lt| lt.metadata.resource_version.as_deref())
 }
 
+/// Whether the link marker's write keeps the refusal the LinkToken shows (`shown`: the Ready
+/// reason, and whether it was reported for the current generation) instead of showing Linking.
+/// A refusal only a user can fix (the source answered 401, 403, an unknown org, or refused the
+/// token) is rechecked with one call to the source per recheck; until that call's answer says
+/// otherwise the refusal stands. Showing Linking meanwhile would turn kstatus's Failed into
+/// InProgress and back at every recheck, which a GitOps tool waiting on the LinkToken reads
+/// as progress. After a spec change (a new generation) the attempt is new work: Linking.
+pub fn marker_keeps_refusal(shown: Option<Reason>, same_generation: bool) -> bool {
+    same_generation
+        && matches!(
+            shown,
+            Some(
+                Reason::SourceUnauthorized
+                    | Reason::SourceForbidden
+                    | Reason::SourceOrgNotFound
+                    | Reason::SourceRejected
+            )
+        )
+}
+
 /// What a status check found, and what follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -369,6 +389,27 @@ impl Run<'_> {
         Err(Error::Superseded)
     }
 
+    /// The Ready reason and message the link marker's write shows ([`marker_keeps_refusal`]).
+    fn marker_outcome(&self, spec: &SourceSpec) -> (Reason, String) {
+        let ready = self
+            .lt
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY));
+        let shown = report::current_reason(self.lt);
+        let same_generation =
+            ready.is_some_and(|c| c.observed_generation == self.lt.metadata.generation);
+        match (shown, ready) {
+            (Some(r), Some(c)) if marker_keeps_refusal(shown, same_generation) => {
+                (r, c.message.clone())
+            }
+            _ => (
+                Reason::Linking,
+                format!("handing the link token to source org {}", spec.org_id),
+            ),
+        }
+    }
+
     fn recorded(&self, spec: &SourceSpec) -> LinkStatus {
         let mut l = self.status.link.clone().unwrap_or_default();
         l.url = spec.url.trim_end_matches('/').to_string();
@@ -508,11 +549,12 @@ impl Run<'_> {
         link.posting_sha256 = Some(sha.to_string());
         status.link = Some(link.clone());
         // The marker: from here a link with this token may exist at the source.
+        let (reason, message) = self.marker_outcome(spec);
         let marked = report::with_outcome(
             self.lt,
             status.clone(),
-            Reason::Linking,
-            &format!("handing the link token to source org {}", spec.org_id),
+            reason,
+            &message,
             self.ctx.credentials_grace,
         );
         let rv =
@@ -1007,6 +1049,34 @@ mod tests {
             None,
             Some(&LinkToken::new("lt", Default::default()))
         ));
+    }
+
+    #[test]
+    fn a_recheck_of_a_refusal_keeps_it_shown_while_the_source_is_asked_again() {
+        for refused in [
+            Reason::SourceUnauthorized,
+            Reason::SourceForbidden,
+            Reason::SourceOrgNotFound,
+            Reason::SourceRejected,
+        ] {
+            assert!(refused.is_stalled(), "{refused}: kstatus Failed");
+            assert!(marker_keeps_refusal(Some(refused), true), "{refused}");
+            // A new generation (the user changed the spec) is new work: Linking.
+            assert!(!marker_keeps_refusal(Some(refused), false), "{refused}");
+        }
+        // A first link, a relink, a transient failure, a Secret that now exists: Linking.
+        for other in [
+            None,
+            Some(Reason::TokenIssued),
+            Some(Reason::Linked),
+            Some(Reason::Linking),
+            Some(Reason::NotSynced),
+            Some(Reason::SourceUnavailable),
+            Some(Reason::SourceCredentialsNotFound),
+            Some(Reason::SourceConfigInvalid),
+        ] {
+            assert!(!marker_keeps_refusal(other, true), "{other:?}");
+        }
     }
 
     fn t(s: &str) -> Time {
