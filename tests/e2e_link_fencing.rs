@@ -3,6 +3,7 @@
 //! by the node) while a fresh actor linked the LinkToken must, when it resumes, neither post
 //! its stale view to the source nor overwrite the fresh actor's status. Two operator processes
 //! act on the namespace: A holds at a pause point of the link step, B does the work meanwhile.
+//! The DELETE of a link the spec left is held and fenced the same way.
 use testkit::require_cluster;
 
 use std::time::Duration;
@@ -31,6 +32,26 @@ fn sha(token: &str) -> String {
 /// LinkToken `migration` linked to SOURCE_ORG, first reconciled by A, an operator that holds
 /// for STALE_PAUSE at `point`. Returns once A holds there.
 async fn held_at(c: &'static testkit::TestCluster, prefix: &str, point: &str) -> (Env, Operator) {
+    let (env, stale) = with_stale_operator(c, prefix, point).await;
+    wait_holding(&stale, point).await;
+    (env, stale)
+}
+
+/// Waits until A holds at `point`.
+async fn wait_holding(stale: &Operator, point: &str) {
+    testkit::eventually(WAIT, &format!("A holding at {point}"), || async {
+        let logs = stale.logs();
+        (logs.contains("pausing") && logs.contains(point)).then_some(())
+    })
+    .await;
+}
+
+/// As [`held_at`], without waiting for A to reach `point`.
+async fn with_stale_operator(
+    c: &'static testkit::TestCluster,
+    prefix: &str,
+    point: &str,
+) -> (Env, Operator) {
     let env = Env::new(c, prefix).await;
     env.api_key_secret("creds").await;
     env.put_secret(
@@ -52,12 +73,43 @@ async fn held_at(c: &'static testkit::TestCluster, prefix: &str, point: &str) ->
     );
     env.apply_yaml(&linktoken_yaml("migration", ORG, &[], "creds", &source))
         .await;
-    testkit::eventually(WAIT, &format!("A holding at {point}"), || async {
-        let logs = stale.logs();
-        (logs.contains("pausing") && logs.contains(point)).then_some(())
-    })
-    .await;
     (env, stale)
+}
+
+/// OTHER_ORG at the source, a key owning it, and its credentials Secret `other-creds`.
+async fn add_other_org(env: &Env) {
+    env.sim
+        .state
+        .add_source_org(SourceOrgConfig::new(OTHER_ORG, "the org the spec moves to"))
+        .expect("add source org");
+    env.sim
+        .state
+        .add_source_api_key(ApiKeyConfig::new(
+            OTHER_KEY.0,
+            OTHER_KEY.1,
+            roles(OTHER_ORG, ORG_OWNER),
+        ))
+        .expect("add source key");
+    env.put_secret(
+        "other-creds",
+        &[
+            ("publicApiKey", OTHER_KEY.0),
+            ("privateApiKey", OTHER_KEY.1),
+        ],
+    )
+    .await;
+}
+
+/// Points spec.source at `org`, with the credentials Secret `creds`.
+async fn move_source(env: &Env, org: &str, creds: &str) {
+    env.patch_linktoken(
+        "migration",
+        serde_json::json!({"spec": {"source": {
+            "orgId": org,
+            "credentialsSecretRef": {"name": creds},
+        }}}),
+    )
+    .await;
 }
 
 fn link_of(lt: &LinkToken) -> linktoken_operator::api::LinkStatus {
@@ -228,35 +280,9 @@ fn assert_abandoned_before_the_source(stale: &Operator) {
 async fn a_stale_actor_held_before_its_link_post_does_not_link_a_source_the_spec_left() {
     let c = require_cluster!();
     let (mut env, mut stale) = held_at(c, "lfence-moved", "before-link-post").await;
-    env.sim
-        .state
-        .add_source_org(SourceOrgConfig::new(OTHER_ORG, "the org the spec moves to"))
-        .expect("add source org");
-    env.sim
-        .state
-        .add_source_api_key(ApiKeyConfig::new(
-            OTHER_KEY.0,
-            OTHER_KEY.1,
-            roles(OTHER_ORG, ORG_OWNER),
-        ))
-        .expect("add source key");
-    env.put_secret(
-        "other-creds",
-        &[
-            ("publicApiKey", OTHER_KEY.0),
-            ("privateApiKey", OTHER_KEY.1),
-        ],
-    )
-    .await;
+    add_other_org(&env).await;
     let t1_sha = issued_sha(&env.get("migration").await.expect("LinkToken"));
-    env.patch_linktoken(
-        "migration",
-        serde_json::json!({"spec": {"source": {
-            "orgId": OTHER_ORG,
-            "credentialsSecretRef": {"name": "other-creds"},
-        }}}),
-    )
-    .await;
+    move_source(&env, OTHER_ORG, "other-creds").await;
 
     env.start_operator(&[]);
     wait_linked_with(&env, &t1_sha, OTHER_ORG).await;
@@ -311,5 +337,59 @@ async fn a_stale_actor_held_after_its_link_post_does_not_overwrite_the_newer_lin
     assert_eq!(accepted, 2, "{:?}", env.sim.state.source_calls());
     stale.kill();
     env.assert_no_secret_leaked(&[&t1, &t2, SOURCE_KEY.1, PRIVATE_KEY])
+        .await;
+}
+
+/// A links T1 at SOURCE_ORG; spec.source moves to OTHER_ORG, and A is held just before its
+/// DELETE of the link at SOURCE_ORG, the org the spec left. Meanwhile B follows the spec there,
+/// and the spec moves back: B links SOURCE_ORG again. A resumes with its old view: its DELETE
+/// would remove B's link, which status records as Linked, until a later status check found
+/// it gone. A reads the LinkToken fresh first and calls nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_actor_held_before_unlinking_a_source_the_spec_left_keeps_the_newer_link() {
+    let c = require_cluster!();
+    let (mut env, mut stale) =
+        with_stale_operator(c, "lfence-unlink", "before-source-unlink").await;
+    let t1_sha = testkit::eventually(WAIT, "A issuing T1", || async {
+        let lt = env.get("migration").await?;
+        lt.status
+            .as_ref()?
+            .issued_for
+            .as_ref()?
+            .token_sha256
+            .clone()
+    })
+    .await;
+    wait_linked_with(&env, &t1_sha, SOURCE_ORG).await;
+    add_other_org(&env).await;
+    move_source(&env, OTHER_ORG, "other-creds").await;
+    wait_holding(&stale, "before-source-unlink").await;
+    assert!(
+        env.sim.state.source_link(SOURCE_ORG).is_some(),
+        "A removed nothing yet"
+    );
+
+    env.start_operator(&[]);
+    wait_linked_with(&env, &t1_sha, OTHER_ORG).await;
+    move_source(&env, SOURCE_ORG, "source-creds").await;
+    wait_linked_with(&env, &t1_sha, SOURCE_ORG).await;
+    let before = env.sim.state.source_calls().len();
+
+    wait_stale_attempt_ended(&stale).await;
+    let live = assert_linked_end_state(&env, SOURCE_ORG).await;
+    assert_eq!(live, t1_sha, "no reissue for a moved source");
+    let since = env.sim.state.source_calls().split_off(before);
+    assert!(
+        !since.iter().any(|c| c.method != "GET"),
+        "after B linked SOURCE_ORG again only status reads reach the source: {since:?}"
+    );
+    assert!(
+        env.sim.state.source_link(OTHER_ORG).is_none(),
+        "B removed the link at the org the spec left in turn"
+    );
+    assert_abandoned_before_the_source(&stale);
+    let token = env.token_in("migration", "linkToken").await.expect("token");
+    stale.kill();
+    env.assert_no_secret_leaked(&[&token, SOURCE_KEY.1, OTHER_KEY.1, PRIVATE_KEY])
         .await;
 }

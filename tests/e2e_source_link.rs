@@ -18,8 +18,10 @@ use atlas_sim::{
     ApiKeyConfig, FaultSpec, FaultTarget, ORG_OWNER, SimConfig, SimServer, SimTls, SourceOrgConfig,
     TokenStatus, roles,
 };
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::ResourceExt;
+use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
 use linktoken_operator::api::{LinkToken, Reason};
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials};
 use linktoken_operator::source::{SourceClient, Target};
@@ -925,7 +927,7 @@ async fn removing_spec_source_removes_the_link() {
 
 /// What Flux and kpt see (the real kstatus library): Current only once the whole link holds;
 /// a link failing for a transient reason is InProgress although the token is issued; one only a
-/// user can fix is Failed.
+/// user can fix is Failed, and stays Failed while the operator rechecks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kstatus_is_current_only_once_linked() {
     let c = require_cluster!();
@@ -957,10 +959,59 @@ async fn kstatus_is_current_only_once_linked() {
             "{name}: issued"
         );
     }
+    // Failed stays Failed while the operator rechecks (one source call per recheck, on the
+    // backing-off timer): a GitOps tool must not see it InProgress, then Failed again, at each
+    // recheck. Every write of one recheck is watched, so this does not depend on when the test
+    // happens to look.
+    let shown = stalled_across_a_recheck(&env, "unauthorized").await;
+    assert!(
+        shown.iter().all(|(stalled, _)| stalled == "True"),
+        "unauthorized: Stalled left True during a recheck: {shown:?}"
+    );
     eventually(WAIT, "late: Failed once the grace is over", || async {
         (kstatus_of(&env, &bin, "late").0 == "Failed").then_some(())
     })
     .await;
+}
+
+/// (Stalled, Ready reason) of every write to LinkToken `name` (now SourceUnauthorized) up to
+/// and including the one that records the answer of its next refused POST at the source.
+async fn stalled_across_a_recheck(env: &Env, name: &str) -> Vec<(String, String)> {
+    let lt = env
+        .wait_reason(name, Reason::SourceUnauthorized, WAIT)
+        .await;
+    let refused = source_calls(env, "POST", 401);
+    let rv = lt.resource_version().expect("resourceVersion");
+    let wp = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let mut events = env
+        .linktokens()
+        .watch(&wp, &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut shown = Vec::new();
+    let watched = tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.try_next().await.expect("watch event") {
+            let WatchEvent::Modified(lt) = event else {
+                continue;
+            };
+            shown.push((condition(&lt, "Stalled").0, condition(&lt, "Ready").1));
+            let marker = lt
+                .status
+                .as_ref()
+                .and_then(|s| s.link.as_ref())
+                .and_then(|l| l.posting_sha256.as_ref());
+            if marker.is_none() && source_calls(env, "POST", 401) > refused {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "{name}: no recheck within {WAIT:?}: {shown:?}"
+    );
+    shown
 }
 
 /// storeToken: false and a source that answers but refuses the token: each refused hand-over

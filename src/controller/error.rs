@@ -14,9 +14,10 @@ pub enum Error {
         message: String,
         retry_after: Duration,
     },
-    /// Another write reached the LinkToken after this attempt's link marker: another actor (or
-    /// a spec edit) superseded it, so the source is not called with this attempt's view.
-    #[error("the LinkToken changed after this attempt's link marker; the source was not called")]
+    /// Another write reached the LinkToken after this attempt's link marker (or, before the
+    /// DELETE of a link the spec left, after this reconcile's read): another actor (or a spec
+    /// edit) superseded it, so the source is not called with this attempt's view.
+    #[error("the LinkToken changed during this attempt; the source was not called")]
     Superseded,
     #[error("LinkToken has no {0}")]
     MissingMetadata(&'static str),

@@ -17,7 +17,9 @@
 //! fenced (resourceVersion), and so, as far as a source without preconditions allows, are the
 //! calls after it: a POST (or the DELETE before a relink) goes out only while a fresh read
 //! shows the marker is still the LinkToken's latest write ([`fence_holds`]), so an actor held
-//! after its marker never posts a stale view over another actor's link.
+//! after its marker never posts a stale view over another actor's link. The DELETE of a link
+//! the spec left (spec.source moved or removed) is fenced the same way, at the version the
+//! reconcile read ([`unlink_fence`]).
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -92,6 +94,34 @@ pub fn decide_link(
 /// deletion) means this attempt's view is stale. Without a version to compare, it may not.
 pub fn fence_holds(marker: Option<&str>, now: Option<&LinkToken>) -> bool {
     marker.is_some() && marker == now.and_then(|lt| lt.metadata.resource_version.as_deref())
+}
+
+/// The version a DELETE of the link recorded where the spec no longer points is fenced at:
+/// this reconcile's last fenced write (`fence`, the version its report would be written at),
+/// else the version it read. Unlike a POST, that DELETE has no marker of its own (a crash
+/// after it only repeats it: the org then has no link, which counts as removed).
+pub fn unlink_fence<'a>(fence: Option<&'a str>, read: Option<&'a str>) -> Option<&'a str> {
+    fence.or(read)
+}
+
+/// Whether the link marker's write keeps the refusal the LinkToken shows (`shown`: the Ready
+/// reason, and whether it was reported for the current generation) instead of showing Linking.
+/// A refusal only a user can fix (the source answered 401, 403, an unknown org, or refused the
+/// token) is rechecked with one call to the source per recheck; until that call's answer says
+/// otherwise the refusal stands. Showing Linking meanwhile would turn kstatus's Failed into
+/// InProgress and back at every recheck, which a GitOps tool waiting on the LinkToken reads
+/// as progress. After a spec change (a new generation) the attempt is new work: Linking.
+pub fn marker_keeps_refusal(shown: Option<Reason>, same_generation: bool) -> bool {
+    same_generation
+        && matches!(
+            shown,
+            Some(
+                Reason::SourceUnauthorized
+                    | Reason::SourceForbidden
+                    | Reason::SourceOrgNotFound
+                    | Reason::SourceRejected
+            )
+        )
 }
 
 /// What a status check found, and what follows.
@@ -365,8 +395,29 @@ impl Run<'_> {
         }
         self.ctx.versions.write_failed(&report::object_ref(self.lt));
         tracing::info!(linktoken = %report::key_of(self.lt),
-            "the LinkToken changed after this attempt's link marker; not calling the source");
+            "the LinkToken changed during this attempt; not calling the source");
         Err(Error::Superseded)
+    }
+
+    /// The Ready reason and message the link marker's write shows ([`marker_keeps_refusal`]).
+    fn marker_outcome(&self, spec: &SourceSpec) -> (Reason, String) {
+        let ready = self
+            .lt
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY));
+        let shown = report::current_reason(self.lt);
+        let same_generation =
+            ready.is_some_and(|c| c.observed_generation == self.lt.metadata.generation);
+        match (shown, ready) {
+            (Some(r), Some(c)) if marker_keeps_refusal(shown, same_generation) => {
+                (r, c.message.clone())
+            }
+            _ => (
+                Reason::Linking,
+                format!("handing the link token to source org {}", spec.org_id),
+            ),
+        }
     }
 
     fn recorded(&self, spec: &SourceSpec) -> LinkStatus {
@@ -508,11 +559,12 @@ impl Run<'_> {
         link.posting_sha256 = Some(sha.to_string());
         status.link = Some(link.clone());
         // The marker: from here a link with this token may exist at the source.
+        let (reason, message) = self.marker_outcome(spec);
         let marked = report::with_outcome(
             self.lt,
             status.clone(),
-            Reason::Linking,
-            &format!("handing the link token to source org {}", spec.org_id),
+            reason,
+            &message,
             self.ctx.credentials_grace,
         );
         let rv =
@@ -602,7 +654,22 @@ impl Run<'_> {
         let Some(recorded) = self.status.link.clone() else {
             return Ok(self.base);
         };
-        let outcome = unlink(self.ctx, self.lt, &recorded).await;
+        let outcome = match unlink_access(self.ctx, self.lt, &recorded).await {
+            Ok(access) => {
+                super::pause::point("before-source-unlink").await;
+                // The DELETE removes whatever link the org holds. An actor held since its read
+                // (a lost Lease, a frozen process) while another followed the spec away and
+                // back, linking this org again, would remove that link, and the status
+                // recording it would say Linked until the next status check. So the DELETE
+                // goes out only while nothing has written the LinkToken since this
+                // reconcile's read (or its last fenced write), read fresh.
+                let read = self.lt.resource_version();
+                let fence = unlink_fence(self.base.fence.as_deref(), read.as_deref());
+                self.confirm_fence(fence).await?;
+                unlink_at(self.ctx, &recorded, &access).await
+            }
+            Err(known) => known,
+        };
         let mut status = self.status.clone();
         match outcome {
             Unlink::Done(note) | Unlink::Skipped(note) => {
@@ -728,15 +795,31 @@ enum Unlink {
 
 /// DELETE the recorded link at the source, with the credentials Secret recorded with it.
 async fn unlink(ctx: &Context, lt: &LinkToken, recorded: &LinkStatus) -> Unlink {
-    let skipped = |why: String| {
-        Unlink::Skipped(Note {
-            skipped: true,
-            text: format!(
-                "the link of source org {} was not removed: {why}; remove it there (DELETE /api/public/v1.0/orgs/{}/liveExport/migrationLink) if it still matters",
-                recorded.org_id, recorded.org_id
-            ),
-        })
-    };
+    match unlink_access(ctx, lt, recorded).await {
+        Ok(access) => unlink_at(ctx, recorded, &access).await,
+        Err(known) => known,
+    }
+}
+
+/// The note of a link that is left at the source: why, and how to remove it by hand.
+fn unlink_skipped(recorded: &LinkStatus, why: String) -> Unlink {
+    Unlink::Skipped(Note {
+        skipped: true,
+        text: format!(
+            "the link of source org {} was not removed: {why}; remove it there (DELETE /api/public/v1.0/orgs/{}/liveExport/migrationLink) if it still matters",
+            recorded.org_id, recorded.org_id
+        ),
+    })
+}
+
+/// The credentials (recorded with the link) and CA to remove the recorded link with; Err: the
+/// outcome is known without calling the source.
+async fn unlink_access(
+    ctx: &Context,
+    lt: &LinkToken,
+    recorded: &LinkStatus,
+) -> Result<Access, Unlink> {
+    let skipped = |why: String| Err(unlink_skipped(recorded, why));
     let ns = lt.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let creds = match secrets.get_opt(&recorded.credentials_secret_name).await {
@@ -751,9 +834,9 @@ async fn unlink(ctx: &Context, lt: &LinkToken, recorded: &LinkStatus) -> Unlink 
             ));
         }
         Err(e) => {
-            return Unlink::Blocked(SourceError::Config(format!(
+            return Err(Unlink::Blocked(SourceError::Config(format!(
                 "reading the source credentials Secret: {e}"
-            )));
+            ))));
         }
     };
     // The CA bundle of the current spec when it still names the same source.
@@ -764,11 +847,21 @@ async fn unlink(ctx: &Context, lt: &LinkToken, recorded: &LinkStatus) -> Unlink 
         },
         _ => None,
     };
+    Ok(Access { creds, ca })
+}
+
+/// The DELETE of the recorded link.
+async fn unlink_at(ctx: &Context, recorded: &LinkStatus, access: &Access) -> Unlink {
+    let skipped = |why: String| unlink_skipped(recorded, why);
     let target = Target {
         url: &recorded.url,
-        ca_pem: ca.as_deref(),
+        ca_pem: access.ca.as_deref(),
     };
-    match ctx.source.unlink(target, &creds, &recorded.org_id).await {
+    match ctx
+        .source
+        .unlink(target, &access.creds, &recorded.org_id)
+        .await
+    {
         Ok(Unlinked::Deleted) => Unlink::Done(Note {
             skipped: false,
             text: format!("removed the link of source org {}", recorded.org_id),
@@ -1002,6 +1095,55 @@ mod tests {
             None,
             Some(&LinkToken::new("lt", Default::default()))
         ));
+    }
+
+    #[test]
+    fn a_recheck_of_a_refusal_keeps_it_shown_while_the_source_is_asked_again() {
+        for refused in [
+            Reason::SourceUnauthorized,
+            Reason::SourceForbidden,
+            Reason::SourceOrgNotFound,
+            Reason::SourceRejected,
+        ] {
+            assert!(refused.is_stalled(), "{refused}: kstatus Failed");
+            assert!(marker_keeps_refusal(Some(refused), true), "{refused}");
+            // A new generation (the user changed the spec) is new work: Linking.
+            assert!(!marker_keeps_refusal(Some(refused), false), "{refused}");
+        }
+        // A first link, a relink, a transient failure, a Secret that now exists: Linking.
+        for other in [
+            None,
+            Some(Reason::TokenIssued),
+            Some(Reason::Linked),
+            Some(Reason::Linking),
+            Some(Reason::NotSynced),
+            Some(Reason::SourceUnavailable),
+            Some(Reason::SourceCredentialsNotFound),
+            Some(Reason::SourceConfigInvalid),
+        ] {
+            assert!(!marker_keeps_refusal(other, true), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_link_the_spec_left_is_removed_only_while_the_read_is_the_latest_write() {
+        // Fenced at this reconcile's last fenced write when there is one, else at its read.
+        assert_eq!(unlink_fence(Some("52"), Some("50")), Some("52"));
+        assert_eq!(unlink_fence(None, Some("50")), Some("50"));
+        assert_eq!(unlink_fence(None, None), None);
+        let at = |rv: &str| {
+            let mut lt = LinkToken::new("lt", Default::default());
+            lt.metadata.resource_version = Some(rv.into());
+            lt
+        };
+        assert!(fence_holds(unlink_fence(None, Some("50")), Some(&at("50"))));
+        // Another actor followed the spec away and back (its writes moved the version on).
+        assert!(!fence_holds(
+            unlink_fence(None, Some("50")),
+            Some(&at("61"))
+        ));
+        // No version at all: nothing proves the view current, so no DELETE.
+        assert!(!fence_holds(unlink_fence(None, None), Some(&at("50"))));
     }
 
     fn t(s: &str) -> Time {

@@ -9,7 +9,9 @@
 //! Points: `before-revoke` (marker written, before any DELETE), `before-post` (after the
 //! DELETEs), `after-post` (token received, Secret not written), `after-secret` (Secret written,
 //! status not); for the link at the source (`controller::link`): `before-link-post` (link
-//! marker written, nothing posted) and `after-link-post` (posted, answer not recorded).
+//! marker written, nothing posted), `after-link-post` (posted, answer not recorded) and
+//! `before-source-unlink` (spec.source moved or removed: the link status records is about to
+//! be DELETEd there, before the fresh read that fences it).
 
 #[cfg(feature = "fault-injection")]
 mod hook {
