@@ -14,7 +14,12 @@
 //!
 //! Before each run, with no operator running, a calibration phase performs the operator's
 //! per-token write mix itself at the same concurrency, as fast as the API server allows: that
-//! is this machine's ceiling in tokens/s, and each run reports its fraction of it.
+//! is this machine's ceiling in tokens/s, and each run reports its fraction of it. With
+//! `--calibration-floor` a second calibration adds what the contract asks of any
+//! implementation (credentials GET, dry-run Secret create, a controller's watches): the most
+//! this contract allows here. Control-plane CPU per token (etcd, kube-apiserver,
+//! kube-controller-manager, from /proc) is printed for each phase: on a small machine the API
+//! server's CPU, not round trips, sets both ceilings.
 //!
 //! With `--restart`, after the quiet period the operator is killed and a new one started; the
 //! run reports the time from its start to all N verified (its `linktoken_reconciles_total
@@ -76,6 +81,12 @@ struct Args {
     /// then its result).
     #[arg(long = "calibration-status-applies", default_value_t = 2)]
     calibration_status_applies: usize,
+    /// Also measure the contract's floor: the write mix plus what the contract asks of any
+    /// implementation per token (a credentials Secret GET, a dry-run create of the token
+    /// Secret before the Atlas call, the Secret labelled as managed) while a watch on the
+    /// LinkTokens and one on the managed Secrets' metadata are open, as a controller has.
+    #[arg(long = "calibration-floor")]
+    calibration_floor: bool,
     /// After the quiet period, restart the operator and measure the time to all N verified.
     #[arg(long)]
     restart: bool,
@@ -104,9 +115,15 @@ struct RunResult {
     calibration: Option<Calibration>,
     /// throughput_per_sec / calibration.ceiling_per_sec.
     fraction_of_ceiling: Option<f64>,
+    /// The contract's floor (`--calibration-floor`), and throughput_per_sec over it.
+    floor: Option<Calibration>,
+    fraction_of_floor: Option<f64>,
     restart: Option<Restart>,
     operator_peak_rss_mib: f64,
     operator_cpu_secs: f64,
+    /// Control-plane CPU per token from the first create to all Ready (the benchmark's own
+    /// creates and watch included), in ms.
+    control_plane_cpu_ms_per_token: f64,
     quiet_secs: u64,
     steady_atlas_calls_per_min: f64,
     steady_api_writes_per_min: f64,
@@ -121,6 +138,12 @@ struct Calibration {
     ceiling_per_sec: f64,
     api_writes_per_token: f64,
     api_writes_by_resource: BTreeMap<String, u64>,
+    /// Control-plane CPU (etcd, kube-apiserver, kube-controller-manager) per token while the
+    /// write mix ran, in ms.
+    control_plane_cpu_ms_per_token: f64,
+    /// The same while the calibration created its LinkTokens (untimed): about what the
+    /// benchmark's own creates cost inside the operator's run.
+    create_cpu_ms_per_token: f64,
 }
 
 /// A restart with nothing to do.
@@ -144,6 +167,18 @@ struct Restart {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// The pids of etcd, kube-apiserver and kube-controller-manager, set once at start: the
+/// control plane's CPU per token is what the operator and the calibration really compete for
+/// on a small machine.
+static CONTROL_PLANE_PIDS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+/// CPU seconds (utime + stime) the control plane's processes have used so far.
+fn control_plane_cpu_secs() -> f64 {
+    CONTROL_PLANE_PIDS
+        .get()
+        .map_or(0.0, |pids| pids.iter().map(|p| proc_usage(*p).1).sum())
+}
+
 fn main() -> Result<(), Error> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -153,6 +188,7 @@ fn main() -> Result<(), Error> {
     // The control plane is started from the main thread (its children die with the process).
     let t = Instant::now();
     let cp = ControlPlane::start(Options::default())?;
+    let _ = CONTROL_PLANE_PIDS.set(cp.pids().into_iter().map(|(_, pid)| pid).collect());
     eprintln!(
         "control plane ready in {:.1}s at {}",
         t.elapsed().as_secs_f64(),
@@ -214,23 +250,30 @@ async fn run_one(
     latency_ms: u64,
     concurrency: u16,
 ) -> Result<RunResult, Error> {
-    let calibration = if args.calibration_max > 0 {
+    // The write-mix ceiling, then (with --calibration-floor) the contract's floor.
+    let mut ceilings = Vec::new();
+    for (floor, what) in [(false, "ceiling (write mix)"), (true, "contract floor")] {
+        if args.calibration_max == 0 || (floor && !args.calibration_floor) {
+            ceilings.push(None);
+            continue;
+        }
         let c = calibrate(
             client,
             run_id,
             n.min(args.calibration_max),
             concurrency,
             args.calibration_status_applies,
+            floor,
         )
         .await?;
         eprintln!(
-            "  calibration: {} tokens' write mix in {:.1}s = ceiling {:.1} tokens/s",
+            "  {what}: {} tokens in {:.1}s = {:.1} tokens/s",
             c.n, c.secs, c.ceiling_per_sec
         );
-        Some(c)
-    } else {
-        None
-    };
+        ceilings.push(Some(c));
+    }
+    let floor = ceilings.pop().flatten();
+    let calibration = ceilings.pop().flatten();
 
     // One org per LinkToken (Atlas keeps one link per org), one API key owning all of them.
     let orgs: Vec<String> = (0..n)
@@ -395,6 +438,7 @@ async fn run_one(
     let by_status0 = calls_by_status(&sim.state);
 
     // Apply all at once (64 requests in flight).
+    let cp_cpu0 = control_plane_cpu_secs();
     let t0 = Instant::now();
     let applied: HashMap<String, Instant> = futures::stream::iter(0..n)
         .map(|i| {
@@ -443,6 +487,7 @@ async fn run_one(
             last_report = Instant::now();
         }
     }
+    let cp_cpu = control_plane_cpu_secs() - cp_cpu0;
     let all_ready = ready
         .values()
         .max()
@@ -543,9 +588,14 @@ async fn run_one(
             .as_ref()
             .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
         calibration,
+        fraction_of_floor: floor
+            .as_ref()
+            .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
+        floor,
         restart,
         operator_peak_rss_mib: rss.max(rss2),
         operator_cpu_secs: cpu.max(cpu2),
+        control_plane_cpu_ms_per_token: cp_cpu * 1000.0 / n as f64,
         quiet_secs: args.quiet_secs,
         steady_atlas_calls_per_min: per_min(calls2 - calls1),
         steady_api_writes_per_min: per_min(quiet_writes),
@@ -636,8 +686,13 @@ async fn calibrate(
     n: usize,
     concurrency: u16,
     status_applies: usize,
+    floor: bool,
 ) -> Result<Calibration, Error> {
-    let ns = format!("bench-cal-{run_id}");
+    let ns = if floor {
+        format!("bench-floor-{run_id}")
+    } else {
+        format!("bench-cal-{run_id}")
+    };
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -651,6 +706,27 @@ async fn calibrate(
         )
         .await?;
     let lts: Api<LinkToken> = Api::namespaced(client.clone(), &ns);
+    if floor {
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &Secret {
+                    metadata: ObjectMeta {
+                        name: Some("creds".into()),
+                        ..Default::default()
+                    },
+                    string_data: Some(
+                        [("publicApiKey", "floor"), ("privateApiKey", "floor")]
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    let create_cpu0 = control_plane_cpu_secs();
     let uids: Vec<(String, String)> = futures::stream::iter(0..n)
         .map(|i| {
             let lts = lts.clone();
@@ -670,18 +746,29 @@ async fn calibrate(
         .try_collect()
         .await?;
 
+    let create_cpu = control_plane_cpu_secs() - create_cpu0;
+    let watches = if floor {
+        Some(controller_watches(client, &ns).await?)
+    } else {
+        None
+    };
     let requests0 = api_requests(client).await?;
+    let cpu0 = control_plane_cpu_secs();
     let t0 = Instant::now();
     futures::stream::iter(uids)
         .map(|(name, uid)| {
             let client = client.clone();
             let ns = ns.clone();
-            async move { calibrate_one(&client, &ns, &name, &uid, status_applies).await }
+            async move { calibrate_one(&client, &ns, &name, &uid, status_applies, floor).await }
         })
         .buffer_unordered(usize::from(concurrency.max(1)))
         .try_collect::<Vec<()>>()
         .await?;
     let secs = t0.elapsed().as_secs_f64();
+    let mix_cpu = control_plane_cpu_secs() - cpu0;
+    if let Some(w) = watches {
+        w.abort();
+    }
     // Let in-flight requests be counted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests1 = api_requests(client).await?;
@@ -694,7 +781,44 @@ async fn calibrate(
         ceiling_per_sec: n as f64 / secs.max(1e-9),
         api_writes_per_token: total as f64 / n.max(1) as f64,
         api_writes_by_resource: writes,
+        control_plane_cpu_ms_per_token: mix_cpu * 1000.0 / n.max(1) as f64,
+        create_cpu_ms_per_token: create_cpu * 1000.0 / n.max(1) as f64,
     })
+}
+
+/// The watches a controller of this contract holds while it works: its LinkTokens (whole
+/// objects) and the metadata of the Secrets it manages, from the current version on, drained
+/// until aborted.
+async fn controller_watches(
+    client: &Client,
+    ns: &str,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let lts: Api<LinkToken> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let lp = kube::api::ListParams::default().limit(1);
+    let lt_version = lts
+        .list_metadata(&lp)
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let selector = linktoken_operator::controller::secret::managed_selector();
+    let secret_version = secrets
+        .list_metadata(&lp.clone().labels(&selector))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let wp = kube::api::WatchParams::default().timeout(290);
+    let lt_events = lts.watch(&wp, &lt_version).await?;
+    let secret_events = secrets
+        .watch_metadata(&wp.clone().labels(&selector), &secret_version)
+        .await?;
+    Ok(tokio::spawn(async move {
+        let a = lt_events.for_each(|_| async {});
+        let b = secret_events.for_each(|_| async {});
+        futures::join!(a, b);
+    }))
 }
 
 async fn calibrate_one(
@@ -703,17 +827,22 @@ async fn calibrate_one(
     name: &str,
     uid: &str,
     status_applies: usize,
+    floor: bool,
 ) -> Result<(), Error> {
     let lts: Api<LinkToken> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let manager = "linktoken-operator";
-    lts.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({
-            "metadata": {"finalizers": [linktoken_operator::api::FINALIZER]}
-        })),
-    )
-    .await?;
+    let finalizer_patch = Patch::Merge(serde_json::json!({
+        "metadata": {"finalizers": [linktoken_operator::api::FINALIZER]}
+    }));
+    let merge = PatchParams::default();
+    let finalizer = lts.patch(name, &merge, &finalizer_patch);
+    if floor {
+        // The credentials are read on each reconcile, alongside the finalizer patch.
+        futures::try_join!(finalizer, secrets.get("creds"))?;
+    } else {
+        finalizer.await?;
+    }
     let status = |ready: bool| {
         serde_json::json!({
             "apiVersion": "atlasmigration.io/v1alpha1", "kind": "LinkToken",
@@ -739,6 +868,14 @@ async fn calibrate_one(
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(format!("{name}-token")),
+            labels: floor.then(|| {
+                [(
+                    linktoken_operator::controller::secret::MANAGED_BY_LABEL.to_string(),
+                    linktoken_operator::controller::secret::MANAGED_BY_VALUE.to_string(),
+                )]
+                .into_iter()
+                .collect()
+            }),
             owner_references: Some(vec![
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
                     api_version: "atlasmigration.io/v1alpha1".into(),
@@ -761,7 +898,19 @@ async fn calibrate_one(
         ),
         ..Default::default()
     };
-    Api::<Secret>::namespaced(client.clone(), ns)
+    if floor {
+        // Would the API server take the Secret? Asked before the Atlas call.
+        secrets
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    field_manager: Some(manager.into()),
+                },
+                &secret,
+            )
+            .await?;
+    }
+    secrets
         .create(
             &PostParams {
                 field_manager: Some(manager.into()),
@@ -1007,6 +1156,27 @@ fn print_table(rs: &[RunResult]) {
                 c.ceiling_per_sec,
                 c.api_writes_per_token,
                 c.api_writes_by_resource
+            );
+            if let (Some(f), Some(frac)) = (&r.floor, r.fraction_of_floor) {
+                println!(
+                    "  N={} contract floor: {} tokens at concurrency {} in {:.1}s = {:.1} tokens/s ({:.2} writes/token, control-plane CPU {:.1} ms/token); the operator reaches {:.2} of it",
+                    r.n,
+                    f.n,
+                    f.concurrency,
+                    f.secs,
+                    f.ceiling_per_sec,
+                    f.api_writes_per_token,
+                    f.control_plane_cpu_ms_per_token,
+                    frac
+                );
+            }
+            println!(
+                "  N={} control-plane CPU per token: calibration mix {:.1} ms (+ {:.1} ms per LinkToken create); operator run {:.1} ms (creates and the benchmark's watch included), operator {:.1} ms",
+                r.n,
+                c.control_plane_cpu_ms_per_token,
+                c.create_cpu_ms_per_token,
+                r.control_plane_cpu_ms_per_token,
+                r.operator_cpu_secs * 1000.0 / r.n as f64
             );
         }
         if let Some(x) = &r.restart {
