@@ -59,6 +59,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A component exited because its port was taken (the log says so).
+    fn is_port_taken(&self) -> bool {
+        matches!(self, Error::NotReady { tail, .. } if tail.contains("address already in use"))
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
@@ -147,6 +152,17 @@ struct Ports {
     controller_manager: u16,
 }
 
+impl Ports {
+    fn pick() -> Result<Ports, Error> {
+        Ok(Ports {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            apiserver: free_port()?,
+            controller_manager: free_port()?,
+        })
+    }
+}
+
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API serves
     /// and the controllers work (the `default` ServiceAccount exists). Blocking.
@@ -172,36 +188,52 @@ impl ControlPlane {
             .map_err(|e| Error::io("write owner.pid", e))?;
         let _ = std::fs::remove_file(dir.join("pids"));
 
-        let ports = Ports {
-            etcd_client: free_port()?,
-            etcd_peer: free_port()?,
-            apiserver: free_port()?,
-            controller_manager: free_port()?,
-        };
         write_static_files(&dir)?;
-        let api_host = opts.node_ip.unwrap_or(Ipv4Addr::LOCALHOST);
-        let api_url = format!("https://{api_host}:{}", ports.apiserver);
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&api_url))
-            .map_err(|e| Error::io("write kubeconfig", e))?;
-
         let mut cp = ControlPlane {
             dir,
             kubeconfig,
-            api_url,
+            api_url: String::new(),
             tools,
             lifetime: opts.lifetime,
-            ports,
+            ports: Ports::pick()?,
             etcd: None,
             apiserver: None,
             controller_manager: None,
             ready_timeout: opts.ready_timeout,
             node_ip: opts.node_ip,
         };
-        cp.start_component(Component::Etcd)?;
-        cp.start_component(Component::ApiServer)?;
-        cp.start_component(Component::ControllerManager)?;
-        Ok(cp)
+        // A port checked free can still be taken before the component binds it (another
+        // server started meanwhile): then start again on new ports, a few times.
+        let mut attempt = 1;
+        loop {
+            cp.use_ports()?;
+            match cp.start_components() {
+                Ok(()) => return Ok(cp),
+                Err(e) if attempt < 3 && e.is_port_taken() => {
+                    attempt += 1;
+                    cp.stop(true);
+                    // etcd bootstrapped its member with the old peer URL.
+                    let _ = std::fs::remove_dir_all(cp.dir.join("etcd"));
+                    cp.ports = Ports::pick()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Points the API URL and the kubeconfig at the current ports.
+    fn use_ports(&mut self) -> Result<(), Error> {
+        let api_host = self.node_ip.unwrap_or(Ipv4Addr::LOCALHOST);
+        self.api_url = format!("https://{api_host}:{}", self.ports.apiserver);
+        std::fs::write(&self.kubeconfig, kubeconfig_yaml(&self.api_url))
+            .map_err(|e| Error::io("write kubeconfig", e))
+    }
+
+    fn start_components(&mut self) -> Result<(), Error> {
+        self.start_component(Component::Etcd)?;
+        self.start_component(Component::ApiServer)?;
+        self.start_component(Component::ControllerManager)
     }
 
     /// The admin kubeconfig.
@@ -477,11 +509,38 @@ pub(crate) fn http_ok(url: &str) -> bool {
     buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
 }
 
+/// A port nothing listens on, for a server started next. Chosen below the kernel's ephemeral
+/// range: a port from bind(0) lies inside it, and between this check and the server's own bind
+/// any outgoing connection on the machine may take it as its source port (seen in CI: the API
+/// server exited with "address already in use"). Below the range only an explicit bind takes
+/// a port. Falls back to bind(0) when the range leaves no room below it.
 pub(crate) fn free_port() -> Result<u16, Error> {
+    const FLOOR: u16 = 10_000;
+    let below = ephemeral_range_start();
+    if below > FLOOR + 1_000 {
+        for _ in 0..200 {
+            let port = rand::random_range(FLOOR..below);
+            // Free on loopback and on the wildcard address (the node binds both ways).
+            if TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("0.0.0.0", port)).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| Error::io("find a free loopback port", e))
+}
+
+/// The first port the kernel hands out as a source port (Linux's ip_local_port_range; 32768
+/// when it cannot be read).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32_768)
 }
 
 fn write_static_files(dir: &Path) -> Result<(), Error> {
@@ -547,4 +606,39 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports handed to the control plane and the node never come from the range the kernel
+    /// gives outgoing connections, so no client socket can take one before the server binds.
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range() {
+        let start = ephemeral_range_start();
+        if start <= 11_000 {
+            eprintln!("ephemeral range starts at {start}: no room below it, bind(0) is used");
+            return;
+        }
+        for _ in 0..50 {
+            let port = free_port().expect("a free port");
+            assert!(
+                (10_000..start).contains(&port),
+                "{port} vs range start {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_recognised_in_the_components_log() {
+        let not_ready = |tail: &str| Error::NotReady {
+            component: "kube-apiserver".into(),
+            waited: Duration::from_millis(300),
+            log: "kube-apiserver.log".into(),
+            tail: tail.into(),
+        };
+        assert!(not_ready("failed to listen on 127.0.0.1:39591: listen tcp 127.0.0.1:39591: bind: address already in use").is_port_taken());
+        assert!(!not_ready("etcdserver: request timed out").is_port_taken());
+    }
 }
