@@ -15,9 +15,10 @@
 //! Before each run, with no operator running, a calibration phase performs the operator's
 //! per-token write mix itself at the same concurrency, as fast as the API server allows: that
 //! is this machine's ceiling in tokens/s, and each run reports its fraction of it. With
-//! `--calibration-floor` a second calibration adds what the contract asks of any
-//! implementation (credentials GET, dry-run Secret create, a controller's watches): the most
-//! this contract allows here. Control-plane CPU per token (etcd, kube-apiserver,
+//! `--calibration-floor` two more calibrations: the write mix as any controller does it
+//! (labelled Secret, its two watches open), then with the two reads this operator adds on
+//! purpose (credentials GET, dry-run Secret create): the most a controller, and this
+//! contract as we implement it, allow here. Control-plane CPU per token (etcd, kube-apiserver,
 //! kube-controller-manager, from /proc) is printed for each phase: on a small machine the API
 //! server's CPU, not round trips, sets both ceilings.
 //!
@@ -81,10 +82,10 @@ struct Args {
     /// then its result).
     #[arg(long = "calibration-status-applies", default_value_t = 2)]
     calibration_status_applies: usize,
-    /// Also measure the contract's floor: the write mix plus what the contract asks of any
-    /// implementation per token (a credentials Secret GET, a dry-run create of the token
-    /// Secret before the Atlas call, the Secret labelled as managed) while a watch on the
-    /// LinkTokens and one on the managed Secrets' metadata are open, as a controller has.
+    /// Also measure two floors: the write mix as a controller does it (the Secret labelled as
+    /// managed, a watch on the LinkTokens and one on the managed Secrets' metadata open), and
+    /// that plus the two reads this operator makes per token on purpose (a credentials Secret
+    /// GET, a dry-run create of the token Secret before the Atlas call).
     #[arg(long = "calibration-floor")]
     calibration_floor: bool,
     /// After the quiet period, restart the operator and measure the time to all N verified.
@@ -115,7 +116,12 @@ struct RunResult {
     calibration: Option<Calibration>,
     /// throughput_per_sec / calibration.ceiling_per_sec.
     fraction_of_ceiling: Option<f64>,
-    /// The contract's floor (`--calibration-floor`), and throughput_per_sec over it.
+    /// The write mix with a controller's labels and watches (`--calibration-floor`), and
+    /// throughput_per_sec over it.
+    watched: Option<Calibration>,
+    fraction_of_watched: Option<f64>,
+    /// That plus the credentials GET and the dry-run (`--calibration-floor`), and
+    /// throughput_per_sec over it.
     floor: Option<Calibration>,
     fraction_of_floor: Option<f64>,
     restart: Option<Restart>,
@@ -250,10 +256,10 @@ async fn run_one(
     latency_ms: u64,
     concurrency: u16,
 ) -> Result<RunResult, Error> {
-    // The write-mix ceiling, then (with --calibration-floor) the contract's floor.
+    // The write-mix ceiling, then (with --calibration-floor) the two floors.
     let mut ceilings = Vec::new();
-    for (floor, what) in [(false, "ceiling (write mix)"), (true, "contract floor")] {
-        if args.calibration_max == 0 || (floor && !args.calibration_floor) {
+    for mix in [Mix::Bare, Mix::Watched, Mix::ContractFloor] {
+        if args.calibration_max == 0 || (mix != Mix::Bare && !args.calibration_floor) {
             ceilings.push(None);
             continue;
         }
@@ -263,16 +269,20 @@ async fn run_one(
             n.min(args.calibration_max),
             concurrency,
             args.calibration_status_applies,
-            floor,
+            mix,
         )
         .await?;
         eprintln!(
-            "  {what}: {} tokens in {:.1}s = {:.1} tokens/s",
-            c.n, c.secs, c.ceiling_per_sec
+            "  {}: {} tokens in {:.1}s = {:.1} tokens/s",
+            mix.what(),
+            c.n,
+            c.secs,
+            c.ceiling_per_sec
         );
         ceilings.push(Some(c));
     }
     let floor = ceilings.pop().flatten();
+    let controller_floor = ceilings.pop().flatten();
     let calibration = ceilings.pop().flatten();
 
     // One org per LinkToken (Atlas keeps one link per org), one API key owning all of them.
@@ -588,6 +598,10 @@ async fn run_one(
             .as_ref()
             .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
         calibration,
+        fraction_of_watched: controller_floor
+            .as_ref()
+            .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
+        watched: controller_floor,
         fraction_of_floor: floor
             .as_ref()
             .map(|c| throughput / c.ceiling_per_sec.max(1e-9)),
@@ -676,6 +690,48 @@ fn split(m: BTreeMap<String, u64>) -> (BTreeMap<String, u64>, BTreeMap<String, u
     })
 }
 
+/// What a calibration performs per token on top of the operator's write mix.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mix {
+    /// The write mix alone: the machine's ceiling.
+    Bare,
+    /// The write mix as any controller does it: the token Secret labelled as managed, a watch
+    /// on the LinkTokens and one on the managed Secrets' metadata open.
+    Watched,
+    /// That plus the two reads this operator makes per token on purpose: the credentials
+    /// Secret GET (never cached: docs/security.md) and the dry-run create of the token Secret
+    /// before the Atlas call.
+    ContractFloor,
+}
+
+impl Mix {
+    fn what(self) -> &'static str {
+        match self {
+            Mix::Bare => "ceiling (write mix)",
+            Mix::Watched => "controller floor (labels and watches)",
+            Mix::ContractFloor => "contract floor (plus credentials GET and dry-run)",
+        }
+    }
+
+    fn namespace_prefix(self) -> &'static str {
+        match self {
+            Mix::Bare => "bench-cal",
+            Mix::Watched => "bench-watched",
+            Mix::ContractFloor => "bench-floor",
+        }
+    }
+
+    /// A controller's labelled Secret and watches.
+    fn controller(self) -> bool {
+        self != Mix::Bare
+    }
+
+    /// The credentials GET and the dry-run create.
+    fn reads(self) -> bool {
+        self == Mix::ContractFloor
+    }
+}
+
 /// The operator's per-token write mix, with no operator, at `concurrency` tokens at a time:
 /// finalizer merge patch, status server-side apply (the in-flight marker), Secret create,
 /// status apply (the result), one event. The LinkTokens are created first, untimed, in a
@@ -686,13 +742,9 @@ async fn calibrate(
     n: usize,
     concurrency: u16,
     status_applies: usize,
-    floor: bool,
+    mix: Mix,
 ) -> Result<Calibration, Error> {
-    let ns = if floor {
-        format!("bench-floor-{run_id}")
-    } else {
-        format!("bench-cal-{run_id}")
-    };
+    let ns = format!("{}-{run_id}", mix.namespace_prefix());
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -706,7 +758,7 @@ async fn calibrate(
         )
         .await?;
     let lts: Api<LinkToken> = Api::namespaced(client.clone(), &ns);
-    if floor {
+    if mix.reads() {
         Api::<Secret>::namespaced(client.clone(), &ns)
             .create(
                 &PostParams::default(),
@@ -747,7 +799,7 @@ async fn calibrate(
         .await?;
 
     let create_cpu = control_plane_cpu_secs() - create_cpu0;
-    let watches = if floor {
+    let watches = if mix.controller() {
         Some(controller_watches(client, &ns).await?)
     } else {
         None
@@ -759,7 +811,7 @@ async fn calibrate(
         .map(|(name, uid)| {
             let client = client.clone();
             let ns = ns.clone();
-            async move { calibrate_one(&client, &ns, &name, &uid, status_applies, floor).await }
+            async move { calibrate_one(&client, &ns, &name, &uid, status_applies, mix).await }
         })
         .buffer_unordered(usize::from(concurrency.max(1)))
         .try_collect::<Vec<()>>()
@@ -827,7 +879,7 @@ async fn calibrate_one(
     name: &str,
     uid: &str,
     status_applies: usize,
-    floor: bool,
+    mix: Mix,
 ) -> Result<(), Error> {
     let lts: Api<LinkToken> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -837,7 +889,7 @@ async fn calibrate_one(
     }));
     let merge = PatchParams::default();
     let finalizer = lts.patch(name, &merge, &finalizer_patch);
-    if floor {
+    if mix.reads() {
         // The credentials are read on each reconcile, alongside the finalizer patch.
         futures::try_join!(finalizer, secrets.get("creds"))?;
     } else {
@@ -868,7 +920,7 @@ async fn calibrate_one(
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(format!("{name}-token")),
-            labels: floor.then(|| {
+            labels: mix.controller().then(|| {
                 [(
                     linktoken_operator::controller::secret::MANAGED_BY_LABEL.to_string(),
                     linktoken_operator::controller::secret::MANAGED_BY_VALUE.to_string(),
@@ -898,7 +950,7 @@ async fn calibrate_one(
         ),
         ..Default::default()
     };
-    if floor {
+    if mix.reads() {
         // Would the API server take the Secret? Asked before the Atlas call.
         secrets
             .create(
@@ -1157,14 +1209,22 @@ fn print_table(rs: &[RunResult]) {
                 c.api_writes_per_token,
                 c.api_writes_by_resource
             );
-            if let (Some(f), Some(frac)) = (&r.floor, r.fraction_of_floor) {
+            for (mix, f, frac) in [
+                (Mix::Watched, &r.watched, r.fraction_of_watched),
+                (Mix::ContractFloor, &r.floor, r.fraction_of_floor),
+            ] {
+                let (Some(f), Some(frac)) = (f, frac) else {
+                    continue;
+                };
                 println!(
-                    "  N={} contract floor: {} tokens at concurrency {} in {:.1}s = {:.1} tokens/s ({:.2} writes/token, control-plane CPU {:.1} ms/token); the operator reaches {:.2} of it",
+                    "  N={} {}: {} tokens at concurrency {} in {:.1}s = {:.1} tokens/s = {:.2} of the ceiling ({:.2} writes/token, control-plane CPU {:.1} ms/token); the operator reaches {:.2} of it",
                     r.n,
+                    mix.what(),
                     f.n,
                     f.concurrency,
                     f.secs,
                     f.ceiling_per_sec,
+                    f.ceiling_per_sec / c.ceiling_per_sec.max(1e-9),
                     f.api_writes_per_token,
                     f.control_plane_cpu_ms_per_token,
                     frac
