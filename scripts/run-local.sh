@@ -331,7 +331,12 @@ show() {
   done < <(kubectl get lt -o go-template='{{range .items}}{{.metadata.name}} {{.status.tokenSecretName}} {{with .spec.tokenSecret}}{{.key}}{{end}}{{"\n"}}{{end}}')
   echo
   echo "== The link at the source (atlas-sim's Cloud Manager side, $SOURCE_URL)"
-  kubectl get lt atlas-link -o jsonpath='  atlas-link: Linked={.status.conditions[?(@.type=="Linked")].status}: {.status.conditions[?(@.type=="Linked")].message}{"\n"}  source org {.status.link.orgId} holds the token with sha256 {.status.link.tokenSha256}{"\n"}'
+  if ((POD_MODE)); then
+    # link_source skipped it: nothing to show but why.
+    echo "  not made in Pod mode (a plain-http source must be on loopback); run without --pod for it"
+  else
+    kubectl get lt atlas-link -o jsonpath='  atlas-link: Linked={.status.conditions[?(@.type=="Linked")].status}: {.status.conditions[?(@.type=="Linked")].message}{"\n"}  source org {.status.link.orgId} holds the token with sha256 {.status.link.tokenSha256}{"\n"}'
+  fi
   cat <<EOF
 
 == Try next
