@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use linktoken_operator::api::{DeletionPolicy, LinkToken, RESERVED_PREFIX, Reason};
+use linktoken_operator::controller::decide::OrgOwnership;
+use linktoken_operator::controller::index;
 
 /// Prefix of every link token atlas-sim mints: finding it anywhere outside a token Secret is a
 /// leak, whichever token it is.
@@ -204,6 +206,31 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
     None
 }
 
+/// The LinkTokens that report `OrgConflict` although, by the operator's own ownership rule
+/// (`index::ownership`), nobody else claims their org any more: the holder moved to another
+/// org, was deleted or revoked, and the waiter's next reconcile takes the org over. Such a
+/// waiter is not settled yet (found by chaos seed 9: the holder's move freed the org just as
+/// everything else looked settled, and the takeover's POST fell into the quiet check).
+pub fn waiters_with_a_free_org(all: &[LinkToken]) -> Vec<String> {
+    let all: Vec<std::sync::Arc<LinkToken>> =
+        all.iter().cloned().map(std::sync::Arc::new).collect();
+    all.iter()
+        .filter(|lt| {
+            lt.metadata.deletion_timestamp.is_none()
+                && index::reported_reason(lt) == Some(Reason::OrgConflict)
+                && index::ownership(&all, lt) == OrgOwnership::Owner
+        })
+        .map(|lt| {
+            format!(
+                "{}/{}: OrgConflict, but nobody else claims org {} (it takes over next)",
+                lt.metadata.namespace.as_deref().unwrap_or_default(),
+                lt.metadata.name.as_deref().unwrap_or_default(),
+                lt.spec.org_id
+            )
+        })
+        .collect()
+}
+
 /// What the checker remembers of one LinkToken (by uid) across its life.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
@@ -347,6 +374,65 @@ mod tests {
         assert_eq!(unsettled(&lt), None);
         lt.status = Some(with(Reason::SecretConflict));
         assert!(unsettled(&lt).is_some());
+    }
+
+    #[test]
+    fn a_waiter_is_unsettled_once_nobody_else_claims_its_org() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let lt = |name: &str, second: i64, spec_org: &str, issued: Option<&str>, reason: Reason| {
+            let spec = linktoken_operator::api::LinkTokenSpec {
+                org_id: spec_org.into(),
+                access_list_ips: vec![],
+                credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
+                    name: "c".into(),
+                },
+                token_secret: None,
+                deletion_policy: Default::default(),
+                source: None,
+            };
+            let mut lt = LinkToken::new(name, spec);
+            lt.metadata.namespace = Some("ns".into());
+            lt.metadata.uid = Some(format!("uid-{name}"));
+            lt.metadata.generation = Some(1);
+            lt.metadata.creation_timestamp = Some(Time(
+                jiff::Timestamp::from_second(1_700_000_000 + second).expect("time"),
+            ));
+            lt.status = Some(linktoken_operator::api::LinkTokenStatus {
+                issued_for: issued.map(|o| linktoken_operator::api::IssuedFor {
+                    org_id: o.into(),
+                    ..Default::default()
+                }),
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: if reason == Reason::TokenIssued {
+                        "True"
+                    } else {
+                        "False"
+                    }
+                    .into(),
+                    reason: reason.as_str().into(),
+                    message: String::new(),
+                    observed_generation: Some(1),
+                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                }],
+                ..Default::default()
+            });
+            lt
+        };
+        let waiter = lt("waiter", 10, "o", None, Reason::OrgConflict);
+        let holder = lt("holder", 0, "o", Some("o"), Reason::TokenIssued);
+        assert_eq!(
+            waiters_with_a_free_org(&[holder, waiter.clone()]),
+            Vec::<String>::new(),
+            "the holder still holds the org: the waiter has settled"
+        );
+        // The holder moved to another org (seed 9): the waiter takes over next.
+        let moved = lt("holder", 0, "p", Some("p"), Reason::TokenIssued);
+        let free = waiters_with_a_free_org(&[moved, waiter.clone()]);
+        assert_eq!(free.len(), 1, "{free:?}");
+        assert!(free[0].starts_with("ns/waiter:"), "{free:?}");
+        // The holder is gone altogether: the same.
+        assert_eq!(waiters_with_a_free_org(&[waiter]).len(), 1);
     }
 
     #[test]

@@ -399,6 +399,12 @@ impl Driver {
             }
         }
         sampler.abort();
+        if violation.is_some() {
+            // The logs up to the moment of the violation, for the report.
+            for r in 0..REPLICAS {
+                self.scan_log(r);
+            }
+        }
         let report = violation.map(|v| self.report(&v));
         if let Some(r) = &report {
             eprintln!("{r}");
@@ -1094,6 +1100,7 @@ impl Driver {
                 ));
             }
         }
+        pending.extend(check::waiters_with_a_free_org(&mine));
         let ns_api: Api<Namespace> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.tag));
         match ns_api.list(&lp).await {
@@ -1109,7 +1116,7 @@ impl Driver {
         (mine, pending)
     }
 
-    async fn check_quiescent(&self, lts: &[LinkToken]) -> Option<Violation> {
+    async fn check_quiescent(&mut self, lts: &[LinkToken]) -> Option<Violation> {
         let orgs: Vec<String> = (0..=ORGS).map(org_id).collect();
         let live: BTreeMap<String, Vec<String>> = orgs
             .iter()
@@ -1262,7 +1269,8 @@ impl Driver {
         }
         // Settled means quiet: no Atlas call while nothing changes.
         let before = self.sim.state.calls_total();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Paused, not slept: the replicas' logs stay read, so a report shows what made a call.
+        self.pause(Duration::from_secs(5)).await;
         let after = self.sim.state.calls_total();
         if after != before {
             let orgs: BTreeSet<String> = self
