@@ -15,10 +15,12 @@
 //! Before each run, with no operator running, a calibration phase performs the operator's
 //! per-token write mix itself at the same concurrency, as fast as the API server allows: that
 //! is this machine's ceiling in tokens/s, and each run reports its fraction of it. With
-//! `--calibration-floor` two more calibrations: the write mix as any controller does it
-//! (labelled Secret, its two watches open), then with the two reads this operator adds on
-//! purpose (credentials GET, dry-run Secret create): the most a controller, and this
-//! contract as we implement it, allow here. Control-plane CPU per token (etcd, kube-apiserver,
+//! `--calibration-floor` two more calibrations: the write mix with a controller's two watches
+//! open, then with the two reads this operator adds on purpose (credentials GET, dry-run
+//! Secret create): the most a controller, and this contract as we implement it, allow here.
+//! The calibration writes what the operator writes, built by the operator's own code (status
+//! objects from `with_outcome`, the Secret from `DesiredSecret`), so the ceiling prices the
+//! same bytes the operator sends. Control-plane CPU per token (etcd, kube-apiserver,
 //! kube-controller-manager, from /proc) is printed for each phase: on a small machine the API
 //! server's CPU, not round trips, sets both ceilings.
 //!
@@ -41,7 +43,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use linktoken_operator::api::LinkToken;
 use serde::Serialize;
 use testkit::controlplane::{ControlPlane, Options};
@@ -82,10 +84,15 @@ struct Args {
     /// then its result).
     #[arg(long = "calibration-status-applies", default_value_t = 2)]
     calibration_status_applies: usize,
-    /// Also measure two floors: the write mix as a controller does it (the Secret labelled as
-    /// managed, a watch on the LinkTokens and one on the managed Secrets' metadata open), and
-    /// that plus the two reads this operator makes per token on purpose (a credentials Secret
-    /// GET, a dry-run create of the token Secret before the Atlas call).
+    /// LinkTokens in an untimed warm-up of the same write mix before the calibrations: a
+    /// fresh API server is slower for its first thousand or so writes, and without a warm-up
+    /// the first calibration pays for it (0 skips it).
+    #[arg(long = "calibration-warmup", default_value_t = 1000)]
+    calibration_warmup: usize,
+    /// Also measure two floors: the write mix while a controller's watches are open (one on
+    /// the LinkTokens, one on the managed Secrets' metadata), and that plus the two reads this
+    /// operator makes per token on purpose (a credentials Secret GET, a dry-run create of the
+    /// token Secret before the Atlas call).
     #[arg(long = "calibration-floor")]
     calibration_floor: bool,
     /// After the quiet period, restart the operator and measure the time to all N verified.
@@ -116,7 +123,7 @@ struct RunResult {
     calibration: Option<Calibration>,
     /// throughput_per_sec / calibration.ceiling_per_sec.
     fraction_of_ceiling: Option<f64>,
-    /// The write mix with a controller's labels and watches (`--calibration-floor`), and
+    /// The write mix with a controller's watches open (`--calibration-floor`), and
     /// throughput_per_sec over it.
     watched: Option<Calibration>,
     fraction_of_watched: Option<f64>,
@@ -257,6 +264,24 @@ async fn run_one(
     concurrency: u16,
 ) -> Result<RunResult, Error> {
     // The write-mix ceiling, then (with --calibration-floor) the two floors.
+    if args.calibration_max > 0 && args.calibration_warmup > 0 {
+        let w = calibrate(
+            client,
+            run_id,
+            args.calibration_warmup,
+            concurrency,
+            args.calibration_status_applies,
+            Mix::Warmup,
+        )
+        .await?;
+        eprintln!(
+            "  {}: {} tokens in {:.1}s = {:.1} tokens/s",
+            Mix::Warmup.what(),
+            w.n,
+            w.secs,
+            w.ceiling_per_sec
+        );
+    }
     let mut ceilings = Vec::new();
     for mix in [Mix::Bare, Mix::Watched, Mix::ContractFloor] {
         if args.calibration_max == 0 || (mix != Mix::Bare && !args.calibration_floor) {
@@ -693,10 +718,12 @@ fn split(m: BTreeMap<String, u64>) -> (BTreeMap<String, u64>, BTreeMap<String, u
 /// What a calibration performs per token on top of the operator's write mix.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mix {
+    /// The write mix alone, untimed, before the others.
+    Warmup,
     /// The write mix alone: the machine's ceiling.
     Bare,
-    /// The write mix as any controller does it: the token Secret labelled as managed, a watch
-    /// on the LinkTokens and one on the managed Secrets' metadata open.
+    /// The write mix while a controller's watches are open: one on the LinkTokens and one on
+    /// the managed Secrets' metadata.
     Watched,
     /// That plus the two reads this operator makes per token on purpose: the credentials
     /// Secret GET (never cached: docs/security.md) and the dry-run create of the token Secret
@@ -707,23 +734,25 @@ enum Mix {
 impl Mix {
     fn what(self) -> &'static str {
         match self {
+            Mix::Warmup => "warm-up (write mix, not counted)",
             Mix::Bare => "ceiling (write mix)",
-            Mix::Watched => "controller floor (labels and watches)",
+            Mix::Watched => "controller floor (plus its watches)",
             Mix::ContractFloor => "contract floor (plus credentials GET and dry-run)",
         }
     }
 
     fn namespace_prefix(self) -> &'static str {
         match self {
+            Mix::Warmup => "bench-warmup",
             Mix::Bare => "bench-cal",
             Mix::Watched => "bench-watched",
             Mix::ContractFloor => "bench-floor",
         }
     }
 
-    /// A controller's labelled Secret and watches.
+    /// A controller's watches.
     fn controller(self) -> bool {
-        self != Mix::Bare
+        matches!(self, Mix::Watched | Mix::ContractFloor)
     }
 
     /// The credentials GET and the dry-run create.
@@ -779,7 +808,7 @@ async fn calibrate(
             .await?;
     }
     let create_cpu0 = control_plane_cpu_secs();
-    let uids: Vec<(String, String)> = futures::stream::iter(0..n)
+    let created: Vec<LinkToken> = futures::stream::iter(0..n)
         .map(|i| {
             let lts = lts.clone();
             async move {
@@ -790,8 +819,7 @@ async fn calibrate(
                     "spec": {"orgId": format!("{:024x}", i), "accessListIps": ["203.0.113.0/24"],
                         "credentialsSecretRef": {"name": "creds"}}
                 }))?;
-                let created = lts.create(&PostParams::default(), &lt).await?;
-                Ok::<_, Error>((name, created.metadata.uid.unwrap_or_default()))
+                Ok::<_, Error>(lts.create(&PostParams::default(), &lt).await?)
             }
         })
         .buffer_unordered(64)
@@ -807,11 +835,11 @@ async fn calibrate(
     let requests0 = api_requests(client).await?;
     let cpu0 = control_plane_cpu_secs();
     let t0 = Instant::now();
-    futures::stream::iter(uids)
-        .map(|(name, uid)| {
+    futures::stream::iter(created)
+        .map(|lt| {
             let client = client.clone();
             let ns = ns.clone();
-            async move { calibrate_one(&client, &ns, &name, &uid, status_applies, mix).await }
+            async move { calibrate_one(&client, &ns, lt, status_applies, mix).await }
         })
         .buffer_unordered(usize::from(concurrency.max(1)))
         .try_collect::<Vec<()>>()
@@ -873,106 +901,120 @@ async fn controller_watches(
     }))
 }
 
+/// One token's writes, as the operator makes them: the same finalizer patch (with its
+/// resourceVersion), the same status objects (built by the operator's own `with_outcome`:
+/// three conditions, the in-flight marker, then issuedFor), the same Secret (built by
+/// `DesiredSecret`: labels, annotations, ownerReference), then an event.
 async fn calibrate_one(
     client: &Client,
     ns: &str,
-    name: &str,
-    uid: &str,
+    lt: LinkToken,
     status_applies: usize,
     mix: Mix,
 ) -> Result<(), Error> {
+    use linktoken_operator::api::{InFlight, IssuedFor, LinkTokenStatus, Reason};
+    use linktoken_operator::controller::decide::{IssueWhy, access_list_sha256};
+    use linktoken_operator::controller::report::{now_rfc3339, with_outcome};
+    use linktoken_operator::controller::secret::{DesiredSecret, FIELD_MANAGER, token_sha256};
+
+    let name = lt.name_any();
     let lts: Api<LinkToken> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let manager = "linktoken-operator";
     let finalizer_patch = Patch::Merge(serde_json::json!({
-        "metadata": {"finalizers": [linktoken_operator::api::FINALIZER]}
+        "metadata": {
+            "finalizers": [linktoken_operator::api::FINALIZER],
+            "resourceVersion": lt.resource_version(),
+        }
     }));
     let merge = PatchParams::default();
-    let finalizer = lts.patch(name, &merge, &finalizer_patch);
-    if mix.reads() {
+    let finalizer = lts.patch(&name, &merge, &finalizer_patch);
+    let mut lt = if mix.reads() {
         // The credentials are read on each reconcile, alongside the finalizer patch.
-        futures::try_join!(finalizer, secrets.get("creds"))?;
+        futures::try_join!(finalizer, secrets.get("creds"))?.0
     } else {
-        finalizer.await?;
-    }
-    let status = |ready: bool| {
+        finalizer.await?
+    };
+    let grace = Duration::from_secs(60);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let apply_status = |lt: &LinkToken, status: &LinkTokenStatus| {
         serde_json::json!({
             "apiVersion": "atlasmigration.io/v1alpha1", "kind": "LinkToken",
-            "status": {
-                "observedGeneration": 1,
-                "tokenSecretName": format!("{name}-token"),
-                "conditions": [{
-                    "type": "Ready",
-                    "status": if ready { "True" } else { "False" },
-                    "reason": if ready { "TokenIssued" } else { "Issuing" },
-                    "message": "calibration",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z",
-                    "observedGeneration": 1
-                }]
-            }
+            "metadata": {"resourceVersion": lt.resource_version()},
+            "status": status,
         })
     };
-    let pp = PatchParams::apply(manager).force();
-    for k in 0..status_applies.saturating_sub(1) {
-        lts.patch_status(name, &pp, &Patch::Apply(status(k > 0)))
-            .await?;
-    }
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}-token")),
-            labels: mix.controller().then(|| {
-                [(
-                    linktoken_operator::controller::secret::MANAGED_BY_LABEL.to_string(),
-                    linktoken_operator::controller::secret::MANAGED_BY_VALUE.to_string(),
-                )]
-                .into_iter()
-                .collect()
-            }),
-            owner_references: Some(vec![
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                    api_version: "atlasmigration.io/v1alpha1".into(),
-                    kind: "LinkToken".into(),
-                    name: name.into(),
-                    uid: uid.into(),
-                    controller: Some(true),
-                    ..Default::default()
-                },
-            ]),
-            ..Default::default()
-        },
-        data: Some(
-            [(
-                "linkToken".to_string(),
-                ByteString(b"calibration-not-a-token".to_vec()),
-            )]
-            .into_iter()
-            .collect(),
-        ),
+    let attempt_id = hex::encode(rand::random::<[u8; 16]>());
+    let mut status = LinkTokenStatus {
+        in_flight: Some(InFlight {
+            org_id: lt.spec.org_id.clone(),
+            started_at: now_rfc3339(),
+            attempt_id: Some(attempt_id.clone()),
+            access_list_sha256: Some(access_list_sha256(&lt.spec.access_list_ips)),
+            rotate: None,
+        }),
         ..Default::default()
+    };
+    for _ in 0..status_applies.saturating_sub(1) {
+        let marked = with_outcome(
+            &lt,
+            status.clone(),
+            Reason::Issuing,
+            IssueWhy::NoToken.describe(),
+            grace,
+        );
+        lt = lts
+            .patch_status(&name, &pp, &Patch::Apply(apply_status(&lt, &marked)))
+            .await?;
+        status = marked;
+    }
+    // A token of Atlas's length; never a real one.
+    let token = [b'c'; 53];
+    let issued_at = now_rfc3339();
+    let secret_name = format!("{name}-token");
+    let owner = lt
+        .controller_owner_ref(&())
+        .ok_or("a created LinkToken without uid")?;
+    let secret = DesiredSecret {
+        name: &secret_name,
+        namespace: ns,
+        key: lt.spec.token_secret_key(),
+        token: &token,
+        org_id: &lt.spec.org_id,
+        issued_at: &issued_at,
+        linktoken_name: &name,
+        owner,
+        user_labels: None,
+        user_annotations: None,
+        attempt_id: Some(&attempt_id),
+    }
+    .build();
+    let create = |dry_run: bool| PostParams {
+        dry_run,
+        field_manager: Some(FIELD_MANAGER.into()),
     };
     if mix.reads() {
         // Would the API server take the Secret? Asked before the Atlas call.
-        secrets
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    field_manager: Some(manager.into()),
-                },
-                &secret,
-            )
-            .await?;
+        secrets.create(&create(true), &secret).await?;
     }
-    secrets
-        .create(
-            &PostParams {
-                field_manager: Some(manager.into()),
-                ..Default::default()
-            },
-            &secret,
-        )
-        .await?;
+    secrets.create(&create(false), &secret).await?;
     if status_applies > 0 {
-        lts.patch_status(name, &pp, &Patch::Apply(status(true)))
+        status.in_flight = None;
+        status.token_secret_name = Some(secret_name.clone());
+        status.issued_at = Some(issued_at.clone());
+        status.issued_for = Some(IssuedFor {
+            org_id: lt.spec.org_id.clone(),
+            access_list_ips: lt.spec.access_list_ips.clone(),
+            rotate: None,
+            token_sha256: Some(token_sha256(&token)),
+        });
+        let ready = with_outcome(
+            &lt,
+            status,
+            Reason::TokenIssued,
+            "the token Secret holds a link token issued for the current spec",
+            grace,
+        );
+        lts.patch_status(&name, &pp, &Patch::Apply(apply_status(&lt, &ready)))
             .await?;
     }
     let event = Event {
@@ -983,15 +1025,15 @@ async fn calibrate_one(
         involved_object: ObjectReference {
             api_version: Some("atlasmigration.io/v1alpha1".into()),
             kind: Some("LinkToken".into()),
-            name: Some(name.into()),
+            name: Some(name.clone()),
             namespace: Some(ns.into()),
-            uid: Some(uid.into()),
+            uid: lt.metadata.uid.clone(),
             ..Default::default()
         },
         reason: Some("TokenIssued".into()),
-        message: Some("calibration".into()),
+        message: Some("issued a link token for org in the calibration".into()),
         type_: Some("Normal".into()),
-        reporting_component: Some(manager.into()),
+        reporting_component: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
     Api::<Event>::namespaced(client.clone(), ns)
