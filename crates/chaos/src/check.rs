@@ -338,11 +338,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_org_conflict_waiter_with_a_marker_is_settled_an_issuing_one_is_not() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-        let spec = linktoken_operator::api::LinkTokenSpec {
-            org_id: "o".into(),
+    fn spec(org: &str) -> linktoken_operator::api::LinkTokenSpec {
+        linktoken_operator::api::LinkTokenSpec {
+            org_id: org.into(),
             access_list_ips: vec![],
             credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
                 name: "c".into(),
@@ -350,24 +348,41 @@ mod tests {
             token_secret: None,
             deletion_policy: Default::default(),
             source: None,
-        };
-        let mut lt = LinkToken::new("lt", spec);
+        }
+    }
+
+    /// The Ready condition for `reason` at `generation` (True only for TokenIssued).
+    fn ready(
+        reason: Reason,
+        generation: i64,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".into(),
+            status: if reason == Reason::TokenIssued {
+                "True"
+            } else {
+                "False"
+            }
+            .into(),
+            reason: reason.as_str().into(),
+            message: String::new(),
+            observed_generation: Some(generation),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }
+    }
+
+    #[test]
+    fn an_org_conflict_waiter_with_a_marker_is_settled_an_issuing_one_is_not() {
+        let mut lt = LinkToken::new("lt", spec("o"));
         lt.metadata.generation = Some(2);
         let with = |reason: Reason| linktoken_operator::api::LinkTokenStatus {
             in_flight: Some(linktoken_operator::api::InFlight {
                 org_id: "o".into(),
                 ..Default::default()
             }),
-            conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "False".into(),
-                reason: reason.as_str().into(),
-                message: String::new(),
-                observed_generation: Some(2),
-                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    jiff::Timestamp::UNIX_EPOCH,
-                ),
-            }],
+            conditions: vec![ready(reason, 2)],
             ..Default::default()
         };
         lt.status = Some(with(Reason::OrgConflict));
@@ -378,19 +393,9 @@ mod tests {
 
     #[test]
     fn a_waiter_is_unsettled_once_nobody_else_claims_its_org() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
         let lt = |name: &str, second: i64, spec_org: &str, issued: Option<&str>, reason: Reason| {
-            let spec = linktoken_operator::api::LinkTokenSpec {
-                org_id: spec_org.into(),
-                access_list_ips: vec![],
-                credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
-                    name: "c".into(),
-                },
-                token_secret: None,
-                deletion_policy: Default::default(),
-                source: None,
-            };
-            let mut lt = LinkToken::new(name, spec);
+            let mut lt = LinkToken::new(name, spec(spec_org));
             lt.metadata.namespace = Some("ns".into());
             lt.metadata.uid = Some(format!("uid-{name}"));
             lt.metadata.generation = Some(1);
@@ -402,19 +407,7 @@ mod tests {
                     org_id: o.into(),
                     ..Default::default()
                 }),
-                conditions: vec![Condition {
-                    type_: "Ready".into(),
-                    status: if reason == Reason::TokenIssued {
-                        "True"
-                    } else {
-                        "False"
-                    }
-                    .into(),
-                    reason: reason.as_str().into(),
-                    message: String::new(),
-                    observed_generation: Some(1),
-                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
-                }],
+                conditions: vec![ready(reason, 1)],
                 ..Default::default()
             });
             lt
