@@ -64,6 +64,59 @@ pub fn one_link_per_org(
         .collect()
 }
 
+/// A moment when an org had more than one live link that the checker could not excuse yet.
+/// What excuses a link (a `RevocationSkipped` log line, the watch event of a Retain
+/// LinkToken's deletion) reaches the checker a log scan or a watch event after atlas-sim shows
+/// the second link, so a suspect is judged only after [`CONFIRM_AFTER`], against the links it
+/// saw then: a transient second link that nothing excuses is still a violation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspect {
+    pub org: String,
+    pub hashes: Vec<String>,
+    pub seen: std::time::Instant,
+}
+
+/// How long the checker's own observations may lag the operator's (log scans run every 200 ms,
+/// watch events arrive in well under a second).
+pub const CONFIRM_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The suspects of `live` (org -> live token hashes) that what is known now does not excuse.
+pub fn suspects(
+    live: &BTreeMap<String, Vec<String>>,
+    excused: &BTreeSet<String>,
+    seen: std::time::Instant,
+) -> Vec<Suspect> {
+    one_link_per_org(live, excused)
+        .into_iter()
+        .flat_map(|v| v.orgs)
+        .filter_map(|org| {
+            live.get(&org).map(|hashes| Suspect {
+                org,
+                hashes: hashes.clone(),
+                seen,
+            })
+        })
+        .collect()
+}
+
+/// Judges the suspects old enough (all of them with `all`): the violations, and the suspects
+/// still waiting.
+pub fn confirm(
+    pending: Vec<Suspect>,
+    excused: &BTreeSet<String>,
+    now: std::time::Instant,
+    all: bool,
+) -> (Vec<Violation>, Vec<Suspect>) {
+    let (due, waiting): (Vec<Suspect>, Vec<Suspect>) = pending
+        .into_iter()
+        .partition(|s| all || now.saturating_duration_since(s.seen) >= CONFIRM_AFTER);
+    let violations = due
+        .into_iter()
+        .flat_map(|s| one_link_per_org(&BTreeMap::from([(s.org, s.hashes)]), excused))
+        .collect();
+    (violations, waiting)
+}
+
 /// Whether the tokens of a LinkToken may stay live on purpose (docs/lifecycle.md): it was
 /// deleted with `deletionPolicy: Retain`, or the operator reported `RevocationSkipped` for it
 /// (`skipped`: credentials gone, a namespace deleted while the operator was down, Atlas
@@ -258,6 +311,24 @@ impl History {
             }
         }
     }
+}
+
+/// One line on a LinkToken's history for a report: its key, its tokens (hash prefixes) and
+/// why its links may be excused.
+pub fn describe(h: &History, skipped: &BTreeSet<String>) -> String {
+    let tokens: Vec<&str> = h.hashes.iter().map(|x| x.get(..12).unwrap_or(x)).collect();
+    format!(
+        "{}{}{}{} tokens {:?}",
+        h.key,
+        if h.deleted { " (deleted)" } else { "" },
+        if h.ever_retain { " (ever Retain)" } else { "" },
+        if skipped.contains(&h.key) {
+            " (RevocationSkipped)"
+        } else {
+            ""
+        },
+        tokens
+    )
 }
 
 /// A deleted LinkToken that was never Retain left none of its tokens live, unless the operator
@@ -459,6 +530,34 @@ mod tests {
         let v = one_link_per_org(&live, &["5".to_string()].into());
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].orgs, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_second_link_is_judged_after_the_checkers_lag_with_what_is_known_then() {
+        let t0 = std::time::Instant::now();
+        let live = BTreeMap::from([
+            ("o1".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("o2".to_string(), vec!["c".to_string()]),
+        ]);
+        let found = suspects(&live, &BTreeSet::new(), t0);
+        assert_eq!(found.len(), 1, "only the org with two links: {found:?}");
+        assert_eq!(found[0].org, "o1");
+        // Too young: it waits, whatever is known.
+        let (v, waiting) = confirm(found.clone(), &BTreeSet::new(), t0, false);
+        assert!(v.is_empty());
+        assert_eq!(waiting, found);
+        // Old enough, and a RevocationSkipped scanned meanwhile excuses "a": no violation.
+        let later = t0 + CONFIRM_AFTER;
+        let (v, waiting) = confirm(found.clone(), &["a".to_string()].into(), later, false);
+        assert!(v.is_empty() && waiting.is_empty(), "{v:?}");
+        // Old enough and still unexcused: the violation, even if the link is gone by now.
+        let (v, waiting) = confirm(found.clone(), &BTreeSet::new(), later, false);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].detail.contains("2 live links"), "{}", v[0].detail);
+        assert!(waiting.is_empty());
+        // `all` judges the young ones too (the end of a run).
+        let (v, _) = confirm(found, &BTreeSet::new(), t0, true);
+        assert_eq!(v.len(), 1);
     }
 
     #[test]

@@ -206,6 +206,8 @@ struct Foreign {
 #[derive(Default)]
 struct Shared {
     violations: Vec<Violation>,
+    /// Second live links in an org not judged yet (see [`check::Suspect`]).
+    suspects: Vec<check::Suspect>,
     histories: HashMap<String, History>,
     /// By uid.
     foreign: HashMap<String, Foreign>,
@@ -436,6 +438,22 @@ impl Driver {
         }
     }
 
+    /// Judges the second live links seen by the sampler once the logs and watches had time
+    /// to say what excuses them (all of them with `all`, after a fresh scan of the logs).
+    fn confirm_suspects(&mut self, all: bool) {
+        if all {
+            for r in 0..REPLICAS {
+                self.scan_log(r);
+            }
+        }
+        let mut sh = lock(&self.shared);
+        let excused = check::excused_hashes(sh.histories.values(), &sh.skipped);
+        let pending = std::mem::take(&mut sh.suspects);
+        let (violations, waiting) = check::confirm(pending, &excused, Instant::now(), all);
+        sh.suspects = waiting;
+        sh.violations.extend(violations);
+    }
+
     fn service(&mut self) {
         let now = Instant::now();
         for r in 0..REPLICAS {
@@ -463,6 +481,8 @@ impl Driver {
                 self.replicas[r].respawn_at = Some(now + Duration::from_secs(2));
             }
         }
+        // After the scans above: what excuses a suspect is read by now.
+        self.confirm_suspects(false);
     }
 
     fn spawn(&mut self, r: usize) -> Result<(), DriverError> {
@@ -1066,6 +1086,7 @@ impl Driver {
             self.pause(Duration::from_millis(500)).await;
         };
         let settle_s = t.elapsed().as_secs_f64();
+        self.confirm_suspects(true);
         if let Some(v) = self.first_violation() {
             return Some(v);
         }
@@ -1296,9 +1317,11 @@ impl Driver {
         None
     }
 
+    /// The violation's report, most telling part first (CI shows a report's beginning): the
+    /// org's Atlas calls and who holds each live link, the operators' logs, then the schedule.
     fn report(&self, v: &Violation) -> String {
         let mut out = format!(
-            "\n==== CHAOS VIOLATION: {} ====\n{}\nseed {} (run {}), round {}, {:.0}s into the run\nreproduce: cargo run -p chaos -- --seed {} --duration {}s --workers {}\n---- schedule so far ({} entries) ----\n",
+            "\n==== CHAOS VIOLATION: {} ====\n{}\nseed {} (run {}), round {}, {:.0}s into the run\nreproduce: cargo run -p chaos -- --seed {} --duration {}s {}\n",
             v.invariant,
             v.detail,
             self.cfg.seed,
@@ -1307,13 +1330,9 @@ impl Driver {
             self.started.elapsed().as_secs_f64(),
             self.cfg.seed,
             self.cfg.duration.as_secs(),
-            self.cfg.shape.workers,
-            self.log.len()
+            self.cfg.shape.replay_flags(),
         );
-        for l in &self.log {
-            out.push_str(l);
-            out.push('\n');
-        }
+        let sh = lock(&self.shared);
         let orgs: BTreeSet<&String> = v.orgs.iter().collect();
         for org in orgs {
             let calls = self.sim.state.call_history(Some(org));
@@ -1337,7 +1356,24 @@ impl Driver {
                 "  live links now: {}\n",
                 self.sim.state.live_links(org)
             ));
+            for hash in self.sim.state.live_token_hashes(org) {
+                let holder = sh.histories.values().find(|h| h.hashes.contains(&hash));
+                out.push_str(&format!(
+                    "  live token sha256 {}…: {}\n",
+                    hash.get(..12).unwrap_or(&hash),
+                    holder.map_or("no LinkToken status ever recorded it".to_string(), |h| {
+                        check::describe(h, &sh.skipped)
+                    })
+                ));
+            }
+            for h in sh.histories.values().filter(|h| h.orgs.contains(org)) {
+                out.push_str(&format!(
+                    "  named the org: {}\n",
+                    check::describe(h, &sh.skipped)
+                ));
+            }
         }
+        drop(sh);
         for r in &self.replicas {
             out.push_str(&format!(
                 "---- replica {} log (last {} lines) ----\n",
@@ -1348,6 +1384,14 @@ impl Driver {
                 out.push_str(l);
                 out.push('\n');
             }
+        }
+        out.push_str(&format!(
+            "---- schedule so far ({} entries) ----\n",
+            self.log.len()
+        ));
+        for l in &self.log {
+            out.push_str(l);
+            out.push('\n');
         }
         out
     }
@@ -1480,8 +1524,15 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                     .map(|o| (o.clone(), sim.live_token_hashes(o)))
                     .collect();
                 let excused = check::excused_hashes(sh.histories.values(), &sh.skipped);
-                let v = check::one_link_per_org(&live, &excused);
-                sh.violations.extend(v);
+                for s in check::suspects(&live, &excused, Instant::now()) {
+                    if !sh
+                        .suspects
+                        .iter()
+                        .any(|p| p.org == s.org && p.hashes == s.hashes)
+                    {
+                        sh.suspects.push(s);
+                    }
+                }
                 if window.0.elapsed() >= Duration::from_secs(10) {
                     let calls = sim.calls_total();
                     let n_lts = sh.histories.values().filter(|h| !h.deleted).count() as u64;

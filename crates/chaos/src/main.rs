@@ -24,6 +24,10 @@ struct Args {
     /// No kube-apiserver / etcd restarts.
     #[arg(long)]
     no_control_plane_restarts: bool,
+    /// CI's short rounds (fewer steps, shorter pauses, no control-plane restarts): replays a
+    /// seed that the short_schedules test reported.
+    #[arg(long)]
+    short: bool,
     /// Print every step as it runs.
     #[arg(long, short)]
     verbose: bool,
@@ -60,8 +64,12 @@ fn main() -> ExitCode {
     };
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
     let plane = Arc::new(Mutex::new(cp));
-    let mut shape = chaos::schedule::Shape::long(args.workers);
-    shape.control_plane_restarts = !args.no_control_plane_restarts;
+    let mut shape = if args.short {
+        chaos::schedule::Shape::short(args.workers)
+    } else {
+        chaos::schedule::Shape::long(args.workers)
+    };
+    shape.control_plane_restarts &= !args.no_control_plane_restarts;
     let cfg = chaos::Config {
         seed,
         duration: args.duration,

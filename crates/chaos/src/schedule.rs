@@ -177,6 +177,21 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The `chaos` flags that select this shape, for a report's reproduce line: a replay with
+    /// another shape draws other rounds from the same seed.
+    pub fn replay_flags(&self) -> String {
+        let mut flags = format!("--workers {}", self.workers);
+        if self.min_steps == Shape::short(self.workers).min_steps
+            && self.max_steps == Shape::short(self.workers).max_steps
+            && self.max_pause_ms == Shape::short(self.workers).max_pause_ms
+        {
+            flags.push_str(" --short");
+        } else if !self.control_plane_restarts {
+            flags.push_str(" --no-control-plane-restarts");
+        }
+        flags
+    }
+
     pub fn long(workers: usize) -> Shape {
         Shape {
             workers: workers.max(1),
@@ -395,6 +410,18 @@ mod tests {
             Action::RestartEtcd { .. } => 18,
             Action::AtlasFault { .. } => 19,
         }
+    }
+
+    #[test]
+    fn a_reports_replay_flags_select_the_same_shape() {
+        assert_eq!(Shape::short(3).replay_flags(), "--workers 3 --short");
+        assert_eq!(Shape::long(4).replay_flags(), "--workers 4");
+        let mut quiet = Shape::long(3);
+        quiet.control_plane_restarts = false;
+        assert_eq!(
+            quiet.replay_flags(),
+            "--workers 3 --no-control-plane-restarts"
+        );
     }
 
     #[test]

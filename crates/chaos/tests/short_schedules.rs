@@ -28,7 +28,7 @@ async fn run_seed(seed: u64, duration: Duration, plant: bool) -> Option<chaos::O
         plane: chaos::Plane::TestKit,
         settle_timeout: Duration::from_secs(120),
         probe_timeout: Duration::from_secs(60),
-        verbose: true,
+        verbose: false,
         plant_violation: plant,
     };
     let outcome = chaos::run(cfg)
@@ -48,7 +48,7 @@ async fn short_chaos_schedules_break_no_invariant() {
     testkit::require_cluster!();
     let random = rand::random::<u64>();
     eprintln!(
-        "chaos: this run's random seed is {random} (replay: cargo run -p chaos -- --seed {random})"
+        "chaos: this run's random seed is {random} (replay: cargo run -p chaos -- --seed {random} --duration 30s --workers 3 --short)"
     );
     for seed in FIXED.into_iter().chain([random]) {
         let Some(outcome) = run_seed(seed, Duration::from_secs(30), false).await else {
