@@ -99,22 +99,39 @@ pub fn suspects(
         .collect()
 }
 
-/// Judges the suspects old enough (all of them with `all`): the violations, and the suspects
-/// still waiting.
+/// What [`confirm`] made of the pending suspects.
+#[derive(Debug, Default)]
+pub struct Judged {
+    pub violations: Vec<Violation>,
+    /// Too young to judge.
+    pub waiting: Vec<Suspect>,
+    /// Orgs whose second link turned out excused (for the run's log).
+    pub excused_orgs: Vec<String>,
+}
+
+/// Judges the suspects old enough (all of them with `all`).
 pub fn confirm(
     pending: Vec<Suspect>,
     excused: &BTreeSet<String>,
     now: std::time::Instant,
     all: bool,
-) -> (Vec<Violation>, Vec<Suspect>) {
+) -> Judged {
     let (due, waiting): (Vec<Suspect>, Vec<Suspect>) = pending
         .into_iter()
         .partition(|s| all || now.saturating_duration_since(s.seen) >= CONFIRM_AFTER);
-    let violations = due
-        .into_iter()
-        .flat_map(|s| one_link_per_org(&BTreeMap::from([(s.org, s.hashes)]), excused))
-        .collect();
-    (violations, waiting)
+    let mut judged = Judged {
+        waiting,
+        ..Judged::default()
+    };
+    for s in due {
+        let org = s.org.clone();
+        let v = one_link_per_org(&BTreeMap::from([(s.org, s.hashes)]), excused);
+        if v.is_empty() {
+            judged.excused_orgs.push(org);
+        }
+        judged.violations.extend(v);
+    }
+    judged
 }
 
 /// Whether the tokens of a LinkToken may stay live on purpose (docs/lifecycle.md): it was
@@ -543,21 +560,26 @@ mod tests {
         assert_eq!(found.len(), 1, "only the org with two links: {found:?}");
         assert_eq!(found[0].org, "o1");
         // Too young: it waits, whatever is known.
-        let (v, waiting) = confirm(found.clone(), &BTreeSet::new(), t0, false);
-        assert!(v.is_empty());
-        assert_eq!(waiting, found);
+        let j = confirm(found.clone(), &BTreeSet::new(), t0, false);
+        assert!(j.violations.is_empty() && j.excused_orgs.is_empty());
+        assert_eq!(j.waiting, found);
         // Old enough, and a RevocationSkipped scanned meanwhile excuses "a": no violation.
         let later = t0 + CONFIRM_AFTER;
-        let (v, waiting) = confirm(found.clone(), &["a".to_string()].into(), later, false);
-        assert!(v.is_empty() && waiting.is_empty(), "{v:?}");
+        let j = confirm(found.clone(), &["a".to_string()].into(), later, false);
+        assert!(j.violations.is_empty() && j.waiting.is_empty(), "{j:?}");
+        assert_eq!(j.excused_orgs, ["o1"]);
         // Old enough and still unexcused: the violation, even if the link is gone by now.
-        let (v, waiting) = confirm(found.clone(), &BTreeSet::new(), later, false);
-        assert_eq!(v.len(), 1);
-        assert!(v[0].detail.contains("2 live links"), "{}", v[0].detail);
-        assert!(waiting.is_empty());
+        let j = confirm(found.clone(), &BTreeSet::new(), later, false);
+        assert_eq!(j.violations.len(), 1);
+        assert!(
+            j.violations[0].detail.contains("2 live links"),
+            "{}",
+            j.violations[0].detail
+        );
+        assert!(j.waiting.is_empty() && j.excused_orgs.is_empty());
         // `all` judges the young ones too (the end of a run).
-        let (v, _) = confirm(found, &BTreeSet::new(), t0, true);
-        assert_eq!(v.len(), 1);
+        let j = confirm(found, &BTreeSet::new(), t0, true);
+        assert_eq!(j.violations.len(), 1);
     }
 
     #[test]

@@ -446,12 +446,20 @@ impl Driver {
                 self.scan_log(r);
             }
         }
-        let mut sh = lock(&self.shared);
-        let excused = check::excused_hashes(sh.histories.values(), &sh.skipped);
-        let pending = std::mem::take(&mut sh.suspects);
-        let (violations, waiting) = check::confirm(pending, &excused, Instant::now(), all);
-        sh.suspects = waiting;
-        sh.violations.extend(violations);
+        let excused_orgs = {
+            let mut sh = lock(&self.shared);
+            let excused = check::excused_hashes(sh.histories.values(), &sh.skipped);
+            let pending = std::mem::take(&mut sh.suspects);
+            let judged = check::confirm(pending, &excused, Instant::now(), all);
+            sh.suspects = judged.waiting;
+            sh.violations.extend(judged.violations);
+            judged.excused_orgs
+        };
+        for org in excused_orgs {
+            self.note(format!(
+                "org {org} had a second live link, excused (Retain or RevocationSkipped)"
+            ));
+        }
     }
 
     fn service(&mut self) {
