@@ -3,8 +3,10 @@
 //! the operator binary.
 use std::time::Duration;
 
-use linktoken_operator::api::Reason;
-use testkit::e2e::{Env, ORG, linktoken_yaml};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use linktoken_operator::api::{LinkToken, Reason};
+use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
 use testkit::operator::is_ready;
 
 /// `holder` (credentials `creds-a`) Ready in ORG, `next` (`creds-b`) waiting for it; then
@@ -35,6 +37,25 @@ async fn holder_loses_its_credentials(prefix: &str) -> Option<(Env, String)> {
     Some((env, held))
 }
 
+/// Polls (every 25 ms) until `next` is Ready, failing the moment ORG has two live links.
+async fn next_takes_the_org_over_with_never_two_links(env: &Env) {
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            env.sim.state.live_links(ORG) <= 1,
+            "two live links in the org during the takeover"
+        );
+        if env.get("next").await.is_some_and(|l| is_ready(&l)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "next did not take the org over"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Chaos seed 4 (`cargo run -p chaos -- --seed 4 --duration 300s --workers 4`, 91 s in,
 /// one-live-link-per-org): the credentials Secret of the LinkToken holding the org's link was
 /// deleted, so its claim lapsed (docs/lifecycle.md, rule 3) and the LinkToken waiting for the
@@ -45,21 +66,7 @@ async fn seed_4_taking_over_from_a_holder_without_credentials_revokes_its_link_f
     let Some((env, held)) = holder_loses_its_credentials("chaos-s4").await else {
         return;
     };
-    let start = std::time::Instant::now();
-    loop {
-        assert!(
-            env.sim.state.live_links(ORG) <= 1,
-            "two live links in the org during the takeover"
-        );
-        if env.get("next").await.is_some_and(|l| is_ready(&l)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "next did not take the org over"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    next_takes_the_org_over_with_never_two_links(&env).await;
     env.wait_reason(
         "holder",
         Reason::CredentialsNotFound,
@@ -110,4 +117,101 @@ async fn seed_1_a_holder_whose_credentials_come_back_after_a_takeover_is_not_rea
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.assert_invariants(&[]).await;
     env.assert_no_secret_leaked(&[&first, &token]).await;
+}
+
+/// Chaos seed 14433375897223761593 (CI's short schedule: `cargo run -p chaos -- --seed
+/// 14433375897223761593 --duration 30s --workers 3 --short`; one-live-link-per-org): the
+/// namespace of the LinkToken holding an org's link was deleted while no operator led (the
+/// leader killed, the standby not holding the Lease yet). The namespace controller deleted the
+/// credentials Secret, so the operator that came next had nothing to revoke with and released
+/// the finalizer with `RevocationSkipped` (documented: docs/lifecycle.md, "Deleting a
+/// namespace"); the org's waiter in another namespace then POSTed next to the skipped link.
+/// The skip is still what happens, but the org's next owner now DELETEs first: one live link.
+#[tokio::test]
+async fn seed_14433375897223761593_a_link_skipped_in_a_deleted_namespace_is_revoked_by_the_next_owner()
+ {
+    let Some(c) = testkit::cluster().await else {
+        return;
+    };
+    let mut env = Env::new(c, "chaos-s144").await;
+    let own = env.ns.clone();
+    let doomed = c.namespace("chaos-s144-doomed").await;
+    env.api_key_secret("creds").await;
+    env.api_key_secret_in(&doomed, "creds").await;
+    let doomed_secrets: Api<Secret> = Api::namespaced(env.client.clone(), &doomed);
+    // One operator watching both namespaces (the spawner watches `env.ns`).
+    env.ns = format!("{own},{doomed}");
+    env.start_operator(&[]);
+    env.ns = own.clone();
+
+    let doomed_lts: Api<LinkToken> = Api::namespaced(env.client.clone(), &doomed);
+    let mut holder: LinkToken =
+        serde_saphyr::from_str(&linktoken_yaml("holder", ORG, &[], "creds", "")).expect("yaml");
+    holder.metadata.namespace = Some(doomed.clone());
+    doomed_lts
+        .create(&PostParams::default(), &holder)
+        .await
+        .expect("create holder");
+    testkit::eventually(Duration::from_secs(30), "holder Ready", || async {
+        doomed_lts
+            .get_opt("holder")
+            .await
+            .ok()?
+            .filter(is_ready)
+            .map(|_| ())
+    })
+    .await;
+    let held = doomed_secrets
+        .get("holder")
+        .await
+        .ok()
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("linkToken").cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .expect("the holder's token");
+    env.apply_yaml(&linktoken_yaml("next", ORG, &[], "creds", ""))
+        .await;
+    env.wait_reason("next", Reason::OrgConflict, Duration::from_secs(30))
+        .await;
+
+    // No operator runs while the namespace goes: its controller deletes the credentials
+    // Secret, the holder waits on its finalizer.
+    env.operator.as_mut().expect("operator").kill();
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    nss.delete(&doomed, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+    testkit::eventually(
+        Duration::from_secs(60),
+        "the credentials Secret deleted, the holder terminating",
+        || async {
+            let creds = doomed_secrets.get_opt("creds").await.ok()?;
+            let lt = doomed_lts.get_opt("holder").await.ok()??;
+            (creds.is_none() && lt.metadata.deletion_timestamp.is_some()).then_some(())
+        },
+    )
+    .await;
+
+    env.ns = format!("{own},{doomed}");
+    env.start_operator(&[]);
+    env.ns = own.clone();
+    next_takes_the_org_over_with_never_two_links(&env).await;
+    testkit::eventually(Duration::from_secs(90), "the namespace is gone", || async {
+        nss.get_opt(&doomed).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let op = env.operator.as_ref().expect("operator");
+    assert!(
+        op.logs()
+            .lines()
+            .any(|l| l.contains("RevocationSkipped") && l.contains(&format!("{doomed}/holder"))),
+        "the skipped revocation is still reported in the log"
+    );
+    assert!(
+        env.revoked(&held),
+        "the skipped link was revoked by the next owner"
+    );
+    assert_eq!(env.sim.state.live_links(ORG), 1);
+    env.assert_invariants(&[]).await;
+    env.assert_no_secret_leaked(&[&held, PRIVATE_KEY]).await;
 }

@@ -6,9 +6,8 @@ use testkit::require_cluster;
 
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use linktoken_operator::api::{LinkToken, Reason};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, linktoken_yaml, status_fault};
 use testkit::eventually;
@@ -275,26 +274,6 @@ async fn a_refused_revocation_in_the_previous_org_is_a_warning_not_a_stall() {
         .await;
 }
 
-/// A Secret in `ns`.
-async fn put_secret_in(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let api: Api<Secret> = Api::namespaced(env.client.clone(), ns);
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &s)
-        .await
-        .expect("create Secret");
-}
-
 /// A LinkToken in `ns` (server-side apply).
 async fn linktoken_in(env: &Env, ns: &str, name: &str, org: &str, creds: &str) {
     let lt: LinkToken =
@@ -344,8 +323,7 @@ async fn a_squatter_without_usable_credentials_does_not_block_a_real_linktoken()
     let mut env = Env::new(c, "claims-good").await;
     let evil = c.namespace("claims-evil").await;
     env.api_key_secret("creds").await;
-    put_secret_in(
-        &env,
+    env.put_secret_in(
         &evil,
         "bogus",
         &[("publicApiKey", "nobody"), ("privateApiKey", "not-a-key")],
@@ -462,8 +440,7 @@ async fn two_scopes_at_startup_with_the_same_org_make_exactly_one_live_link() {
     let other = c.namespace("claims-s2").await;
     let own = env.ns.clone();
     env.api_key_secret("creds").await;
-    put_secret_in(
-        &env,
+    env.put_secret_in(
         &other,
         "creds",
         &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)],

@@ -125,7 +125,7 @@ async fn abandon(
     let mut status = lt.status.clone().unwrap_or_default();
     if let Some(creds) = obs.credentials.as_ref() {
         for o in revoke_orgs {
-            if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
+            if let Err(e) = ctx.revoke_in(creds, o).await {
                 return atlas_failure(lt, obs, status, e, Operation::Delete);
             }
         }
@@ -225,7 +225,7 @@ async fn issue(
     super::pause::point("before-revoke").await;
     // 2. DELETE wherever a token of ours may be live (Atlas keeps one link per org).
     for o in revoke_orgs {
-        if let Err(e) = ctx.atlas.delete_link_token(creds, o).await {
+        if let Err(e) = ctx.revoke_in(creds, o).await {
             let failed = atlas_failure(lt, obs, status_marked, e, Operation::Delete);
             return Ok(failed.fenced_at(rv).into());
         }
@@ -370,7 +370,7 @@ async fn revoke_previous(
             return Ok(wait(lt, ctx, Reason::CredentialsNotFound, message));
         };
         for org in revoke {
-            match ctx.atlas.delete_link_token(creds, org).await {
+            match ctx.revoke_in(creds, org).await {
                 Ok(_) => {
                     revoked += 1;
                     done.push(org);
@@ -379,6 +379,7 @@ async fn revoke_previous(
                 // LinkToken can do there. Say so once and move on; a stall here would keep
                 // claiming the old org forever.
                 Err(e) if matches!(e.http_status(), Some(401 | 403 | 404)) => {
+                    ctx.note_left_live(org);
                     skipped.push(format!(
                         "the link in the previous orgId {org} was not revoked: Atlas refused ({}); revoke it there if it still matters",
                         e.user_message()
@@ -549,7 +550,7 @@ async fn secret_not_written(
             }
             // A user's or a tool's Secret: never taken over. The token just minted would be
             // a live org API key that nobody holds: revoke it now.
-            if let Err(e) = ctx.atlas.delete_link_token(creds, &lt.spec.org_id).await {
+            if let Err(e) = ctx.revoke_in(creds, &lt.spec.org_id).await {
                 return Ok(atlas_failure(lt, obs, marked, e, Operation::Delete));
             }
             let mut status = marked;

@@ -97,7 +97,9 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
             revoke_orphan,
         } => {
             let released = match revoke_orphan {
-                Some(org) => revoke_unfinished_issue(ctx, creds.as_ref(), &org, Report::released()).await,
+                Some(org) => {
+                    revoke_unfinished_issue(ctx, creds.as_ref(), &org, Report::released()).await
+                }
                 None => Report::released(),
             };
             orphan_token_secret(lt, ctx, &ns).await?;
@@ -112,10 +114,15 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
             }
         }
         CleanupStep::Release { skipped } => held_elsewhere(Report::released(), &skipped),
-        CleanupStep::SkipNoCredentials { orgs } => Report::released().warning(
+        CleanupStep::SkipNoCredentials { orgs } => {
+            for org in &orgs {
+                ctx.note_left_live(org);
+            }
+            Report::released().warning(
             "RevocationSkipped",
             format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
-        ),
+            )
+        }
         CleanupStep::Revoke { revoke, skipped } => {
             let mut report = held_elsewhere(Report::released(), &skipped);
             // The source link goes first (a revoked token would leave it NOT_SYNCED).
@@ -161,10 +168,12 @@ async fn revoke_unfinished_issue(
     org: &str,
     released: Report,
 ) -> Report {
+    // No note_left_live here: the org may hold this LinkToken's retained token, and an issue
+    // DELETEing first there would revoke it too (Atlas revokes every link of the org).
     let Some(creds) = creds else {
         return released.warning("RevocationSkipped", format!("an unfinished issue may have left a link token in orgId {org} that no Secret holds, and the credentials Secret is missing or invalid, so it was not revoked; revoke it in Atlas if it matters"));
     };
-    match ctx.atlas.delete_link_token(creds, org).await {
+    match ctx.revoke_in(creds, org).await {
         Ok(_) => {
             let mut done = released.event(
                 EventType::Normal,
@@ -190,7 +199,7 @@ async fn revoke_all(
     released: Report,
 ) -> Report {
     for org in revoke {
-        match ctx.atlas.delete_link_token(creds, org).await {
+        match ctx.revoke_in(creds, org).await {
             Ok(DeleteOutcome::Deleted) | Ok(DeleteOutcome::AlreadyAbsent) => {}
             Err(e) => {
                 let class = classify(&e, Operation::Finalize);
@@ -198,6 +207,7 @@ async fn revoke_all(
                 if class.reason != Reason::RevocationBlocked
                     && class.reason != Reason::AtlasRateLimited
                 {
+                    ctx.note_left_live(org);
                     return released.warning("RevocationSkipped", format!("Atlas refused the revocation in orgId {org} ({message}); the finalizer is released so deletion is not blocked; revoke the link in Atlas if it still matters"));
                 }
                 status.atlas_error = Some(report::atlas_error_status(&e));

@@ -1,7 +1,7 @@
 //! What every reconcile shares: clients, the LinkToken cache, metrics, events, and a small
 //! per-object memory of failures (for backoff and for not repeating user-fixable failures).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use super::backoff::{self, BackoffConfig, Retry};
 use super::events::Recorder;
 use super::versions::Versions;
 use crate::api::{LinkToken, Reason};
-use crate::atlas::{AtlasClient, Credentials};
+use crate::atlas::{AtlasClient, AtlasError, Credentials, DeleteOutcome};
 use crate::runtime::metrics::Metrics;
 
 pub struct Context {
@@ -39,6 +39,12 @@ pub struct Context {
     /// The resourceVersions this process wrote or read, per LinkToken: when the cache is
     /// current, and which watch events only echo our own writes.
     pub versions: Versions,
+    /// Orgs where this process let a link go unrevoked that no LinkToken holds any more (a
+    /// `RevocationSkipped`: the credentials were gone or refused, e.g. a namespace deleted
+    /// during a leader handover). The org's next issue DELETEs first, with its own
+    /// credentials, so the org is back to one live link; any successful DELETE there clears
+    /// it. In memory only, like the credentials above: a restart forgets (docs/lifecycle.md).
+    left_live: Mutex<BTreeSet<String>>,
 }
 
 /// One watched scope: all namespaces, or one of `--watch-namespaces`.
@@ -122,6 +128,7 @@ impl Context {
             memo: Mutex::new(HashMap::new()),
             remembered_credentials: Mutex::new(HashMap::new()),
             versions: Versions::default(),
+            left_live: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -188,6 +195,34 @@ impl Context {
             .get(key)
             .filter(|(name, _)| name == secret)
             .map(|(_, c)| c.clone())
+    }
+
+    /// A link in `org` may stay live with nobody holding it (see `left_live`).
+    pub fn note_left_live(&self, org: &str) {
+        self.left_live_lock().insert(org.to_string());
+    }
+
+    /// True when this process let a link in `org` go unrevoked and nobody has DELETEd there
+    /// since.
+    pub fn left_live(&self, org: &str) -> bool {
+        self.left_live_lock().contains(org)
+    }
+
+    /// DELETE in `org` (Atlas revokes every link there): nothing is left live in it after a
+    /// success, whatever earlier deletions skipped.
+    pub async fn revoke_in(
+        &self,
+        creds: &Credentials,
+        org: &str,
+    ) -> Result<DeleteOutcome, AtlasError> {
+        let outcome = self.atlas.delete_link_token(creds, org).await?;
+        self.left_live_lock().remove(org);
+        Ok(outcome)
+    }
+
+    fn left_live_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // Single inserts and removes: a poisoned lock is still consistent.
+        self.left_live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The LinkToken is released or gone: its credentials are no longer kept.

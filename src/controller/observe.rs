@@ -95,7 +95,9 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
     let all = ctx.all_linktokens();
     let org = index::ownership(&all, lt);
     let held_by_others = index::held_by_others(&all, lt);
-    let others_may_hold = index::others_may_hold(&all, lt);
+    // Or this process let a link there go unrevoked that nobody holds now: the same DELETE
+    // first (the index cannot show it, its LinkToken is gone).
+    let others_may_hold = index::others_may_hold(&all, lt) || ctx.left_live(&lt.spec.org_id);
     let rotate = lt.annotations().get(ROTATE_ANNOTATION).cloned();
 
     let memo = ctx.memo(&key);

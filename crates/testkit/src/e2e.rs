@@ -159,18 +159,7 @@ impl Env {
 
     /// Creates (or replaces) a Secret with string data.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
-        let s = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        };
+        let s = data_secret(name, data);
         let mut body = serde_json::to_value(&s).expect("json");
         body["apiVersion"] = "v1".into();
         body["kind"] = "Secret".into();
@@ -197,6 +186,20 @@ impl Env {
             &[("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)],
         )
         .await;
+    }
+
+    /// Creates Secret `name` in namespace `ns` (another tenant's namespace).
+    pub async fn put_secret_in(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &data_secret(name, data))
+            .await
+            .expect("create secret");
+    }
+
+    /// Creates the API key credentials Secret `name` in namespace `ns`.
+    pub async fn api_key_secret_in(&self, ns: &str, name: &str) {
+        let data = [("publicApiKey", PUBLIC_KEY), ("privateApiKey", PRIVATE_KEY)];
+        self.put_secret_in(ns, name, &data).await;
     }
 
     /// Applies a LinkToken from YAML (server-side apply, like `kubectl apply --server-side`).
@@ -335,6 +338,22 @@ impl Env {
 
 /// A LinkToken in YAML, for `Env::apply_yaml`, using credentials Secret `creds`: `extra_spec` lines go under `spec:` as
 /// written (indent them by two spaces).
+/// A Secret named `name` holding `data` (as bytes).
+pub fn data_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Default::default()
+    }
+}
+
 pub fn linktoken_yaml(
     name: &str,
     org: &str,
