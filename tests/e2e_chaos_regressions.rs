@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use linktoken_operator::api::{LinkToken, Reason};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
+
+const ORG_B: &str = atlas_sim::config::DEMO_EXTRA_ORG_IDS[0];
 use testkit::operator::is_ready;
 
 /// `holder` (credentials `creds-a`) Ready in ORG, `next` (`creds-b`) waiting for it; then
@@ -214,4 +216,61 @@ async fn seed_14433375897223761593_a_link_skipped_in_a_deleted_namespace_is_revo
     assert_eq!(env.sim.state.live_links(ORG), 1);
     env.assert_invariants(&[]).await;
     env.assert_no_secret_leaked(&[&held, PRIVATE_KEY]).await;
+}
+
+/// Chaos seed 8456493263140631753 (`--short`, ready-token-live): the holder's credentials
+/// were deleted, the waiting LinkToken took the org over (revoking the holder's link); the
+/// credentials came back while the org was taken, so the holder waited in `OrgConflict` with
+/// its dead token still recorded. When the new owner moved to another org, the holder owned the
+/// org again and reported Ready with that dead token. It now reissues.
+#[tokio::test]
+async fn seed_8456493263140631753_a_holder_that_regains_its_org_after_waiting_is_not_ready_with_a_dead_token()
+ {
+    let Some((env, first)) = holder_loses_its_credentials("chaos-s845").await else {
+        return;
+    };
+    env.wait_ready("next").await;
+    assert!(
+        env.revoked(&first),
+        "the takeover revoked the holder's link"
+    );
+    env.api_key_secret("creds-a").await;
+    env.wait_reason("holder", Reason::OrgConflict, Duration::from_secs(30))
+        .await;
+
+    // The new owner moves away (revoking its link in ORG): the org is the holder's again.
+    env.patch_linktoken("next", serde_json::json!({"spec": {"orgId": ORG_B}}))
+        .await;
+    let token = testkit::eventually(
+        Duration::from_secs(30),
+        "holder Ready with a live token",
+        || async {
+            let l = env.get("holder").await?;
+            assert!(
+                !is_ready(&l)
+                    || l.status
+                        .as_ref()
+                        .and_then(|s| s.issued_for.as_ref())
+                        .and_then(|i| i.token_sha256.as_deref())
+                        != Some(sha256_hex(&first).as_str()),
+                "the holder reports Ready with the token the takeover revoked"
+            );
+            if !is_ready(&l) {
+                return None;
+            }
+            let t = env.token_in("holder", "linkToken").await?;
+            env.sim.state.is_token_live(&t).then_some(t)
+        },
+    )
+    .await;
+    assert_ne!(token, first);
+    env.wait_ready("next").await;
+    assert_eq!(env.sim.state.live_links(ORG), 1);
+    assert_eq!(env.sim.state.live_links(ORG_B), 1);
+    env.assert_invariants(&[]).await;
+    env.assert_no_secret_leaked(&[&first, &token]).await;
+}
+
+fn sha256_hex(s: &str) -> String {
+    linktoken_operator::controller::secret::token_sha256(s.as_bytes())
 }

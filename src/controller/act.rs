@@ -910,6 +910,7 @@ mod tests {
                 others_may_hold: false,
                 reported_unusable: false,
                 reported_issuing: false,
+                reported_conflict: false,
                 last_stalled: None,
                 retry_hold: None,
                 token_store: decide::TokenStore::Secret,

@@ -132,6 +132,9 @@ pub struct Observed {
     pub reported_unusable: bool,
     /// This LinkToken's last reported reason is `Issuing`.
     pub reported_issuing: bool,
+    /// This LinkToken's last reported reason is `OrgConflict`: it yielded the org, and
+    /// whatever token its status records was revoked by the LinkToken that held it.
+    pub reported_conflict: bool,
     pub last_stalled: Option<StalledAttempt>,
     pub retry_hold: Option<RetryHold>,
     /// Where the token lives: its Secret (the default), or only at the source
@@ -170,6 +173,9 @@ pub enum IssueWhy {
     /// The credentials work again after being reported unusable: the token may have been
     /// revoked meanwhile by a LinkToken that took the org over.
     CredentialsRestored,
+    /// The org is this LinkToken's again after it waited in `OrgConflict`: the LinkToken that
+    /// held it meanwhile revoked every link there, the recorded token included.
+    OrgRegained,
 }
 
 impl IssueWhy {
@@ -192,6 +198,9 @@ impl IssueWhy {
             }
             IssueWhy::CredentialsRestored => {
                 "the credentials work again; the org may have been taken over and the token revoked meanwhile"
+            }
+            IssueWhy::OrgRegained => {
+                "the orgId is this LinkToken's again; the LinkToken that held it meanwhile revoked the recorded token"
             }
         }
     }
@@ -474,6 +483,13 @@ fn issue_needed(o: &Observed) -> Option<IssueWhy> {
     // reported by nothing else that keeps the token: a previous-org revocation drops it.
     if o.reported_unusable || o.reported_issuing {
         return Some(IssueWhy::CredentialsRestored);
+    }
+    // A LinkToken waits in OrgConflict only behind one that holds the org, and taking or
+    // holding an org revokes every link there first: a recorded token is dead by the time this
+    // one owns the org again (index::claim already treats it as stale). Keeping it would
+    // report Ready with a dead token (chaos seed 8456493263140631753).
+    if o.reported_conflict {
+        return Some(IssueWhy::OrgRegained);
     }
     if let TokenStore::SourceOnly { at_source } = o.token_store {
         return (!at_source).then_some(IssueWhy::NotAtSource);

@@ -146,6 +146,7 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         others_may_hold,
         reported_unusable: !index::has_usable_credentials(lt),
         reported_issuing: index::reported_reason(lt) == Some(crate::api::Reason::Issuing),
+        reported_conflict: index::reported_reason(lt) == Some(crate::api::Reason::OrgConflict),
         last_stalled,
         retry_hold,
         token_store,

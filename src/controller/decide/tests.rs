@@ -51,6 +51,7 @@ fn ready() -> Observed {
         others_may_hold: false,
         reported_unusable: false,
         reported_issuing: false,
+        reported_conflict: false,
         last_stalled: None,
         retry_hold: None,
         token_store: TokenStore::Secret,
@@ -538,6 +539,26 @@ fn an_issue_revokes_a_token_another_linktoken_left_live_in_the_org() {
         ..ready()
     };
     assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
+}
+
+#[test]
+fn a_token_recorded_before_waiting_in_org_conflict_is_reissued_once_the_org_is_ours_again() {
+    // Chaos seed 8456493263140631753: this LinkToken's claim lapsed, another took the org over
+    // (revoking every link there) and this one waited in OrgConflict with its old token still
+    // recorded; the other moved away. Keeping the record would be Ready with a dead token.
+    let regained = Observed {
+        reported_conflict: true,
+        ..ready()
+    };
+    assert_eq!(decide(&regained), issue(IssueWhy::OrgRegained, &[ORG]));
+    // Still behind another LinkToken: it keeps waiting, no Atlas call.
+    let behind = Observed {
+        org: OrgOwnership::ConflictWith {
+            same_namespace_name: None,
+        },
+        ..regained
+    };
+    assert_eq!(reason(&decide(&behind)), Some(Reason::OrgConflict));
 }
 
 #[test]
