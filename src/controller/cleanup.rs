@@ -119,8 +119,8 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
                 ctx.note_left_live(org);
             }
             Report::released().warning(
-            "RevocationSkipped",
-            format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
+                "RevocationSkipped",
+                format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
             )
         }
         CleanupStep::Revoke { revoke, skipped } => {
