@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use linktoken_operator::api::{LinkToken, Reason};
+use linktoken_operator::controller::secret::token_sha256;
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, linktoken_yaml};
 
 const ORG_B: &str = atlas_sim::config::DEMO_EXTRA_ORG_IDS[0];
@@ -37,6 +38,18 @@ async fn holder_loses_its_credentials(prefix: &str) -> Option<(Env, String)> {
     )
     .await;
     Some((env, held))
+}
+
+/// [`holder_loses_its_credentials`], then `next` Ready: it took the org over and revoked the
+/// holder's link (returned).
+async fn next_took_over_from_the_holder(prefix: &str) -> Option<(Env, String)> {
+    let (env, first) = holder_loses_its_credentials(prefix).await?;
+    env.wait_ready("next").await;
+    assert!(
+        env.revoked(&first),
+        "the takeover revoked the holder's link"
+    );
+    Some((env, first))
 }
 
 /// Polls (every 25 ms) until `next` is Ready, failing the moment ORG has two live links.
@@ -89,14 +102,9 @@ async fn seed_4_taking_over_from_a_holder_without_credentials_revokes_its_link_f
 #[tokio::test]
 async fn seed_1_a_holder_whose_credentials_come_back_after_a_takeover_is_not_ready_with_a_dead_token()
  {
-    let Some((env, first)) = holder_loses_its_credentials("chaos-s1").await else {
+    let Some((env, first)) = next_took_over_from_the_holder("chaos-s1").await else {
         return;
     };
-    env.wait_ready("next").await;
-    assert!(
-        env.revoked(&first),
-        "the takeover revoked the holder's link"
-    );
     env.delete_linktoken("next").await;
     env.wait_linktoken_gone("next", Duration::from_secs(30))
         .await;
@@ -226,14 +234,9 @@ async fn seed_14433375897223761593_a_link_skipped_in_a_deleted_namespace_is_revo
 #[tokio::test]
 async fn seed_8456493263140631753_a_holder_that_regains_its_org_after_waiting_is_not_ready_with_a_dead_token()
  {
-    let Some((env, first)) = holder_loses_its_credentials("chaos-s845").await else {
+    let Some((env, first)) = next_took_over_from_the_holder("chaos-s845").await else {
         return;
     };
-    env.wait_ready("next").await;
-    assert!(
-        env.revoked(&first),
-        "the takeover revoked the holder's link"
-    );
     env.api_key_secret("creds-a").await;
     env.wait_reason("holder", Reason::OrgConflict, Duration::from_secs(30))
         .await;
@@ -252,7 +255,7 @@ async fn seed_8456493263140631753_a_holder_that_regains_its_org_after_waiting_is
                         .as_ref()
                         .and_then(|s| s.issued_for.as_ref())
                         .and_then(|i| i.token_sha256.as_deref())
-                        != Some(sha256_hex(&first).as_str()),
+                        != Some(token_sha256(first.as_bytes()).as_str()),
                 "the holder reports Ready with the token the takeover revoked"
             );
             if !is_ready(&l) {
@@ -269,8 +272,4 @@ async fn seed_8456493263140631753_a_holder_that_regains_its_org_after_waiting_is
     assert_eq!(env.sim.state.live_links(ORG_B), 1);
     env.assert_invariants(&[]).await;
     env.assert_no_secret_leaked(&[&first, &token]).await;
-}
-
-fn sha256_hex(s: &str) -> String {
-    linktoken_operator::controller::secret::token_sha256(s.as_bytes())
 }

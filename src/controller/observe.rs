@@ -118,6 +118,8 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         resync_due: ctx.resync_due(s.at),
     });
 
+    // The Ready reason this LinkToken last reported, parsed once for the three flags below.
+    let reported = index::reported_reason(lt);
     let observed = Observed {
         generation: lt.meta().generation,
         org_id: lt.spec.org_id.clone(),
@@ -144,9 +146,9 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
         }),
         held_by_others,
         others_may_hold,
-        reported_unusable: !index::has_usable_credentials(lt),
-        reported_issuing: index::reported_reason(lt) == Some(crate::api::Reason::Issuing),
-        reported_conflict: index::reported_reason(lt) == Some(crate::api::Reason::OrgConflict),
+        reported_unusable: reported.is_some_and(|r| index::UNUSABLE.contains(&r)),
+        reported_issuing: reported == Some(crate::api::Reason::Issuing),
+        reported_conflict: reported == Some(crate::api::Reason::OrgConflict),
         last_stalled,
         retry_hold,
         token_store,

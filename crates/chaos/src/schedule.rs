@@ -181,9 +181,9 @@ impl Shape {
     /// another shape draws other rounds from the same seed.
     pub fn replay_flags(&self) -> String {
         let mut flags = format!("--workers {}", self.workers);
-        if self.min_steps == Shape::short(self.workers).min_steps
-            && self.max_steps == Shape::short(self.workers).max_steps
-            && self.max_pause_ms == Shape::short(self.workers).max_pause_ms
+        let short = Shape::short(self.workers);
+        if (self.min_steps, self.max_steps, self.max_pause_ms)
+            == (short.min_steps, short.max_steps, short.max_pause_ms)
         {
             flags.push_str(" --short");
         } else if !self.control_plane_restarts {
