@@ -302,6 +302,106 @@ async fn a_gateway_404_on_delete_is_retried_not_taken_for_already_revoked() {
     still_running(env.operator.as_mut().expect("operator"));
 }
 
+/// A 404 on DELETE with Atlas's ApiError shape that is not Atlas's "no link" answer (a retired
+/// or moved path: `RESOURCE_NOT_FOUND`) while the link is live.
+fn not_the_no_link_answer(count: u64) -> FaultSpec {
+    FaultSpec {
+        kind: FaultKind::Status,
+        status: Some(404),
+        body: Some(serde_json::json!({
+            "error": 404, "errorCode": "RESOURCE_NOT_FOUND", "reason": "Not Found",
+            "detail": "Cannot find resource /api/atlas/v2/orgs/x/liveMigrations/linkTokens.",
+            "parameters": []
+        })),
+        headers: Default::default(),
+        latency_ms: 0,
+        count: Some(count),
+        method: Some("DELETE".into()),
+        org_id: None,
+        target: FaultTarget::LinkTokens,
+    }
+}
+
+#[tokio::test]
+async fn a_404_that_is_not_atlas_s_no_link_answer_never_releases_a_live_link() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-404-api").await;
+    env.api_key_secret("creds").await;
+    env.start_operator(&[]);
+    env.linktoken("migration", ORG, &[]).await;
+    env.wait_ready("migration").await;
+    let token = env.token_in("migration", "linkToken").await.expect("token");
+
+    env.fault(not_the_no_link_answer(3));
+    env.delete_linktoken("migration").await;
+    env.wait_event("migration", "RevocationBlocked", "Warning", RECOVER)
+        .await;
+    let lt = env
+        .get("migration")
+        .await
+        .expect("the finalizer holds the LinkToken");
+    let ready = testkit::e2e::condition(&lt, "Ready");
+    assert_eq!(ready.1, "RevocationBlocked", "{ready:?}");
+    assert!(
+        env.sim.state.is_token_live(&token),
+        "the link is still live: nothing may say it was revoked"
+    );
+    assert!(
+        !env.events("migration")
+            .await
+            .iter()
+            .any(|(reason, _, _)| reason == "TokenRevoked"),
+        "no TokenRevoked for a live link"
+    );
+    // Once Atlas answers properly, the revocation goes through.
+    env.wait_linktoken_gone("migration", RECOVER).await;
+    assert!(
+        !env.sim.state.is_token_live(&token),
+        "revoked, not assumed gone"
+    );
+    assert_eq!(
+        env.sim.state.calls("DELETE", CallKind::LinkTokens, 404),
+        3,
+        "every injected answer was met and retried"
+    );
+    still_running(env.operator.as_mut().expect("operator"));
+}
+
+/// The DELETE before a rotation's POST meets the same 404: no POST may follow (the old link is
+/// live, a POST would leave two), and the memory of a skipped revocation is not cleared by it.
+#[tokio::test]
+async fn a_rotation_whose_delete_meets_a_foreign_404_does_not_mint_a_second_live_link() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-404-rotate").await;
+    env.api_key_secret("creds").await;
+    env.start_operator(&[]);
+    env.linktoken("migration", ORG, &[]).await;
+    env.wait_ready("migration").await;
+    let token = env.token_in("migration", "linkToken").await.expect("token");
+    let posts = env.sim.state.calls("POST", CallKind::LinkTokens, 201);
+
+    env.fault(not_the_no_link_answer(2));
+    env.rotate("migration", "after-a-foreign-404").await;
+    let rotated = env.wait_new_token("migration", &token, RECOVER).await;
+    assert_eq!(
+        env.sim.state.calls("DELETE", CallKind::LinkTokens, 404),
+        2,
+        "both 404s were met before the rotation went through"
+    );
+    assert_eq!(
+        env.sim.state.calls("POST", CallKind::LinkTokens, 201),
+        posts + 1,
+        "one POST, after a DELETE Atlas confirmed"
+    );
+    assert!(
+        !env.sim.state.is_token_live(&token),
+        "the old token is revoked"
+    );
+    assert!(env.sim.state.is_token_live(&rotated));
+    assert_eq!(env.sim.state.live_links(ORG), 1, "one live link in the org");
+    still_running(env.operator.as_mut().expect("operator"));
+}
+
 const LEASE: &str = "linktoken-e2e-hostile";
 
 async fn lease_holder(env: &Env) -> Option<String> {

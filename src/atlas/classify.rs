@@ -80,9 +80,10 @@ pub fn classify(err: &AtlasError, op: Operation) -> Classification {
         AtlasError::Api(f) => match f.status {
             401 => c(Reason::AtlasUnauthorized, RetryHint::SlowResync),
             403 => c(Reason::AtlasForbidden, RetryHint::SlowResync),
-            // The client turns Atlas's own 404 on DELETE into `AlreadyAbsent`; a 404 that is
-            // not Atlas's ApiError (a gateway's) says nothing about the link: retry it.
-            404 if op != Operation::Create && !f.is_atlas_api_error() => unavailable(f.retry_after),
+            // The client turns Atlas's own no-link answer on DELETE into `AlreadyAbsent`; any
+            // other 404 there (a gateway's, a retired path's, RESOURCE_NOT_FOUND) says nothing
+            // about the link: retry it, never release as revoked.
+            404 if op != Operation::Create => unavailable(f.retry_after),
             // On POST it means the org.
             404 => c(Reason::OrgNotFound, RetryHint::SlowResync),
             409 if op != Operation::Create => c(Reason::RevocationBlocked, RetryHint::Backoff),
@@ -205,8 +206,20 @@ mod tests {
                     None,
                 ))),
                 Delete,
-                OrgNotFound,
-                SlowResync,
+                AtlasUnavailable,
+                Backoff,
+            ),
+            // While deleting, no 404 but Atlas's no-link answer (which the client turns into
+            // AlreadyAbsent) releases: RESOURCE_NOT_FOUND is retried.
+            (
+                AtlasError::Api(Box::new(ApiFailure::from_api_body(
+                    404,
+                    br#"{"error":404,"errorCode":"RESOURCE_NOT_FOUND"}"#,
+                    None,
+                ))),
+                Finalize,
+                RevocationBlocked,
+                Backoff,
             ),
             (
                 AtlasError::Api(Box::new(api(400))),

@@ -155,9 +155,10 @@ impl AtlasClient {
     }
 
     /// `DELETE /api/atlas/v2/orgs/{orgId}/liveMigrations/linkTokens`: 2xx -> `Deleted`,
-    /// 404 with Atlas's ApiError body -> `AlreadyAbsent`, 409 -> `AtlasError::ActiveMigration`.
-    /// A 404 without that body (a gateway or proxy that never reached Atlas) proves nothing
-    /// about the link, so it stays an error (classified as retryable).
+    /// Atlas's own no-link answer ([`ApiFailure::is_no_link_answer`]) -> `AlreadyAbsent`, 409 ->
+    /// `AtlasError::ActiveMigration`. Any other 404 (a gateway's, a moved path's, an errorCode
+    /// that names something else) proves nothing about the link, so it stays an error
+    /// (classified as retryable): a live link is never taken for revoked.
     pub async fn delete_link_token(
         &self,
         creds: &Credentials,
@@ -167,7 +168,7 @@ impl AtlasClient {
         let resp = self.send(creds, Method::DELETE, &url, None).await?;
         match (resp.status, resp.failure) {
             (_, None) => Ok(DeleteOutcome::Deleted),
-            (404, Some(f)) if f.is_atlas_api_error() => Ok(DeleteOutcome::AlreadyAbsent),
+            (404, Some(f)) if f.is_no_link_answer() => Ok(DeleteOutcome::AlreadyAbsent),
             (409, Some(f)) => Err(AtlasError::ActiveMigration(Box::new(f))),
             (_, Some(f)) => Err(AtlasError::Api(Box::new(f))),
         }

@@ -167,7 +167,22 @@ impl ApiFailure {
     }
 }
 
+/// The detail of Atlas's answer to a DELETE of an org's link tokens when the org has none, as
+/// recorded from the live service (its errorCode has been null, then UNEXPECTED_ERROR).
+pub const NO_LINK_DETAIL: &str = "Could not find the requested external organization link.";
+
 impl ApiFailure {
+    /// True only for Atlas's own "this org has no link" answer to a DELETE: a 404 ApiError with
+    /// the recorded detail and no errorCode but the generic one. Any other 404 (a retired path,
+    /// `RESOURCE_NOT_FOUND`, an org Atlas does not know, a gateway's page) says nothing about
+    /// whether a link is still live, so it must never count as "already revoked".
+    pub fn is_no_link_answer(&self) -> bool {
+        self.status == 404
+            && self.is_atlas_api_error()
+            && matches!(self.error_code.as_deref(), None | Some("UNEXPECTED_ERROR"))
+            && self.detail.as_deref().map(str::trim) == Some(NO_LINK_DETAIL)
+    }
+
     /// True when the body is Atlas's own ApiError (JSON repeating the status in `error`, or
     /// naming an `errorCode`), not a page or JSON of some proxy or gateway in between. Atlas
     /// sends `"errorCode": null` on some 404s, so the repeated status is what identifies it.
@@ -284,6 +299,18 @@ pub enum AtlasError {
 }
 
 impl AtlasError {
+    /// True when Atlas itself refused to act in the org for these credentials: 401, 403, or a
+    /// 404 carrying Atlas's ApiError (an org the key cannot see). A gateway's 404 (no ApiError)
+    /// never reached Atlas and proves nothing: it is not a refusal but trouble on the way.
+    pub fn is_refusal_in_org(&self) -> bool {
+        match self {
+            AtlasError::Api(f) | AtlasError::TokenEndpoint(f) => {
+                matches!(f.status, 401 | 403) || (f.status == 404 && f.is_atlas_api_error())
+            }
+            _ => false,
+        }
+    }
+
     /// HTTP status, when Atlas answered.
     pub fn http_status(&self) -> Option<u16> {
         match self {
@@ -446,6 +473,52 @@ mod tests {
         assert!(!atlas(br#"{}"#));
         assert!(!atlas(br#"{"error":"not_found"}"#));
         assert!(!atlas(br#"{"error":502}"#));
+    }
+
+    #[test]
+    fn only_atlas_s_own_no_link_answer_means_already_revoked() {
+        let no_link =
+            |status: u16, b: &[u8]| ApiFailure::from_api_body(status, b, None).is_no_link_answer();
+        // As recorded from the live service, with and without errorCode.
+        assert!(no_link(
+            404,
+            br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"UNEXPECTED_ERROR","parameters":null,"reason":"Not Found"}"#
+        ));
+        assert!(no_link(
+            404,
+            br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":null,"parameters":null,"reason":"Not Found"}"#
+        ));
+        // A retired or moved path, another resource, an org Atlas does not know, a gateway.
+        for other in [
+            &br#"{"detail":"Cannot find resource /api/atlas/v2/orgs/x/liveMigrations/linkTokens.","error":404,"errorCode":"RESOURCE_NOT_FOUND","reason":"Not Found"}"#[..],
+            br#"{"detail":"Could not find the requested external organization link.","error":404,"errorCode":"ORG_NOT_FOUND"}"#,
+            br#"{"detail":"Organization not found.","error":404,"errorCode":null}"#,
+            br#"{"error":404,"errorCode":"UNEXPECTED_ERROR"}"#,
+            br#"{"message":"Could not find the requested external organization link."}"#,
+            b"Could not find the requested external organization link.",
+            b"",
+        ] {
+            assert!(!no_link(404, other), "{}", String::from_utf8_lossy(other));
+        }
+        // The right words with another status are not it either.
+        assert!(!no_link(
+            400,
+            br#"{"detail":"Could not find the requested external organization link.","error":400}"#
+        ));
+    }
+
+    #[test]
+    fn only_atlas_refuses_in_an_org_a_gateway_s_404_does_not() {
+        let api = |status: u16, b: &[u8]| {
+            AtlasError::Api(Box::new(ApiFailure::from_api_body(status, b, None)))
+        };
+        assert!(api(401, b"").is_refusal_in_org());
+        assert!(api(403, br#"{"error":403}"#).is_refusal_in_org());
+        assert!(api(404, br#"{"error":404,"errorCode":"RESOURCE_NOT_FOUND"}"#).is_refusal_in_org());
+        assert!(!api(404, b"<html>404</html>").is_refusal_in_org());
+        assert!(!api(404, b"").is_refusal_in_org());
+        assert!(!api(500, br#"{"error":500}"#).is_refusal_in_org());
+        assert!(!api(409, br#"{"error":409}"#).is_refusal_in_org());
     }
 
     #[test]

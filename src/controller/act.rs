@@ -377,8 +377,8 @@ async fn revoke_previous(
                 }
                 // The credentials cannot act on the old org (any more): nothing this
                 // LinkToken can do there. Say so once and move on; a stall here would keep
-                // claiming the old org forever.
-                Err(e) if matches!(e.http_status(), Some(401 | 403 | 404)) => {
+                // claiming the old org forever. A gateway's 404 is not Atlas's word: retried.
+                Err(e) if e.is_refusal_in_org() => {
                     ctx.note_left_live(org);
                     skipped.push(format!(
                         "the link in the previous orgId {org} was not revoked: Atlas refused ({}); revoke it there if it still matters",
