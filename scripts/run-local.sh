@@ -238,6 +238,7 @@ start_operator() {
     RUST_LOG="${RUST_LOG:-info}" \
     spawn linktoken-operator \
     --atlas-url="$ATLAS_URL" \
+    --allowed-source-urls="$SOURCE_URL" \
     --metrics-bind-address="127.0.0.1:$METRICS_PORT" \
     --health-probe-bind-address="127.0.0.1:$PROBE_PORT" \
     --log-format=text

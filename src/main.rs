@@ -75,6 +75,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         .await
         .map_err(|e| format!("Kubernetes API server unreachable: {e}"))?;
     tracing::info!(version, kubernetes = %server.git_version, atlas_url = %flags.atlas_url,
+        allowed_source_urls = %flags.allowed_source_urls,
         namespaces = ?flags.watch_namespaces.names(), "linktoken-operator starting");
 
     let shutdown = Shutdown::new();
@@ -148,6 +149,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             connect_timeout: flags.atlas_connect_timeout,
             request_timeout: flags.atlas_request_timeout,
             max_retry_after: flags.retry_max_delay,
+            allowed: flags.allowed_source_urls.clone(),
             ..SourceConfig::default()
         },
         Some(Arc::new(SourceMetrics(metrics.clone()))),

@@ -24,7 +24,7 @@ use kube::ResourceExt;
 use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
 use linktoken_operator::api::{LinkToken, Reason};
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials};
-use linktoken_operator::source::{SourceClient, Target};
+use linktoken_operator::source::{AllowedSources, SourceClient, SourceConfig, Target};
 use sha2::{Digest, Sha256};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, PUBLIC_KEY, condition, linktoken_yaml, status_fault};
 use testkit::eventually;
@@ -603,8 +603,10 @@ async fn an_ops_manager_with_a_private_ca_is_linked_through_the_ca_bundle() {
 
 /// Kills the operator (SIGKILL) while it sleeps at `point` during the first link of a
 /// LinkToken, lets `check` look at what the crash left, restarts it without the pause and
-/// checks what a user depends on: Linked, one live token in Atlas, the source linked once.
-async fn crash_in_link_at(point: &str, check: impl AsyncFnOnce(&Env)) {
+/// checks what a user depends on: Linked, one live token in Atlas, the source holding it and
+/// never unlinked, with `posts` accepted POSTs (a POST whose answer the crash lost is sent
+/// again: only a successful POST records a link).
+async fn crash_in_link_at(point: &str, posts: usize, check: impl AsyncFnOnce(&Env)) {
     let Some(mut env) = paused_then_killed(point, "").await else {
         return;
     };
@@ -612,7 +614,8 @@ async fn crash_in_link_at(point: &str, check: impl AsyncFnOnce(&Env)) {
     env.start_operator(&[]);
     wait_linked(&env, "migration", SOURCE_ORG).await;
     assert_eq!(env.sim.state.live_links(ORG), 1, "one live token");
-    assert_eq!(source_calls(&env, "POST", 200), 1, "linked once");
+    assert_eq!(source_calls(&env, "POST", 200), posts, "accepted POSTs");
+    assert_eq!(source_calls(&env, "DELETE", 204), 0, "never unlinked");
 }
 
 /// Starts the operator with the pause hook at `point`, applies LinkToken `migration` with a
@@ -650,9 +653,9 @@ async fn paused_then_killed(point: &str, extra: &str) -> Option<Env> {
 }
 
 /// storeToken: false, killed inside the hand-over: after the restart the source holds a live
-/// token, the only live one in the Atlas org, linked once; returns (Atlas mints in total,
-/// whether the source held the token at the crash).
-async fn crash_in_transit_at(point: &str) -> Option<(u64, bool)> {
+/// token, the only live one in the Atlas org, with `posts` accepted POSTs; returns (Atlas
+/// mints in total, whether the source held the token at the crash).
+async fn crash_in_transit_at(point: &str, posts: usize) -> Option<(u64, bool)> {
     let mut env = paused_then_killed(point, "    storeToken: false\n").await?;
     let held = env.sim.state.source_link(SOURCE_ORG).is_some();
     assert_eq!(
@@ -674,26 +677,28 @@ async fn crash_in_transit_at(point: &str) -> Option<(u64, bool)> {
     );
     let link = env.sim.state.source_link(SOURCE_ORG).expect("linked");
     assert_eq!(link.token_sha256, sha, "the source holds the live token");
-    assert_eq!(source_calls(&env, "POST", 200), 1, "linked once");
+    assert_eq!(source_calls(&env, "POST", 200), posts, "accepted POSTs");
     Some((mints(&env), held))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_token_false_killed_before_the_hand_over_reissues_and_links_once() {
     // The token was recorded (hash) and never reached the source: it is revoked and replaced.
-    if let Some((minted, held)) = crash_in_transit_at("before-link-post").await {
+    if let Some((minted, held)) = crash_in_transit_at("before-link-post", 1).await {
         assert!(!held, "nothing posted before the crash");
         assert_eq!(minted, 2, "the lost token is replaced");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_token_false_killed_after_the_hand_over_keeps_the_linked_token() {
-    // The source took the token before the crash: asked after the restart, it says SYNCED, so
-    // that token is kept: no second mint, no second link.
-    if let Some((minted, held)) = crash_in_transit_at("after-link-post").await {
+async fn store_token_false_killed_after_the_hand_over_replaces_the_unconfirmed_token() {
+    // The source took the token before the crash, but nothing can prove it after the restart:
+    // its status names no token (SYNCED may be an older token's, its view lagging a
+    // revocation), and the token is stored nowhere to post again. So it is revoked and a new
+    // one handed over: two mints, two accepted POSTs, one live token, linked.
+    if let Some((minted, held)) = crash_in_transit_at("after-link-post", 2).await {
         assert!(held, "posted before the crash");
-        assert_eq!(minted, 1, "no new token");
+        assert_eq!(minted, 2, "the unconfirmed token is replaced");
     }
 }
 
@@ -710,7 +715,7 @@ async fn posting_marker(env: &Env) -> (Option<String>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_token_is_issued_before_the_link_is_posted_links_once() {
-    crash_in_link_at("before-link-post", async |env: &Env| {
+    crash_in_link_at("before-link-post", 1, async |env: &Env| {
         let (marker, sha) = posting_marker(env).await;
         assert_eq!(
             marker,
@@ -726,8 +731,10 @@ async fn sigkill_after_the_token_is_issued_before_the_link_is_posted_links_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_after_the_link_is_posted_before_status_is_written_links_once() {
-    crash_in_link_at("after-link-post", async |env: &Env| {
+async fn sigkill_after_the_link_is_posted_before_status_is_written_posts_it_again() {
+    // The answer was lost with the process: the same token is posted again (the source
+    // accepts a POST of the token it holds).
+    crash_in_link_at("after-link-post", 2, async |env: &Env| {
         let (marker, sha) = posting_marker(env).await;
         assert_eq!(
             marker,
@@ -743,7 +750,7 @@ async fn sigkill_after_the_link_is_posted_before_status_is_written_links_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_atlas_post_before_the_secret_links_the_reissued_token_once() {
-    crash_in_link_at("after-post", async |env: &Env| {
+    crash_in_link_at("after-post", 1, async |env: &Env| {
         // The orphan token: live in Atlas, stored nowhere, never shown to the source.
         assert_eq!(env.sim.state.live_links(ORG), 1);
         assert!(env.sim.state.source_link(SOURCE_ORG).is_none());
@@ -760,9 +767,14 @@ fn mints(env: &Env) -> u64 {
 
 /// The source's own API, as a person (or another tool) would call it.
 fn source_client(env: &Env) -> (SourceClient, String, Credentials) {
+    let url = source_url(env);
+    let config = SourceConfig {
+        allowed: AllowedSources::parse(&url).expect("the sim's source URL"),
+        ..SourceConfig::default()
+    };
     (
-        SourceClient::new(Default::default(), None),
-        source_url(env),
+        SourceClient::new(config, None),
+        url,
         Credentials::api_key(SOURCE_PUBLIC, SOURCE_PRIVATE),
     )
 }
@@ -941,10 +953,14 @@ async fn kstatus_is_current_only_once_linked() {
     env.fault(source_fault(503, "SERVICE_UNAVAILABLE", None, flaky));
     own_linked_token(&env, 0, "linked", SOURCE_ORG, "source-creds").await;
     own_linked_token(&env, 1, "unavailable", flaky, "flaky-creds").await;
-    own_linked_token(&env, 2, "unauthorized", SOURCE_ORG, "wrong-creds").await;
+    // Each its own source org: a source org has one owner (the others would wait in
+    // SourceOrgConflict).
+    let (refused, later) = ("0000000000000000000000c2", "0000000000000000000000c3");
+    source_owner(&env, "others", &[refused, later], &[refused, later]).await;
+    own_linked_token(&env, 2, "unauthorized", refused, "wrong-creds").await;
     // A source credentials Secret that a GitOps step delivers later: InProgress within
     // --credentials-grace, as for the Atlas one (then Failed).
-    own_linked_token(&env, 3, "late", SOURCE_ORG, "late-creds").await;
+    own_linked_token(&env, 3, "late", later, "late-creds").await;
     for (name, reason, want) in [
         ("linked", Reason::Linked, "Current"),
         ("unavailable", Reason::SourceUnavailable, "InProgress"),

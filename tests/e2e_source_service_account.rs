@@ -27,7 +27,7 @@ use atlas_sim::{
 };
 use linktoken_operator::api::Reason;
 use linktoken_operator::atlas::{AtlasClient, AtlasConfig, Credentials, LinkTokenValue};
-use linktoken_operator::source::{SourceClient, SourceConfig, Target};
+use linktoken_operator::source::{AllowedSources, SourceClient, SourceConfig, Target};
 use sha2::{Digest, Sha256};
 use testkit::e2e::{Env, ORG, PRIVATE_KEY, condition, linktoken_yaml, status_fault};
 use testkit::eventually;
@@ -270,13 +270,21 @@ fn source_minted(h: &atlas_sim::SimHandle, client: &str) -> u64 {
 
 /// The token cache is keyed by account and source: the same account at two sources is two
 /// tokens; a token the source stops accepting (expired early) is replaced once, not looped on.
+/// A client whose cluster admin allows these source URLs.
+fn allowing(urls: &str) -> SourceConfig {
+    SourceConfig {
+        allowed: AllowedSources::parse(urls).expect("source URLs"),
+        ..SourceConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn the_source_client_mints_per_source_and_remints_a_rejected_token_once() {
     let (a, b) = (sim().await, sim().await);
-    let client = SourceClient::new(SourceConfig::default(), None);
     let sa = Credentials::service_account(DEMO_SOURCE_CLIENT_ID, DEMO_SOURCE_CLIENT_SECRET);
     let url_a = a.source_url().expect("source port");
     let url_b = b.source_url().expect("source port");
+    let client = SourceClient::new(allowing(&format!("{url_a},{url_b}")), None);
     let (ta, tb) = (
         Target {
             url: &url_a,
@@ -343,8 +351,8 @@ async fn the_source_client_mints_per_source_and_remints_a_rejected_token_once() 
 #[tokio::test]
 async fn a_wrong_client_secret_fails_at_the_token_endpoint_naming_no_secret() {
     let h = sim().await;
-    let client = SourceClient::new(SourceConfig::default(), None);
     let url = h.source_url().expect("source port");
+    let client = SourceClient::new(allowing(&url), None);
     let target = Target {
         url: &url,
         ca_pem: None,

@@ -59,10 +59,14 @@ pub enum Reason {
     SourceUnavailable,
     /// The source reports the link NOT_SYNCED.
     NotSynced,
+    /// spec.source.url is not on the operator's --allowed-source-urls: no request is made.
+    SourceNotAllowed,
+    /// Another LinkToken holds the claim on the source org (a source org holds one link).
+    SourceOrgConflict,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::TokenIssued,
         Reason::Issuing,
         Reason::CredentialsNotFound,
@@ -87,6 +91,8 @@ impl Reason {
         Reason::SourceRejected,
         Reason::SourceUnavailable,
         Reason::NotSynced,
+        Reason::SourceNotAllowed,
+        Reason::SourceOrgConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +121,8 @@ impl Reason {
             Reason::SourceRejected => "SourceRejected",
             Reason::SourceUnavailable => "SourceUnavailable",
             Reason::NotSynced => "NotSynced",
+            Reason::SourceNotAllowed => "SourceNotAllowed",
+            Reason::SourceOrgConflict => "SourceOrgConflict",
         }
     }
 
@@ -131,6 +139,7 @@ impl Reason {
                 | Reason::AtlasRejected
                 | Reason::OrgConflict
                 | Reason::SecretConflict
+                | Reason::SourceOrgConflict
         ) || Reason::SOURCE_USER_FIXABLE.contains(&self)
     }
 
@@ -144,13 +153,18 @@ impl Reason {
     pub fn is_link(self) -> bool {
         matches!(
             self,
-            Reason::Linked | Reason::Linking | Reason::SourceUnavailable | Reason::NotSynced
+            Reason::Linked
+                | Reason::Linking
+                | Reason::SourceUnavailable
+                | Reason::NotSynced
+                | Reason::SourceOrgConflict
         ) || Reason::SOURCE_USER_FIXABLE.contains(&self)
     }
 
     /// The link failures only a user can fix (credentials, access, the source's org, a token
     /// the source refuses): Stalled, rechecked on a backing-off timer.
-    pub const SOURCE_USER_FIXABLE: [Reason; 6] = [
+    pub const SOURCE_USER_FIXABLE: [Reason; 7] = [
+        Reason::SourceNotAllowed,
         Reason::SourceCredentialsNotFound,
         Reason::SourceConfigInvalid,
         Reason::SourceUnauthorized,

@@ -88,6 +88,7 @@ use super::status::LinkTokenStatus;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = spec_rules)]
 pub struct LinkTokenSpec {
     /// ID of the Atlas organization to link: 24 lower-case hexadecimal characters, as shown in
     /// the Atlas UI under Organization Settings. Live-migration links are per organization, so
@@ -123,6 +124,20 @@ pub struct LinkTokenSpec {
     /// docs/source-link.md). Optional: without it the token is only stored in the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<super::source::SourceSpec>,
+}
+
+/// Rules across fields. The source's credentials Secret is never the Atlas credentials
+/// Secret (both take the same keys): a LinkToken author who cannot read Secrets must not be
+/// able to send the Atlas org's credentials to a source. The controller checks it again.
+fn spec_rules(s: &mut schemars::Schema) {
+    s.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "!has(self.source) || self.source.credentialsSecretRef.name != self.credentialsSecretRef.name",
+            "message": "spec.source.credentialsSecretRef must name another Secret than credentialsSecretRef: the Atlas credentials never go to a source",
+            "fieldPath": ".source.credentialsSecretRef.name"
+        }]),
+    );
 }
 
 /// Reference to a Secret in the LinkToken's own namespace. There is deliberately no namespace

@@ -80,10 +80,16 @@ pub fn classify(err: &AtlasError, op: Operation) -> Classification {
         AtlasError::Api(f) => match f.status {
             401 => c(Reason::AtlasUnauthorized, RetryHint::SlowResync),
             403 => c(Reason::AtlasForbidden, RetryHint::SlowResync),
-            // The client turns Atlas's own no-link answer on DELETE into `AlreadyAbsent`; any
-            // other 404 there (a gateway's, a retired path's, RESOURCE_NOT_FOUND) says nothing
-            // about the link: retry it, never release as revoked.
-            404 if op != Operation::Create => unavailable(f.retry_after),
+            // Atlas's own no-link answer never gets here (the client makes it `AlreadyAbsent`).
+            // Any other 404 says the link is not known to be gone. Before an issue it is
+            // retried (a POST now could leave two live links). While deleting, a gateway's 404
+            // is retried too; Atlas's ApiError (an unknown org, RESOURCE_NOT_FOUND) is a
+            // refusal: RevocationSkipped, remembered, never "revoked".
+            404 if op == Operation::Delete
+                || (op == Operation::Finalize && !f.is_atlas_api_error()) =>
+            {
+                unavailable(f.retry_after)
+            }
             // On POST it means the org.
             404 => c(Reason::OrgNotFound, RetryHint::SlowResync),
             409 if op != Operation::Create => c(Reason::RevocationBlocked, RetryHint::Backoff),
@@ -209,8 +215,8 @@ mod tests {
                 AtlasUnavailable,
                 Backoff,
             ),
-            // While deleting, no 404 but Atlas's no-link answer (which the client turns into
-            // AlreadyAbsent) releases: RESOURCE_NOT_FOUND is retried.
+            // While deleting, an ApiError 404 that is not the no-link answer is a refusal
+            // (RevocationSkipped, remembered), never "already revoked".
             (
                 AtlasError::Api(Box::new(ApiFailure::from_api_body(
                     404,
@@ -218,8 +224,8 @@ mod tests {
                     None,
                 ))),
                 Finalize,
-                RevocationBlocked,
-                Backoff,
+                OrgNotFound,
+                SlowResync,
             ),
             (
                 AtlasError::Api(Box::new(api(400))),

@@ -97,8 +97,14 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
 fn wait(lt: &LinkToken, ctx: &Context, reason: Reason, message: String) -> Report {
     // While an org's owner is being deleted, look again soon: the takeover should not wait
     // for the slow resync if the deletion event was missed.
-    let owner_leaving =
-        reason == Reason::OrgConflict && super::index::owner_is_deleting(&ctx.all_linktokens(), lt);
+    let all = ctx.all_linktokens();
+    let owner_leaving = reason == Reason::OrgConflict && super::index::owner_is_deleting(&all, lt);
+    if reason == Reason::OrgConflict && !message.is_empty() {
+        let owner = super::index::org_owner(&all, &lt.spec.org_id)
+            .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()));
+        tracing::info!(linktoken = %report::key_of(lt), owner = owner.unwrap_or_default(),
+            org_id = %lt.spec.org_id, "the orgId is claimed by another LinkToken");
+    }
     // Credentials rechecks back off per object; a success (`forget`) starts them over.
     let retry = if owner_leaving {
         Retry::Soon(Duration::from_secs(2))

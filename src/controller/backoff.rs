@@ -118,9 +118,12 @@ impl Retry {
             | Reason::SourceOrgNotFound
             | Reason::SourceRejected => Retry::Recheck,
             // The owner's deletion triggers a takeover directly; the resync is a safety net.
-            Reason::OrgConflict | Reason::SecretConflict => Retry::Resync,
-            // Only a spec change fixes a rejected access list.
-            Reason::AtlasRejected => Retry::OnChange,
+            Reason::OrgConflict | Reason::SecretConflict | Reason::SourceOrgConflict => {
+                Retry::Resync
+            }
+            // Only a spec change fixes a rejected access list, and a source URL off the
+            // allow-list (or the operator restarted with a new list, which reconciles all).
+            Reason::AtlasRejected | Reason::SourceNotAllowed => Retry::OnChange,
         }
     }
 

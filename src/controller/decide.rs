@@ -345,7 +345,9 @@ fn check_org(o: &Observed) -> Option<Step> {
         } => {
             let who = match same_namespace_name {
                 Some(name) => format!("LinkToken {name}"),
-                None => "a LinkToken in another namespace".into(),
+                // Which namespace (and so which tenant) manages an org is the operator log's,
+                // not a tenant's status: no hint of where.
+                None => "another LinkToken".into(),
             };
             Some(Step::Wait {
                 reason: Reason::OrgConflict,

@@ -113,7 +113,8 @@ pub fn claimed_orgs(lt: &LinkToken) -> Vec<String> {
     orgs
 }
 
-fn order_key(lt: &LinkToken) -> (Option<jiff::Timestamp>, String, String, String) {
+/// The tie-break between claims of equal standing: age, then namespace/name, then uid.
+pub fn order_key(lt: &LinkToken) -> (Option<jiff::Timestamp>, String, String, String) {
     (
         lt.metadata.creation_timestamp.as_ref().map(|t| t.0),
         lt.namespace().unwrap_or_default(),

@@ -32,11 +32,12 @@ use std::time::Duration;
 use super::backoff::Retry;
 use super::conditions;
 use super::context::Context;
-use super::decide::{IssueWhy, TokenStore};
+use super::decide::{IssueWhy, OrgOwnership, TokenStore};
 use super::error::Error;
 use super::observe::Observation;
 use super::report::{self, Report, now_rfc3339};
 use super::secret;
+use super::source_claims;
 use crate::api::{
     AtlasErrorStatus, CaBundleRef, LINKED, LinkStatus, LinkToken, LinkTokenStatus, Reason,
     SourceSpec,
@@ -136,14 +137,16 @@ pub enum CheckOutcome {
 }
 
 /// After a status answer. `None`: the source has no link. A link recorded with the current
-/// token that vanished at the source (drift) is linked again; after a crash during a POST,
-/// SYNCED means that POST landed (the only live token of the Atlas org is the current one:
-/// every issue revokes before it mints), anything else means post again.
+/// token that vanished at the source (drift) is linked again. After a POST whose answer is
+/// unknown (a crash, a timeout, a 5xx, an attempt superseded before it posted) nothing the
+/// status says proves which token the source holds: it names no token, and a source's view
+/// may lag a revocation, reading SYNCED for the token revoked before this one was minted. So
+/// the current token is recorded as linked only from a successful POST of it: post again.
 pub fn after_check(status: Option<SyncStatus>, posted_before_crash: bool) -> CheckOutcome {
     match (status, posted_before_crash) {
-        (Some(SyncStatus::Synced), _) => CheckOutcome::Linked,
+        (_, true) | (None, false) => CheckOutcome::Post,
+        (Some(SyncStatus::Synced), false) => CheckOutcome::Linked,
         (Some(SyncStatus::NotSynced), false) => CheckOutcome::NotSynced,
-        (Some(SyncStatus::NotSynced), true) | (None, _) => CheckOutcome::Post,
     }
 }
 
@@ -263,6 +266,9 @@ pub async fn follow(
         base: report,
         status,
     };
+    if let Some(r) = run.held_elsewhere(&step) {
+        return Ok(r);
+    }
     match step {
         LinkStep::Nothing => Ok(run.base),
         LinkStep::UnlinkRecorded => run.unlink_recorded().await,
@@ -290,6 +296,56 @@ struct Access {
 impl Run<'_> {
     fn source(&self) -> Option<&SourceSpec> {
         self.lt.spec.source.as_ref()
+    }
+
+    /// The report when another LinkToken holds the source org this step would call: a
+    /// SourceOrgConflict for a POST or a status check at the declared org (nothing is called
+    /// there), or, for the removal of a link recorded where the spec no longer points, the
+    /// record dropped without a DELETE (that DELETE would remove the other's link). None: go on.
+    fn held_elsewhere(&self, step: &LinkStep) -> Option<Report> {
+        let all = self.ctx.all_linktokens();
+        match step {
+            LinkStep::Post | LinkStep::Check { .. } => {
+                let spec = self.source()?;
+                let OrgOwnership::ConflictWith {
+                    same_namespace_name,
+                } = source_claims::ownership(&all, self.lt)
+                else {
+                    return None;
+                };
+                tracing::info!(linktoken = %report::key_of(self.lt),
+                    owner = source_claims::owner_for_log(&all, self.lt).unwrap_or_default(),
+                    source_org = %spec.org_id, "the source org is claimed by another LinkToken");
+                let holder = match same_namespace_name {
+                    Some(name) => format!("LinkToken {name}"),
+                    None => "another LinkToken".to_string(),
+                };
+                let message = format!(
+                    "source org {} at {} is claimed by {holder}: a source org holds one link, so this LinkToken calls nothing there until that one lets go of it",
+                    spec.org_id,
+                    spec.url.trim_end_matches('/')
+                );
+                Some(self.report(Reason::SourceOrgConflict, message, self.status.clone()))
+            }
+            LinkStep::UnlinkRecorded if source_claims::recorded_held_by_other(&all, self.lt) => {
+                let recorded = self.status.link.as_ref()?;
+                let note = format!(
+                    "the link of source org {} was not removed: another LinkToken holds the link there now",
+                    recorded.org_id
+                );
+                let mut status = self.status.clone();
+                status.link = None;
+                let mut r = self.report(
+                    Reason::Linking,
+                    "the previous source link belongs to another LinkToken now; looking again"
+                        .into(),
+                    status,
+                );
+                r.retry = Retry::Soon(Duration::from_millis(200));
+                Some(r.warning("UnlinkSkipped", note))
+            }
+            _ => None,
+        }
     }
 
     /// The report of the link: `reason` with `message`, `status` recorded.
@@ -332,7 +388,20 @@ impl Run<'_> {
             }
             self.report(reason, message, status)
         };
+        if let Err(e) = self.ctx.source.check_allowed(&spec.url) {
+            return Err(wait(Reason::SourceNotAllowed, e.to_string()));
+        }
         let name = &spec.credentials_secret_ref.name;
+        if *name == self.lt.spec.credentials_secret_ref.name {
+            // The API server refuses this (CEL); an object stored before that rule must not
+            // send the Atlas org's credentials to the source either.
+            return Err(wait(
+                Reason::SourceConfigInvalid,
+                format!(
+                    "spec.source.credentialsSecretRef names the Atlas credentials Secret {name}; the source needs credentials of its own"
+                ),
+            ));
+        }
         let creds_secret = match secrets.get_opt(name).await {
             Ok(s) => s,
             Err(e) => {
@@ -459,21 +528,12 @@ impl Run<'_> {
             }
             Ok(s) => match after_check(s, posted_before_crash) {
                 CheckOutcome::Linked => {
-                    let first = link.token_sha256.as_deref() != Some(sha);
-                    link.token_sha256 = Some(sha.to_string());
-                    link.posting_sha256 = None;
+                    // The token was recorded from the POST that linked it (its event was
+                    // published then); the source now reports it SYNCED.
                     link.sync_status = Some(SyncStatus::Synced.as_str().into());
                     link.source_error = None;
-                    if first {
-                        link.linked_at = Some(now_rfc3339());
-                    }
                     status.link = Some(link);
-                    let r = self.report(Reason::Linked, linked_message(&spec), status);
-                    Ok(if first {
-                        r.event(EventType::Normal, "Linked", linked_message(&spec))
-                    } else {
-                        r
-                    })
+                    Ok(self.report(Reason::Linked, linked_message(&spec), status))
                 }
                 CheckOutcome::NotSynced => {
                     link.sync_status = Some(SyncStatus::NotSynced.as_str().into());
@@ -702,6 +762,10 @@ pub async fn preflight(lt: &LinkToken, ctx: &Context) -> Option<Report> {
         base: Report::new(lt, Reason::Linking, Retry::Backoff),
         status,
     };
+    // A token stored nowhere must not be minted for a source org another LinkToken holds.
+    if let Some(r) = run.held_elsewhere(&LinkStep::Post) {
+        return Some(r);
+    }
     let access = match run.access(spec).await {
         Ok(a) => a,
         Err(r) => return Some(r),
@@ -820,6 +884,15 @@ async fn unlink_access(
     recorded: &LinkStatus,
 ) -> Result<Access, Unlink> {
     let skipped = |why: String| Err(unlink_skipped(recorded, why));
+    if let Err(e) = ctx.source.check_allowed(&recorded.url) {
+        return skipped(e.to_string());
+    }
+    if recorded.credentials_secret_name == lt.spec.credentials_secret_ref.name {
+        return skipped(format!(
+            "its credentials Secret {} is the Atlas credentials Secret, which never goes to a source",
+            recorded.credentials_secret_name
+        ));
+    }
     let ns = lt.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let creds = match secrets.get_opt(&recorded.credentials_secret_name).await {
@@ -886,6 +959,13 @@ pub async fn unlink_before_revoke(
     let Some(recorded) = lt.status.as_ref().and_then(|s| s.link.clone()) else {
         return Ok(Vec::new());
     };
+    if source_claims::recorded_held_by_other(&ctx.all_linktokens(), lt) {
+        let note = format!(
+            "the link of source org {} was not removed: another LinkToken holds the link there",
+            recorded.org_id
+        );
+        return Ok(vec![(EventType::Normal, "UnlinkSkipped", note)]);
+    }
     match unlink(ctx, lt, &recorded).await {
         Unlink::Done(n) => Ok(vec![(EventType::Normal, "Unlinked", n.text)]),
         Unlink::Skipped(n) => Ok(vec![(EventType::Warning, "UnlinkSkipped", n.text)]),
@@ -1067,7 +1147,9 @@ mod tests {
     fn a_status_answer_decides_what_follows() {
         use SyncStatus::*;
         assert_eq!(after_check(Some(Synced), false), CheckOutcome::Linked);
-        assert_eq!(after_check(Some(Synced), true), CheckOutcome::Linked);
+        // After a POST whose answer is unknown, SYNCED may be the link of the token revoked
+        // before this one (a source's view lags): only a successful POST records it.
+        assert_eq!(after_check(Some(Synced), true), CheckOutcome::Post);
         // NOT_SYNCED with the current token is reported, never hidden by a re-post.
         assert_eq!(after_check(Some(NotSynced), false), CheckOutcome::NotSynced);
         // After a crash mid-POST, NOT_SYNCED is the old token's link: post the new one.

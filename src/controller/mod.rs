@@ -34,6 +34,7 @@ pub mod observe;
 pub mod pause;
 pub mod report;
 pub mod secret;
+pub mod source_claims;
 pub mod versions;
 
 use std::collections::HashMap;
@@ -161,7 +162,7 @@ pub async fn run(
             }
             let released: Option<(&LinkToken, Vec<String>)> = match ev {
                 Ok(watcher::Event::Apply(lt) | watcher::Event::InitApply(lt)) => {
-                    let now = index::claimed_orgs(lt);
+                    let now = claim_keys(lt);
                     let before = claims
                         .insert(lt.uid().unwrap_or_default(), now.clone())
                         .unwrap_or_default();
@@ -176,14 +177,15 @@ pub async fn run(
                     let mut gone = claims
                         .remove(&lt.uid().unwrap_or_default())
                         .unwrap_or_default();
-                    gone.extend(index::claimed_orgs(lt));
+                    gone.extend(claim_keys(lt));
                     gone.push(lt.spec.org_id.clone());
+                    gone.extend(source_claims::declared_key(lt));
                     Some((lt, gone))
                 }
                 _ => None,
             };
             if let Some((lt, orgs)) = released {
-                for r in index::waiting_for(&ctx_for_wake.all_linktokens(), &orgs, lt) {
+                for r in waiters(&ctx_for_wake.all_linktokens(), &orgs, lt) {
                     for tx in &senders {
                         let _ = tx.unbounded_send(r.clone());
                     }
@@ -487,4 +489,32 @@ fn error_policy(lt: Arc<LinkToken>, err: &Error, ctx: Arc<Context>) -> Action {
     };
     ctx.retry_in(&key, retry)
         .map_or_else(Action::await_change, Action::requeue)
+}
+
+/// What `lt` claims: its Atlas orgs and its source org (keys of both kinds in one list, so one
+/// diff finds every claim that went away).
+fn claim_keys(lt: &LinkToken) -> Vec<String> {
+    let mut keys = index::claimed_orgs(lt);
+    keys.extend(source_claims::claimed(lt));
+    keys
+}
+
+/// The LinkTokens (but `except`) waiting for one of the released `keys`: an Atlas org their
+/// spec names, or their spec's source org.
+fn waiters(
+    all: &[Arc<LinkToken>],
+    keys: &[String],
+    except: &LinkToken,
+) -> Vec<ObjectRef<LinkToken>> {
+    let mut refs = index::waiting_for(all, keys, except);
+    for lt in all {
+        let r = ObjectRef::from_obj(lt.as_ref());
+        if lt.metadata.uid != except.metadata.uid
+            && source_claims::waiting_for(lt, keys)
+            && !refs.contains(&r)
+        {
+            refs.push(r);
+        }
+    }
+    refs
 }

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 
 use super::duration::{format_duration, parse_duration, parse_positive_duration};
 use super::leader::LeaderConfig;
+use crate::source::AllowedSources;
 
 pub const DEFAULT_ATLAS_URL: &str = "https://cloud.mongodb.com";
 pub const DEFAULT_LEADER_ELECTION_ID: &str = "linktoken-operator-leader";
@@ -120,6 +121,14 @@ pub struct Flags {
     /// Keep it below the pod's terminationGracePeriodSeconds (30s by default).
     #[arg(long, env = "LINKTOKEN_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Comma-separated base URLs of the sources (Cloud Manager, Ops Manager) a LinkToken's
+    /// spec.source.url may name. Any other URL gets SourceNotAllowed and no request at all:
+    /// the source call carries credentials and the token, and a LinkToken author must not
+    /// choose where they go. Compared exactly (scheme, host, port, path); http:// only for
+    /// loopback.
+    #[arg(long, env = "LINKTOKEN_ALLOWED_SOURCE_URLS", default_value = crate::api::source::CLOUD_MANAGER_URL, value_parser = parse_allowed_sources)]
+    pub allowed_source_urls: AllowedSources,
 }
 
 impl Flags {
@@ -365,6 +374,10 @@ fn is_loopback_host(u: &url::Url) -> bool {
 }
 
 /// Comma list of namespaces; blanks are dropped so `""` and `a,,b` behave as users expect.
+pub fn parse_allowed_sources(s: &str) -> Result<AllowedSources, String> {
+    AllowedSources::parse(s)
+}
+
 pub fn parse_namespaces(s: &str) -> Result<WatchNamespaces, String> {
     let mut out: Vec<String> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

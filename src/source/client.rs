@@ -21,6 +21,7 @@ use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::allow::AllowedSources;
 use super::error::SourceError;
 use crate::atlas::client::{DigestAuth, digest_exchange, http_client, join, parse_base_url};
 use crate::atlas::credentials::AuthParts;
@@ -77,6 +78,9 @@ pub struct SourceConfig {
     pub token_renew_before: Duration,
     pub token_failure_cooldown: Duration,
     pub token_min_reuse: Duration,
+    /// The only source URLs called: every other target is refused before any request
+    /// (credentials and tokens never leave for a host the cluster admin did not allow).
+    pub allowed: AllowedSources,
 }
 
 impl Default for SourceConfig {
@@ -90,6 +94,7 @@ impl Default for SourceConfig {
             token_renew_before: Duration::from_secs(600),
             token_failure_cooldown: Duration::from_secs(5),
             token_min_reuse: Duration::from_secs(30),
+            allowed: AllowedSources::default(),
         }
     }
 }
@@ -216,6 +221,7 @@ impl SourceClient {
         url: &Url,
         body: Option<&[u8]>,
     ) -> Result<Incoming, SourceError> {
+        self.check_allowed(target.url)?;
         let http = self.http(target.ca_pem)?;
         let limits = Limits {
             max_body_bytes: self.inner.config.max_body_bytes,
@@ -276,6 +282,19 @@ impl SourceClient {
             }
         };
         Ok(resp)
+    }
+
+    /// Err(NotAllowed) for a URL off the cluster admin's list: checked before anything is
+    /// built, resolved or sent, for every call (link, status, unlink, the token endpoint).
+    pub fn check_allowed(&self, url: &str) -> Result<(), SourceError> {
+        let allowed = &self.inner.config.allowed;
+        if allowed.permits(url) {
+            return Ok(());
+        }
+        Err(SourceError::NotAllowed {
+            url: url.trim_end_matches('/').to_string(),
+            allowed: allowed.to_string(),
+        })
     }
 
     /// The HTTP client for this CA bundle, built on first use.

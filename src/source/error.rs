@@ -50,6 +50,11 @@ pub enum SourceError {
     /// A URL or client problem (configuration).
     #[error("{0}")]
     Config(String),
+    /// The URL is not on the operator's allow-list: no request was made.
+    #[error(
+        "{url} is not on the operator's --allowed-source-urls ({allowed}); a cluster admin must add it (chart value allowedSourceUrls) before the operator calls it"
+    )]
+    NotAllowed { url: String, allowed: String },
 }
 
 impl From<AtlasError> for SourceError {
@@ -132,6 +137,7 @@ impl SourceError {
             SourceError::InvalidOrgId | SourceError::CaBundle(_) | SourceError::Config(_) => {
                 Reason::SourceConfigInvalid
             }
+            SourceError::NotAllowed { .. } => Reason::SourceNotAllowed,
         }
     }
 }

@@ -141,8 +141,13 @@ impl Env {
                 "--retry-base-delay=500ms",
                 "--retry-max-delay=5s",
                 "--shutdown-timeout=5s",
-            ])
-            .args(extra.iter().copied());
+            ]);
+        // atlas-sim's source side is the one source the cluster admin allows here (a test
+        // that needs another passes its own --allowed-source-urls, which overrides this).
+        if let Some(source) = self.sim.source_url() {
+            cmd = cmd.args([format!("--allowed-source-urls={source}")]);
+        }
+        let mut cmd = cmd.args(extra.iter().copied());
         for (k, v) in vars {
             cmd = cmd.env(k, v);
         }
