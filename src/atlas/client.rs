@@ -364,7 +364,8 @@ where
         );
         HeaderValue::from_str(&value).ok()
     };
-    let cached = nonces.next(&fp);
+    // Keyed by the URL's origin too: a nonce is signed only for the server that issued it.
+    let cached = nonces.next(&fp, url);
     let used_nonce = cached.as_ref().map(|(ch, _)| ch.nonce.clone());
     let header = cached.and_then(|(ch, nc)| sign(&ch, nc));
     let first = send(header).await?;
@@ -372,7 +373,7 @@ where
         return Ok(first);
     }
     if let Some(nonce) = &used_nonce {
-        nonces.forget(&fp, nonce);
+        nonces.forget(&fp, url, nonce);
     }
     let challenge = digest::parse_challenge(
         first
@@ -394,7 +395,7 @@ where
     };
     let second = send(Some(header)).await?;
     if second.status != 401 {
-        nonces.store(fp, ch);
+        nonces.store(fp, url, ch);
     }
     Ok(second)
 }

@@ -9,7 +9,8 @@
 //! lives anywhere) and so may its CA bundle, so one HTTP client is built per CA bundle and
 //! kept (a handful per operator); roots are the platform's plus that bundle. Redirects are not
 //! followed (an Authorization header never travels to another host); proxies from the
-//! environment are honoured as for Atlas.
+//! environment are honoured as for Atlas. A Digest nonce is only ever used at the origin that
+//! issued it (`crate::atlas::nonces`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,7 +114,8 @@ impl Default for SourceClient {
 
 struct Inner {
     config: SourceConfig,
-    /// One HTTP client (and nonce cache) per CA bundle (by hash; None: platform roots only).
+    /// One HTTP client and nonce cache per CA bundle (by hash; None: platform roots only). The
+    /// cache serves every source URL with that bundle: its nonces are kept by origin.
     clients: Mutex<HashMap<Option<[u8; 32]>, Arc<Http>>>,
     platform: OnceLock<Vec<CertificateDer<'static>>>,
     observer: Option<Arc<dyn RequestObserver>>,
