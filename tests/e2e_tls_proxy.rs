@@ -7,18 +7,21 @@
 //! - a CA file that cannot be used stops the operator at start-up with a clear message;
 //! - with `HTTPS_PROXY`, every Atlas call goes through the proxy's CONNECT tunnel. The Atlas
 //!   host name does not resolve on this machine (`.invalid`), only the proxy knows where it
-//!   is, so a Ready LinkToken is itself proof that the path went through the proxy.
+//!   is, so a Ready LinkToken is itself proof that the path went through the proxy;
+//! - a loopback Atlas URL or source never goes through a proxy, whatever the variables say.
 use testkit::require_cluster;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use atlas_sim::config::{DEMO_SOURCE_ORG_ID, DEMO_SOURCE_PRIVATE_KEY, DEMO_SOURCE_PUBLIC_KEY};
 use atlas_sim::{SimConfig, SimServer, SimTls};
 use linktoken_operator::api::Reason;
-use testkit::TestCluster;
-use testkit::e2e::{Env, ORG};
+use testkit::e2e::{Env, ORG, condition, linktoken_yaml};
+use testkit::{TestCluster, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -254,10 +257,67 @@ async fn https_proxy_carries_every_atlas_call_through_connect() {
     assert_eq!(proxy.count(&tunnel), tunnels_before, "{:#?}", proxy.log());
 }
 
-/// A minimal HTTP CONNECT proxy: logs each request line, maps one alias to 127.0.0.1, then
-/// copies bytes both ways. Anything but CONNECT is refused (and logged as REFUSED).
+/// Loopback destinations never go through a proxy: with `HTTP_PROXY` and `ALL_PROXY` naming a
+/// recording proxy, the harness's `http://127.0.0.1` Atlas URL and an `http://localhost` source
+/// are reached directly (Ready, Linked) and the proxy sees no connection at all. Through a
+/// proxy, the Digest exchanges and the link token would cross the network in clear, to a proxy
+/// that cannot reach the operator's loopback anyway.
+#[tokio::test]
+async fn loopback_atlas_and_source_urls_never_go_through_a_proxy() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-proxy-loopback").await;
+    env.api_key_secret("creds").await;
+    env.put_secret(
+        "source-creds",
+        &[
+            ("publicApiKey", DEMO_SOURCE_PUBLIC_KEY),
+            ("privateApiKey", DEMO_SOURCE_PRIVATE_KEY),
+        ],
+    )
+    .await;
+    assert!(
+        env.sim.atlas_url.starts_with("http://127.0.0.1:"),
+        "{}",
+        env.sim.atlas_url
+    );
+    let source_port = env.sim.source_addr.expect("atlas-sim's source port").port();
+    let proxy = ConnectProxy::start(ATLAS_HOST).await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    env.operator = Some(env.spawn_operator_with_env(
+        &env.cluster.kubeconfig,
+        // NO_PROXY set and empty: whatever this machine's says, nothing is exempt by name.
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("ALL_PROXY", &proxy_url),
+            ("NO_PROXY", ""),
+        ],
+        &[],
+    ));
+    let source = format!(
+        "  source:\n    url: \"http://localhost:{source_port}\"\n    orgId: \"{DEMO_SOURCE_ORG_ID}\"\n    credentialsSecretRef:\n      name: source-creds\n"
+    );
+    env.apply_yaml(&linktoken_yaml("migration", ORG, &[], "creds", &source))
+        .await;
+    let lt = eventually(WAIT, "Linked without the proxy", || async {
+        // The first request the proxy sees ends the test: it must see none.
+        assert_eq!(proxy.connections(), 0, "proxied: {:#?}", proxy.log());
+        let lt = env.get("migration").await?;
+        (condition(&lt, "Ready").1 == Reason::Linked.as_str()).then_some(lt)
+    })
+    .await;
+    assert_eq!(condition(&lt, "Linked").0, "True");
+    let token = env.token_in("migration", "linkToken").await.expect("token");
+    assert!(env.sim.state.is_token_live(&token));
+    assert!(env.sim.state.source_link(DEMO_SOURCE_ORG_ID).is_some());
+    assert_eq!(proxy.connections(), 0, "proxied: {:#?}", proxy.log());
+}
+
+/// A minimal HTTP CONNECT proxy: counts connections, logs each request line, maps one alias to
+/// 127.0.0.1, then copies bytes both ways. Anything but CONNECT is refused (and logged as
+/// REFUSED).
 struct ConnectProxy {
     addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -273,10 +333,13 @@ impl ConnectProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let task = {
             let log = log.clone();
+            let connections = connections.clone();
             tokio::spawn(async move {
                 while let Ok((conn, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let log = log.clone();
                     tokio::spawn(async move {
                         let _ = tunnel(conn, alias, &log).await;
@@ -284,7 +347,16 @@ impl ConnectProxy {
                 }
             })
         };
-        ConnectProxy { addr, log, task }
+        ConnectProxy {
+            addr,
+            connections,
+            log,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     fn log(&self) -> Vec<String> {

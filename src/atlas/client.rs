@@ -1,10 +1,10 @@
 //! The link-token client: URLs, media types, authentication flows and response mapping.
 //!
-//! Shared by all reconciles (cheap to clone: one `Arc`). Proxy support is reqwest's default:
-//! `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` (upper or lower case) from the
-//! environment are honoured; loopback is not exempt, only what `NO_PROXY` lists bypasses the
-//! proxy. Roots: see [`super::tls`]. Redirects are not followed, so an Authorization header
-//! never travels to another host.
+//! Shared by all reconciles (cheap to clone: one `Arc`). Proxies: `HTTPS_PROXY` / `HTTP_PROXY`
+//! / `ALL_PROXY` and `NO_PROXY` (upper or lower case) from the environment are honoured as
+//! reqwest reads them, except that a loopback destination never goes through a proxy (see
+//! [`HttpClient`]). Roots: see [`super::tls`]. Redirects are not followed, so an Authorization
+//! header never travels to another host.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use super::oauth::{self, BearerAuth, TokenCache};
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::LinkTokenValue;
 use super::tls::TrustRoots;
-use super::transport::{Incoming, Limits, Outgoing, round_trip};
+use super::transport::{HttpClient, Incoming, Limits, Outgoing, round_trip};
 
 /// The only resource version of the link-token operations. Sent as Accept, and as the
 /// Content-Type of the POST body; Atlas answers 406 to a missing or unknown version.
@@ -40,7 +40,7 @@ pub enum DeleteOutcome {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: HttpClient,
     base: Url,
     token_url: Url,
     limits: Limits,
@@ -296,31 +296,35 @@ impl AtlasClient {
     }
 }
 
-/// The HTTP client of the Atlas and source clients: rustls with exactly `roots`, the
+/// The HTTP clients of the Atlas and source clients: rustls with exactly `roots`, the
 /// timeouts, our User-Agent, no redirects (an Authorization header never travels to another
-/// host).
+/// host), the environment's proxies except for loopback ([`HttpClient`]).
 pub(crate) fn http_client(
     roots: &[rustls::pki_types::CertificateDer<'static>],
     connect_timeout: std::time::Duration,
     request_timeout: std::time::Duration,
     user_agent: &str,
-) -> Result<reqwest::Client, AtlasError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        // Only the roots given, whatever reqwest features another crate enables.
-        .tls_built_in_root_certs(false);
-    for cert in roots {
-        let cert = reqwest::Certificate::from_der(cert.as_ref())
-            .map_err(|e| AtlasError::Config(format!("root certificate: {e}")))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    builder
-        .connect_timeout(connect_timeout)
-        .timeout(request_timeout)
-        .user_agent(user_agent)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| AtlasError::Config(format!("HTTP client: {e}")))
+) -> Result<HttpClient, AtlasError> {
+    let roots = roots
+        .iter()
+        .map(|cert| reqwest::Certificate::from_der(cert.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AtlasError::Config(format!("root certificate: {e}")))?;
+    HttpClient::build(|| {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            // Only the roots given, whatever reqwest features another crate enables.
+            .tls_built_in_root_certs(false);
+        for cert in &roots {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        builder
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .user_agent(user_agent)
+            .redirect(reqwest::redirect::Policy::none())
+    })
+    .map_err(|e| AtlasError::Config(format!("HTTP client: {e}")))
 }
 
 /// Who signs a Digest exchange, and the nonce cache it reuses.
@@ -365,7 +369,8 @@ where
         );
         HeaderValue::from_str(&value).ok()
     };
-    let cached = nonces.next(&fp);
+    // Keyed by the URL's origin too: a nonce is signed only for the server that issued it.
+    let cached = nonces.next(&fp, url);
     let used_nonce = cached.as_ref().map(|(ch, _)| ch.nonce.clone());
     let header = cached.and_then(|(ch, nc)| sign(&ch, nc));
     let first = send(header).await?;
@@ -373,7 +378,7 @@ where
         return Ok(first);
     }
     if let Some(nonce) = &used_nonce {
-        nonces.forget(&fp, nonce);
+        nonces.forget(&fp, url, nonce);
     }
     let challenge = digest::parse_challenge(
         first
@@ -395,7 +400,7 @@ where
     };
     let second = send(Some(header)).await?;
     if second.status != 401 {
-        nonces.store(fp, ch);
+        nonces.store(fp, url, ch);
     }
     Ok(second)
 }

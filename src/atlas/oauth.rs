@@ -22,7 +22,7 @@ use super::credentials::Fingerprint;
 use super::error::AtlasError;
 use super::observer::{Endpoint, RequestObserver};
 use super::redact::BearerToken;
-use super::transport::{Incoming, Limits, Outgoing, round_trip};
+use super::transport::{HttpClient, Incoming, Limits, Outgoing, round_trip};
 
 /// Lifetime assumed when the endpoint omits `expires_in` (Atlas documents 3600 s).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -156,7 +156,7 @@ pub(crate) struct BearerAuth<'a> {
     /// The cache key: the credentials' fingerprint, scoped to the token endpoint when one
     /// cache serves several servers (the same account minted at two hosts is two tokens).
     pub fp: Fingerprint,
-    pub http: &'a reqwest::Client,
+    pub http: &'a HttpClient,
     pub limits: Limits,
     pub observer: Option<&'a dyn RequestObserver>,
     pub token_url: &'a Url,
@@ -232,7 +232,7 @@ struct TokenResponse {
 
 /// `POST {base}/api/oauth/token` with Basic auth and `grant_type=client_credentials`.
 pub(crate) async fn mint(
-    http: &reqwest::Client,
+    http: &HttpClient,
     limits: Limits,
     observer: Option<&dyn RequestObserver>,
     token_url: &Url,

@@ -1,5 +1,6 @@
 //! One HTTP round trip: send, read a capped body, report to the observer, map transport errors.
-//! Knows nothing about authentication; callers add the Authorization header.
+//! Knows nothing about authentication; callers add the Authorization header. Where a request
+//! goes, through a proxy or not, is decided here too ([`HttpClient`]).
 
 use std::error::Error as _;
 use std::time::Instant;
@@ -9,6 +10,53 @@ use reqwest::{Method, Url};
 
 use super::error::{ApiFailure, AtlasError, TransportKind, parse_retry_after};
 use super::observer::{Endpoint, RequestObserver, RequestRecord};
+
+/// The HTTP clients behind every Atlas and source call, alike but for proxies: one honours the
+/// environment's proxies (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest
+/// reads them), the other never uses a proxy. A loopback destination always takes the direct
+/// one: a proxy elsewhere cannot reach the operator's own loopback, and an `http://` loopback
+/// URL sent to a proxy would carry the Digest exchange, a client secret or a link token across
+/// the network in clear.
+///
+/// Two clients, because reqwest has no rule that says "direct": giving a builder any `Proxy`
+/// turns its reading of the environment off, so exempting loopback with a `Proxy` and a
+/// `NoProxy` would mean parsing those variables ourselves. Left to reqwest, every other
+/// destination behaves exactly as documented.
+pub(crate) struct HttpClient {
+    env_proxy: reqwest::Client,
+    direct: reqwest::Client,
+}
+
+impl HttpClient {
+    /// Builds both clients from the same settings; `builder` is called twice.
+    pub(crate) fn build(
+        builder: impl Fn() -> reqwest::ClientBuilder,
+    ) -> reqwest::Result<HttpClient> {
+        Ok(HttpClient {
+            env_proxy: builder().build()?,
+            direct: builder().no_proxy().build()?,
+        })
+    }
+
+    /// The client for a request to `url`.
+    fn for_url(&self, url: &Url) -> &reqwest::Client {
+        if is_loopback(url) {
+            &self.direct
+        } else {
+            &self.env_proxy
+        }
+    }
+}
+
+/// A loopback host: 127.0.0.0/8, `[::1]` or `localhost` (the URL parser lower-cases names).
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
 
 /// A request ready to send. The body is kept so the Digest handshake can send it again.
 pub(crate) struct Outgoing<'a> {
@@ -37,7 +85,7 @@ pub(crate) struct Limits {
 }
 
 pub(crate) async fn round_trip(
-    http: &reqwest::Client,
+    http: &HttpClient,
     limits: Limits,
     observer: Option<&dyn RequestObserver>,
     req: Outgoing<'_>,
@@ -75,13 +123,14 @@ pub(crate) async fn round_trip(
 }
 
 async fn send(
-    http: &reqwest::Client,
+    http: &HttpClient,
     limits: Limits,
     req: Outgoing<'_>,
 ) -> Result<Incoming, AtlasError> {
     let max_body_bytes = limits.max_body_bytes;
     let endpoint = req.endpoint;
     let mut builder = http
+        .for_url(req.url)
         .request(req.method, req.url.clone())
         .headers(req.headers);
     if let Some(body) = req.body {
@@ -242,6 +291,45 @@ fn strip_userinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for url in [
+            "http://127.0.0.1:8090",
+            "http://127.9.8.7/",
+            "https://[::1]:8443/x",
+            "http://localhost:8092",
+            "https://LOCALHOST/",
+        ] {
+            assert!(is_loopback(&Url::parse(url).unwrap()), "{url}");
+        }
+        for url in [
+            "https://cloud.mongodb.com",
+            "http://128.0.0.1",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "http://0.0.0.0",
+        ] {
+            assert!(!is_loopback(&Url::parse(url).unwrap()), "{url}");
+        }
+    }
+
+    #[test]
+    fn loopback_goes_direct_and_the_rest_by_the_environment() {
+        let http = HttpClient::build(reqwest::Client::builder).unwrap();
+        for (url, direct) in [
+            ("http://127.0.0.1:8090/api", true),
+            ("https://[::1]/api", true),
+            ("http://localhost/api", true),
+            ("https://cloud.mongodb.com/api", false),
+            ("https://om.example:8443/api", false),
+        ] {
+            let chosen = http.for_url(&Url::parse(url).unwrap());
+            assert_eq!(std::ptr::eq(chosen, &http.direct), direct, "{url}");
+        }
+    }
 
     #[test]
     fn userinfo_is_removed_from_urls() {

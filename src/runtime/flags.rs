@@ -356,21 +356,12 @@ impl clap::builder::TypedValueParser for AtlasUrlParser {
 /// `http://` sends every credential and link token in cleartext: accepted for loopback hosts
 /// (a simulator next to the operator) or when explicitly allowed.
 pub fn check_atlas_url_scheme(u: &url::Url, allow_insecure: bool) -> Result<(), String> {
-    if u.scheme() == "https" || allow_insecure || is_loopback_host(u) {
+    if u.scheme() == "https" || allow_insecure || crate::atlas::transport::is_loopback(u) {
         return Ok(());
     }
     Err(format!(
         "--atlas-url {u} uses http:// for a host that is not loopback: credentials and link tokens would travel in cleartext; use https://, or set --allow-insecure-atlas-url if you really mean it"
     ))
-}
-
-fn is_loopback_host(u: &url::Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 /// Comma list of namespaces; blanks are dropped so `""` and `a,,b` behave as users expect.

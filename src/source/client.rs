@@ -9,7 +9,8 @@
 //! lives anywhere) and so may its CA bundle, so one HTTP client is built per CA bundle and
 //! kept (a handful per operator); roots are the platform's plus that bundle. Redirects are not
 //! followed (an Authorization header never travels to another host); proxies from the
-//! environment are honoured as for Atlas.
+//! environment are honoured as for Atlas, never for a loopback source. A Digest nonce is
+//! only ever used at the origin that issued it (`crate::atlas::nonces`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,7 +28,7 @@ use crate::atlas::client::{DigestAuth, digest_exchange, http_client, join, parse
 use crate::atlas::credentials::AuthParts;
 use crate::atlas::nonces::NonceCache;
 use crate::atlas::oauth::{BearerAuth, TokenCache, bearer_exchange};
-use crate::atlas::transport::{Incoming, Limits, Outgoing, round_trip};
+use crate::atlas::transport::{HttpClient, Incoming, Limits, Outgoing, is_loopback, round_trip};
 use crate::atlas::{Credentials, Endpoint, LinkTokenValue, RequestObserver};
 
 /// Entries beyond this drop the cache of HTTP clients wholesale (CA bundles churning).
@@ -100,7 +101,7 @@ impl Default for SourceConfig {
 }
 
 struct Http {
-    client: reqwest::Client,
+    client: HttpClient,
     nonces: NonceCache,
 }
 
@@ -118,7 +119,8 @@ impl Default for SourceClient {
 
 struct Inner {
     config: SourceConfig,
-    /// One HTTP client (and nonce cache) per CA bundle (by hash; None: platform roots only).
+    /// One HTTP client and nonce cache per CA bundle (by hash; None: platform roots only). The
+    /// cache serves every source URL with that bundle: its nonces are kept by origin.
     clients: Mutex<HashMap<Option<[u8; 32]>, Arc<Http>>>,
     platform: OnceLock<Vec<CertificateDer<'static>>>,
     observer: Option<Arc<dyn RequestObserver>>,
@@ -373,15 +375,6 @@ pub fn link_url(base: &str, org_id: &str, status: bool) -> Result<Url, SourceErr
         segments.push("status");
     }
     join(&base, &segments).map_err(|e| SourceError::Config(e.to_string()))
-}
-
-fn is_loopback(u: &Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
 }
 
 fn parse_status(body: &[u8]) -> Option<SyncStatus> {

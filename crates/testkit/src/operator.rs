@@ -120,6 +120,8 @@ impl OperatorCommand {
             .env_remove("HTTP_PROXY")
             .env_remove("https_proxy")
             .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .env_remove(PAUSE_ENV)
             .envs(self.env)
             .args(self.args)
