@@ -142,7 +142,7 @@ fn method_name(m: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::GET => "GET",
         Method::PUT => "PUT",
-        _ => "OTHER",
+        _ => "other",
     }
 }
 
