@@ -1,7 +1,9 @@
 //! Typed errors of the Atlas client and the parsing of Atlas error bodies.
 //!
-//! Nothing in here holds a credential or token: error bodies come from Atlas error responses
-//! (which never echo secrets), and transport errors are summarised without URLs or headers.
+//! Nothing in here holds a credential or token: transport errors are summarised without URLs
+//! or headers, and every text of an error body is sanitised when it is parsed
+//! ([`remote_text::sanitize`]: one line, bounded, credential shapes redacted), because a
+//! broken or hostile server (or a proxy) may send anything.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,9 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::observer::Endpoint;
+use super::remote_text::{self, MAX_CODE_CHARS, MAX_TEXT_CHARS};
 
-/// Longest `detail` kept for messages; Atlas details are a sentence, anything longer is noise.
-const MAX_DETAIL_CHARS: usize = 512;
+/// Most `badRequestDetail.fields` entries (and `parameters`) kept; Atlas names one or two, and
+/// every one kept lengthens the condition message.
+pub const MAX_FIELDS: usize = 5;
 
 /// One entry of `badRequestDetail.fields`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -42,8 +46,12 @@ pub struct ApiFailure {
     pub detail: Option<String>,
     /// ApiError `reason` (the HTTP reason phrase, as Atlas writes it).
     pub reason: Option<String>,
+    /// The scalar `parameters` (strings sanitised), at most [`MAX_FIELDS`].
     pub parameters: Vec<serde_json::Value>,
+    /// At most [`MAX_FIELDS`] entries of `badRequestDetail.fields`.
     pub fields: Vec<FieldViolation>,
+    /// How many `fields` entries the body had beyond those kept.
+    pub fields_omitted: usize,
     /// `Retry-After`, when sent (seconds or an HTTP date), clamped to the client's maximum.
     pub retry_after: Option<Duration>,
     pub body: BodyKind,
@@ -86,13 +94,21 @@ struct OAuthErrorBody {
     error_description: Option<String>,
 }
 
-fn clip(s: String) -> String {
-    if s.chars().count() <= MAX_DETAIL_CHARS {
-        s
-    } else {
-        let mut t: String = s.chars().take(MAX_DETAIL_CHARS).collect();
-        t.push('…');
-        t
+fn code(s: Option<String>) -> Option<String> {
+    remote_text::sanitize_opt(s.as_deref(), MAX_CODE_CHARS)
+}
+
+fn text(s: Option<String>) -> Option<String> {
+    remote_text::sanitize_opt(s.as_deref(), MAX_TEXT_CHARS)
+}
+
+/// Scalars only (nothing shows them, but they are public data of the failure), strings
+/// sanitised like a detail.
+fn parameter(v: serde_json::Value) -> Option<serde_json::Value> {
+    match v {
+        serde_json::Value::String(s) => Some(remote_text::sanitize(&s, MAX_TEXT_CHARS).into()),
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+        scalar => Some(scalar),
     }
 }
 
@@ -112,14 +128,29 @@ impl ApiFailure {
                     .as_ref()
                     .and_then(serde_json::Value::as_u64)
                     .and_then(|n| u16::try_from(n).ok());
-                f.error_code = b.error_code.filter(|s| !s.is_empty());
-                f.detail = b.detail.filter(|s| !s.is_empty()).map(clip);
-                f.reason = b.reason.filter(|s| !s.is_empty());
-                f.parameters = b.parameters.unwrap_or_default();
-                f.fields = b
+                f.error_code = code(b.error_code);
+                f.detail = text(b.detail);
+                f.reason = code(b.reason);
+                f.parameters = b
+                    .parameters
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(parameter)
+                    .take(MAX_FIELDS)
+                    .collect();
+                let fields = b
                     .bad_request_detail
                     .and_then(|d| d.fields)
                     .unwrap_or_default();
+                f.fields_omitted = fields.len().saturating_sub(MAX_FIELDS);
+                f.fields = fields
+                    .into_iter()
+                    .take(MAX_FIELDS)
+                    .map(|v| FieldViolation {
+                        field: code(v.field),
+                        description: text(v.description),
+                    })
+                    .collect();
             }
             Err(_) => f.body = BodyKind::NotJson,
         }
@@ -137,11 +168,8 @@ impl ApiFailure {
                 error: Some(serde_json::Value::String(code)),
                 error_description,
             }) => ApiFailure {
-                error_code: Some(code).filter(|s| !s.is_empty()).or(api.error_code),
-                detail: error_description
-                    .filter(|s| !s.is_empty())
-                    .map(clip)
-                    .or(api.detail),
+                error_code: self::code(Some(code)).or(api.error_code),
+                detail: text(error_description).or(api.detail),
                 ..api
             },
             _ => api,
@@ -156,6 +184,7 @@ impl ApiFailure {
             reason: None,
             parameters: Vec::new(),
             fields: Vec::new(),
+            fields_omitted: 0,
             retry_after,
             error_status: None,
             body: if body.iter().all(u8::is_ascii_whitespace) {
@@ -215,7 +244,11 @@ impl fmt::Display for ApiFailure {
             })
             .collect();
         if !fields.is_empty() {
-            write!(f, " ({})", fields.join("; "))?;
+            let more = match self.fields_omitted {
+                0 => String::new(),
+                n => format!("; {n} more"),
+            };
+            write!(f, " ({}{more})", fields.join("; "))?;
         }
         match self.body {
             BodyKind::NotJson => write!(f, " (response body was not an Atlas error)")?,
@@ -522,10 +555,55 @@ mod tests {
     }
 
     #[test]
-    fn long_details_are_clipped() {
-        let body = format!(r#"{{"detail":"{}"}}"#, "x".repeat(5000));
+    fn every_remote_text_is_sanitised_when_parsed() {
+        let hostile = "line\n\u{1b}[31mred\0 https://u:pw@h/ ".repeat(2000);
+        let body = serde_json::json!({
+            "error": 400,
+            "errorCode": format!("EVIL_{hostile}"),
+            "detail": hostile,
+            "reason": hostile,
+            "parameters": [hostile, 1, [2], {"a": 3}, null, "x", "y", "z", "w"],
+            "badRequestDetail": {"fields": (0..40)
+                .map(|i| serde_json::json!({"field": format!("f{i}\n{hostile}"), "description": hostile}))
+                .collect::<Vec<_>>()},
+        })
+        .to_string();
         let f = ApiFailure::from_api_body(400, body.as_bytes(), None);
-        assert!(f.detail.unwrap().chars().count() <= MAX_DETAIL_CHARS + 1);
+        let clean = |s: &str, max: usize| {
+            assert!(s.chars().count() <= max, "{} chars", s.chars().count());
+            assert!(!s.chars().any(char::is_control), "{s:?}");
+            assert!(!s.contains("[31m") && !s.contains("pw@"), "{s:?}");
+            assert!(s.ends_with(remote_text::ELLIPSIS), "{s:?}");
+        };
+        clean(f.error_code.as_deref().unwrap(), MAX_CODE_CHARS);
+        clean(f.detail.as_deref().unwrap(), MAX_TEXT_CHARS);
+        clean(f.reason.as_deref().unwrap(), MAX_CODE_CHARS);
+        assert_eq!(
+            (f.fields.len(), f.fields_omitted),
+            (MAX_FIELDS, 40 - MAX_FIELDS)
+        );
+        for v in &f.fields {
+            clean(v.field.as_deref().unwrap(), MAX_CODE_CHARS);
+            clean(v.description.as_deref().unwrap(), MAX_TEXT_CHARS);
+        }
+        assert_eq!(f.parameters.len(), MAX_FIELDS);
+        assert!(f.parameters.iter().all(|p| !p.is_array() && !p.is_object()));
+        clean(f.parameters[0].as_str().unwrap(), MAX_TEXT_CHARS);
+        let shown = f.to_string();
+        assert!(shown.contains("; 35 more)"), "{shown}");
+        assert!(!shown.chars().any(char::is_control));
+        // The token endpoint's OAuth shape goes through the same function.
+        let body = serde_json::json!({"error": format!("invalid_client\n{hostile}"), "error_description": hostile});
+        let f = ApiFailure::from_oauth_body(401, body.to_string().as_bytes(), None);
+        clean(f.error_code.as_deref().unwrap(), MAX_CODE_CHARS);
+        clean(f.detail.as_deref().unwrap(), MAX_TEXT_CHARS);
+        // Nothing printable left: absent, as if it had not been sent.
+        let f = ApiFailure::from_api_body(
+            404,
+            br#"{"error":404,"errorCode":"\n\u001b[0m","detail":" "}"#,
+            None,
+        );
+        assert_eq!((f.error_code, f.detail), (None, None));
     }
 
     #[test]

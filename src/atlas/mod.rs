@@ -9,7 +9,10 @@
 //! - [`tls`]: the roots the client trusts (the platform's, plus `--atlas-ca-file`).
 //! - [`error`]: [`AtlasError`] and ApiError parsing; [`classify`](mod@classify): errors -> Ready
 //!   reasons.
-//! - `redact`: secret wrappers whose Debug/Display never show the value; URL user info removal.
+//! - `redact`: secret wrappers whose Debug/Display never show the value; URL user info and
+//!   scheme credentials removed from text.
+//! - [`remote_text`]: what a server sent, made one bounded, redacted line before anything shows
+//!   it.
 pub mod classify;
 pub mod client;
 pub mod config;
@@ -20,6 +23,7 @@ pub(crate) mod nonces;
 pub(crate) mod oauth;
 pub mod observer;
 mod redact;
+pub mod remote_text;
 pub mod tls;
 pub(crate) mod transport;
 

@@ -111,6 +111,53 @@ pub fn redact_url_userinfo(s: &str) -> String {
     }
 }
 
+/// Every `scheme://user:password@host` in a free text (an error chain, a message from the
+/// network) with its user info replaced: the authority ends at `/` or whitespace.
+pub(crate) fn redact_userinfo_in_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            out.push_str("[redacted]@");
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Shortest word taken for the credential of a `Basic` or `Bearer` scheme: base64 of
+/// `id:secret` and bearer tokens are longer; shorter words after the scheme name are prose
+/// ("Basic authentication failed").
+const MIN_SCHEME_CREDENTIAL: usize = 16;
+
+/// The credential after `Basic` or `Bearer` (any case) in a text whose words are separated by
+/// single spaces, as an `Authorization` header would carry it, replaced: a server echoing the
+/// header it received cannot put the credential into a status or a log.
+pub(crate) fn redact_auth_credentials(s: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut after_scheme = false;
+    for word in s.split(' ') {
+        let token68 = word
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b))
+            .count();
+        let token68 = token68 + word[token68..].bytes().take_while(|b| *b == b'=').count();
+        if after_scheme && token68 >= MIN_SCHEME_CREDENTIAL {
+            out.push(format!("{REDACTED}{}", &word[token68..]));
+        } else {
+            out.push(word.to_string());
+        }
+        after_scheme = word.eq_ignore_ascii_case("basic") || word.eq_ignore_ascii_case("bearer");
+    }
+    out.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +197,43 @@ mod tests {
         assert_eq!(redact_url_userinfo("https://h/x@y"), "https://h/x@y");
         assert_eq!(redact_url_userinfo("u:pw@h"), "[redacted]@h");
         assert_eq!(redact_url_userinfo("no url"), "no url");
+    }
+
+    #[test]
+    fn userinfo_is_removed_from_urls_in_text() {
+        assert_eq!(
+            redact_userinfo_in_text("proxy http://user:pw@proxy:3128/x failed"),
+            "proxy http://[redacted]@proxy:3128/x failed"
+        );
+        assert_eq!(redact_userinfo_in_text("no url here"), "no url here");
+        assert_eq!(
+            redact_userinfo_in_text("https://host/a@b"),
+            "https://host/a@b"
+        );
+        assert_eq!(
+            redact_userinfo_in_text("a http://u:p@h b ftp://x@y"),
+            "a http://[redacted]@h b ftp://[redacted]@y"
+        );
+    }
+
+    #[test]
+    fn scheme_credentials_are_removed() {
+        let long = "A".repeat(MIN_SCHEME_CREDENTIAL);
+        for (input, want) in [
+            (format!("Bearer {long}"), "Bearer [redacted]".to_string()),
+            (
+                format!("BASIC {long}==, then"),
+                "BASIC [redacted], then".to_string(),
+            ),
+            (
+                format!("bearer {long}\""),
+                "bearer [redacted]\"".to_string(),
+            ),
+            ("Bearer short".to_string(), "Bearer short".to_string()),
+            (format!("Token {long}"), format!("Token {long}")),
+            (format!("{long} Bearer"), format!("{long} Bearer")),
+        ] {
+            assert_eq!(redact_auth_credentials(&input), want, "{input}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use reqwest::{Method, Url};
 
 use super::error::{ApiFailure, AtlasError, TransportKind, parse_retry_after};
 use super::observer::{Endpoint, RequestObserver, RequestRecord};
+use super::remote_text;
 
 /// The HTTP clients behind every Atlas and source call, alike but for proxies: one honours the
 /// environment's proxies (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest
@@ -190,7 +191,7 @@ fn method_name(m: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::GET => "GET",
         Method::PUT => "PUT",
-        _ => "OTHER",
+        _ => "other",
     }
 }
 
@@ -246,8 +247,11 @@ fn has_invalid_data_io_error(e: &reqwest::Error) -> bool {
     false
 }
 
-/// The causes below reqwest's own message (which carries the URL), joined, with any URL
-/// userinfo removed (a proxy URL may hold a password), clipped.
+/// Longest transport error text kept, in characters.
+const MAX_CAUSE_CHARS: usize = 300;
+
+/// The causes below reqwest's own message (which carries the URL), joined, as one sanitised
+/// line: a proxy URL may hold a password, and a cause may quote what the peer sent.
 fn cause_chain(e: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     let mut source = e.source();
@@ -258,34 +262,7 @@ fn cause_chain(e: &reqwest::Error) -> String {
         }
         source = s.source();
     }
-    let mut joined = strip_userinfo(&parts.join(": "));
-    if joined.len() > 300 {
-        let mut cut = 300;
-        while !joined.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        joined.truncate(cut);
-        joined.push('…');
-    }
-    joined
-}
-
-fn strip_userinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("://") {
-        out.push_str(&rest[..i + 3]);
-        rest = &rest[i + 3..];
-        let end = rest
-            .find(|c: char| c == '/' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if let Some(at) = rest[..end].rfind('@') {
-            out.push_str("[redacted]@");
-            rest = &rest[at + 1..];
-        }
-    }
-    out.push_str(rest);
-    out
+    remote_text::sanitize(&parts.join(": "), MAX_CAUSE_CHARS)
 }
 
 #[cfg(test)]
@@ -329,15 +306,5 @@ mod tests {
             let chosen = http.for_url(&Url::parse(url).unwrap());
             assert_eq!(std::ptr::eq(chosen, &http.direct), direct, "{url}");
         }
-    }
-
-    #[test]
-    fn userinfo_is_removed_from_urls() {
-        assert_eq!(
-            strip_userinfo("proxy http://user:pw@proxy:3128/x failed"),
-            "proxy http://[redacted]@proxy:3128/x failed"
-        );
-        assert_eq!(strip_userinfo("no url here"), "no url here");
-        assert_eq!(strip_userinfo("https://host/a@b"), "https://host/a@b");
     }
 }

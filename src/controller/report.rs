@@ -367,7 +367,7 @@ pub fn atlas_error_status(e: &AtlasError) -> AtlasErrorStatus {
     AtlasErrorStatus {
         http_status: e.http_status().map(i32::from),
         error_code: e.error_code().map(str::to_string),
-        detail: e.detail().map(|d| truncate(d, 512)),
+        detail: e.detail().map(str::to_string),
     }
 }
 

@@ -18,6 +18,119 @@ use crate::api::Reason;
 /// as `_total` samples of a `counter` family, `# EOF` trailer); Prometheus parses it by this type.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+// ---- Label values: every one comes from a closed set ----------------------------------------
+//
+// Status codes and errorCodes come from the network (Atlas, a source, or a proxy in between):
+// a label value made of them as sent would let a broken or hostile server add series without
+// bound. Each label is mapped onto the sets below, here and nowhere else; docs/operations.md
+// lists them. `result` and `reason` are enums of this crate (`ReconcileResult`, `Reason`), and
+// `version` is the build's.
+
+/// The label value of anything outside a closed set.
+pub const OTHER: &str = "other";
+
+/// The `error_code` values besides [`OTHER`] and `""` (no errorCode): the codes the Atlas and
+/// source contracts name (the OpenAPI examples and research notes in the product contract, the
+/// live recordings, what atlas-sim answers as Atlas or as Cloud Manager / Ops Manager) and the
+/// OAuth 2.0 token endpoint's `error` values (RFC 6749 section 5.2, plus `access_denied`, which
+/// Atlas sends when a service account holds too many tokens).
+pub const KNOWN_ERROR_CODES: [&str; 33] = [
+    // Atlas Admin API, link tokens.
+    "CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK",
+    "ORG_NOT_FOUND",
+    "RATE_LIMITED",
+    "RATE_LIMITED_TOKEN_BUCKET",
+    "RESOURCE_NOT_FOUND",
+    "UNEXPECTED_ERROR",
+    "USER_UNAUTHORIZED",
+    "NOT_ORG_GROUP_CREATOR",
+    "CANNOT_CHANGE_GROUP_NAME",
+    "VALIDATION_ERROR",
+    "INVALID_ATTRIBUTE",
+    "INVALID_IP_ADDRESS_OR_CIDR_NOTATION",
+    "INVALID_JSON",
+    "INVALID_JSON_ATTRIBUTE",
+    "INVALID_PATH_PARAMETER",
+    "INVALID_QUERY_PARAMETER",
+    "INVALID_VERSION_DATE",
+    "MALFORMED_JSON",
+    "MISSING_ATTRIBUTE",
+    "METHOD_NOT_ALLOWED",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "VERSION_GONE",
+    // Cloud Manager / Ops Manager, migrationLink (undocumented; as atlas-sim models them).
+    "INVALID_LINK_TOKEN",
+    "MIGRATION_LINK_ALREADY_EXISTS",
+    "MIGRATION_LINK_NOT_FOUND",
+    "USER_CANNOT_ACCESS_ORGANIZATION",
+    // OAuth 2.0 token endpoint (Atlas, and a Cloud Manager source).
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+];
+
+/// The `status` values kept as their number: the statuses the contracts name (successes, the
+/// ApiError statuses, gateway errors). Any other status becomes its class (`1xx` .. `5xx`), a
+/// number outside 100..=599 becomes [`OTHER`], and no response at all is `none`.
+pub const KNOWN_STATUSES: [u16; 20] = [
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 406, 408, 409, 410, 415, 429, 500, 501, 502, 503,
+    504,
+];
+
+/// The `status` value of a request that got no response (timeout, connection or TLS failure).
+pub const NO_RESPONSE: &str = "none";
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `method` values besides [`OTHER`]: the methods the clients send.
+pub const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
+
+/// The `error_code` label of an errorCode (already sanitised by the client): itself when it
+/// is one of [`KNOWN_ERROR_CODES`], `""` when there is none, else [`OTHER`].
+pub fn error_code_label(code: Option<&str>) -> &'static str {
+    match code {
+        None | Some("") => "",
+        Some(c) => KNOWN_ERROR_CODES
+            .iter()
+            .find(|k| **k == c)
+            .copied()
+            .unwrap_or(OTHER),
+    }
+}
+
+/// The `status` label of an HTTP status (None: no response).
+pub fn status_label(status: Option<u16>) -> String {
+    match status {
+        None => NO_RESPONSE.to_string(),
+        Some(s) if KNOWN_STATUSES.contains(&s) => s.to_string(),
+        Some(s @ 100..=599) => STATUS_CLASSES[usize::from(s / 100 - 1)].to_string(),
+        Some(_) => OTHER.to_string(),
+    }
+}
+
+/// Every value [`status_label`] can return.
+pub fn status_labels() -> Vec<String> {
+    KNOWN_STATUSES
+        .iter()
+        .map(u16::to_string)
+        .chain(STATUS_CLASSES.iter().map(|c| c.to_string()))
+        .chain([OTHER.to_string(), NO_RESPONSE.to_string()])
+        .collect()
+}
+
+/// The `method` label of an HTTP method, in any case.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or(OTHER)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
@@ -262,16 +375,16 @@ impl Metrics {
         status: Option<u16>,
         error_code: Option<&str>,
     ) {
-        let labels = AtlasRequestLabels {
-            method: method.to_ascii_uppercase(),
-            status: status.map_or_else(|| "none".to_string(), |s| s.to_string()),
-            error_code: sanitize_error_code(error_code),
-        };
-        self.inner.source_requests.get_or_create(&labels).inc();
+        self.inner
+            .source_requests
+            .get_or_create(&request_labels(method, status, error_code))
+            .inc();
     }
 
     /// Records one Atlas HTTP request. `status` is `None` when no response arrived (timeout,
-    /// connection or TLS failure). `error_code` is the ApiError `errorCode`, if any.
+    /// connection or TLS failure). `error_code` is the ApiError `errorCode`, if any. All three
+    /// are folded into their closed sets ([`method_label`], [`status_label`],
+    /// [`error_code_label`]).
     pub fn observe_atlas_request(
         &self,
         method: &str,
@@ -279,16 +392,13 @@ impl Metrics {
         error_code: Option<&str>,
         duration: Duration,
     ) {
-        let method = method.to_ascii_uppercase();
-        let labels = AtlasRequestLabels {
-            method: method.clone(),
-            status: status.map_or_else(|| "none".to_string(), |s| s.to_string()),
-            error_code: sanitize_error_code(error_code),
-        };
+        let labels = request_labels(method, status, error_code);
         self.inner.atlas_requests.get_or_create(&labels).inc();
         self.inner
             .atlas_request_duration
-            .get_or_create(&MethodLabels { method })
+            .get_or_create(&MethodLabels {
+                method: labels.method,
+            })
             .observe(duration.as_secs_f64());
     }
 
@@ -398,19 +508,15 @@ fn reason_labels(reason: Reason) -> ReasonLabels {
     }
 }
 
-/// errorCode comes from the network (Atlas, or a proxy in between): only values shaped like
-/// Atlas codes become label values, so a misbehaving server cannot explode cardinality.
-fn sanitize_error_code(code: Option<&str>) -> String {
-    match code.map(str::trim) {
-        None | Some("") => String::new(),
-        Some(c)
-            if c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
-        {
-            c.to_string()
-        }
-        Some(_) => "OTHER".to_string(),
+fn request_labels(
+    method: &str,
+    status: Option<u16>,
+    error_code: Option<&str>,
+) -> AtlasRequestLabels {
+    AtlasRequestLabels {
+        method: method_label(method).to_string(),
+        status: status_label(status),
+        error_code: error_code_label(error_code).to_string(),
     }
 }
 
@@ -498,7 +604,7 @@ mod tests {
             r#"linktoken_atlas_requests_total{method="POST",status="201",error_code=""} 1"#,
             r#"linktoken_atlas_requests_total{method="DELETE",status="409",error_code="CANNOT_DELETE_ORG_ACTIVE_LIVE_MIGRATION_ATLAS_ORG_LINK"} 1"#,
             r#"linktoken_atlas_requests_total{method="POST",status="none",error_code=""} 1"#,
-            r#"linktoken_atlas_requests_total{method="POST",status="502",error_code="OTHER"} 1"#,
+            r#"linktoken_atlas_requests_total{method="POST",status="502",error_code="other"} 1"#,
             r#"linktoken_atlas_request_duration_seconds_count{method="POST"} 3"#,
             r#"linktoken_atlas_request_duration_seconds_count{method="DELETE"} 1"#,
             "linktoken_tokens_issued_total 1",
@@ -566,9 +672,79 @@ mod tests {
 
     #[test]
     fn error_codes_are_bounded() {
-        assert_eq!(sanitize_error_code(None), "");
-        assert_eq!(sanitize_error_code(Some("RATE_LIMITED")), "RATE_LIMITED");
-        assert_eq!(sanitize_error_code(Some("rate limited")), "OTHER");
-        assert_eq!(sanitize_error_code(Some(&"A".repeat(65))), "OTHER");
+        assert_eq!(error_code_label(None), "");
+        assert_eq!(error_code_label(Some("")), "");
+        for known in KNOWN_ERROR_CODES {
+            assert_eq!(error_code_label(Some(known)), known);
+        }
+        for unknown in [
+            "rate limited",
+            "RATE_LIMITED ",
+            "rate_limited",
+            "SHAPED_LIKE_A_CODE_BUT_UNKNOWN",
+            "OTHER",
+            "other",
+            "INVALID_",
+            &"A".repeat(65),
+        ] {
+            assert_eq!(error_code_label(Some(unknown)), OTHER, "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_and_methods_are_bounded() {
+        let all = status_labels();
+        for s in 0..=u16::MAX {
+            let label = status_label(Some(s));
+            assert!(all.contains(&label), "{s} -> {label}");
+        }
+        assert_eq!(status_label(None), "none");
+        assert_eq!(status_label(Some(201)), "201");
+        assert_eq!(status_label(Some(418)), "4xx");
+        assert_eq!(status_label(Some(599)), "5xx");
+        assert_eq!(status_label(Some(302)), "3xx");
+        assert_eq!(status_label(Some(99)), "other");
+        assert_eq!(status_label(Some(600)), "other");
+        assert_eq!(status_labels().len(), KNOWN_STATUSES.len() + 7);
+        assert_eq!(method_label("post"), "POST");
+        assert_eq!(method_label("PATCH"), "other");
+        assert_eq!(method_label("GET\n"), "other");
+    }
+
+    #[test]
+    fn hostile_answers_add_no_series() {
+        let m = Metrics::new();
+        for i in 0..500u16 {
+            let code = format!("RANDOM_CODE_{i}");
+            m.observe_atlas_request("POST", Some(100 + i), Some(&code), Duration::ZERO);
+            m.observe_source_request("POST", Some(100 + i), Some(&code));
+        }
+        let text = m.encode();
+        let series = |family: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .count()
+        };
+        // 100..=599: the known statuses and the five classes, each with `other`.
+        let bound = KNOWN_STATUSES.len() + STATUS_CLASSES.len();
+        assert_eq!(series("linktoken_atlas_requests_total"), bound, "{text}");
+        assert_eq!(series("linktoken_source_requests_total"), bound, "{text}");
+        assert!(!text.contains("RANDOM_CODE"), "{text}");
+    }
+
+    #[test]
+    fn the_operations_page_lists_every_label_value() {
+        let doc = include_str!("../../docs/operations.md");
+        for v in KNOWN_ERROR_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(status_labels())
+            .chain(METHODS.iter().map(|m| m.to_string()))
+        {
+            assert!(
+                doc.contains(&format!("`{v}`")),
+                "docs/operations.md lacks `{v}`"
+            );
+        }
     }
 }
