@@ -154,6 +154,9 @@ async fn run(flags: Flags) -> Result<(), String> {
         },
         Some(Arc::new(SourceMetrics(metrics.clone()))),
     );
+    // Three calls at the request timeout (a DELETE, a POST, a source call) plus their
+    // connections: a reconcile that takes longer waits on a host that does not answer.
+    ctx.reconcile_timeout = (flags.atlas_request_timeout + flags.atlas_connect_timeout) * 3;
     let ctx = Arc::new(ctx);
 
     // The controller's own stop token: triggered by shutdown and by leadership loss.

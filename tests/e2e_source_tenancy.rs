@@ -40,6 +40,36 @@ fn source_spec(url: &str, org: &str, creds: &str, extra: &str) -> String {
     )
 }
 
+/// A namespace with the Atlas credentials `creds` and the demo source key `source-creds`, and
+/// an operator for it.
+async fn source_env(c: &'static testkit::TestCluster, prefix: &str) -> Env {
+    let mut env = Env::new(c, prefix).await;
+    env.api_key_secret("creds").await;
+    env.put_secret(
+        "source-creds",
+        &[
+            ("publicApiKey", SOURCE_PUBLIC),
+            ("privateApiKey", SOURCE_PRIVATE),
+        ],
+    )
+    .await;
+    env.start_operator(&[]);
+    env
+}
+
+/// LinkToken `migration` (Atlas org ORG) linked to the demo source org at atlas-sim.
+async fn apply_migration(env: &Env) {
+    let url = env.sim.source_url().expect("source port");
+    env.apply_yaml(&linktoken_yaml(
+        "migration",
+        ORG,
+        &[],
+        "creds",
+        &source_spec(&url, SOURCE_ORG, "source-creds", ""),
+    ))
+    .await;
+}
+
 /// Everything a host received: method, path, headers and body of each request.
 #[derive(Clone, Default)]
 struct Recorded(Arc<Mutex<Vec<String>>>);
@@ -236,26 +266,8 @@ async fn the_atlas_credentials_secret_cannot_be_named_as_the_source_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_is_never_reported_from_a_stale_synced_after_a_failed_post() {
     let c = require_cluster!();
-    let mut env = Env::new(c, "src-stale-synced").await;
-    env.api_key_secret("creds").await;
-    env.put_secret(
-        "source-creds",
-        &[
-            ("publicApiKey", SOURCE_PUBLIC),
-            ("privateApiKey", SOURCE_PRIVATE),
-        ],
-    )
-    .await;
-    env.start_operator(&[]);
-    let url = env.sim.source_url().expect("source port");
-    env.apply_yaml(&linktoken_yaml(
-        "migration",
-        ORG,
-        &[],
-        "creds",
-        &source_spec(&url, SOURCE_ORG, "source-creds", ""),
-    ))
-    .await;
+    let env = source_env(c, "src-stale-synced").await;
+    apply_migration(&env).await;
     env.wait_reason("migration", Reason::Linked, WAIT).await;
     let t1 = env.token_in("migration", "linkToken").await.expect("T1");
 
@@ -429,4 +441,234 @@ async fn one_source_org_has_one_owner_and_the_other_calls_nothing_there() {
         1,
         "the first's unlink"
     );
+}
+
+/// A source that accepts TCP connections and never answers, holding each for as long as the
+/// client waits. Counts the connections it took.
+async fn tarpit() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the tarpit");
+    let addr = listener.local_addr().expect("addr");
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (format!("http://{addr}"), taken)
+}
+
+/// Ten LinkTokens in one namespace link to a tarpit while their author annotates them in a
+/// loop; a LinkToken in another namespace must still turn Ready about as fast as on an idle
+/// operator. Bound: READY_WITHIN, against a 10 s request timeout that each tarpit call waits out
+/// and a --concurrency of 4 that the tarpit LinkTokens alone would fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_with_a_tarpit_source_does_not_slow_another_namespace() {
+    const READY_WITHIN: Duration = Duration::from_secs(5);
+    let c = require_cluster!();
+    let mut env = Env::new(c, "fair-tenant").await;
+    let hostile = c.namespace("fair-hostile").await;
+    let (pit, taken) = tarpit().await;
+    env.api_key_secret("creds").await;
+    env.put_secret_in(
+        &hostile,
+        "source-creds",
+        &[
+            ("publicApiKey", SOURCE_PUBLIC),
+            ("privateApiKey", SOURCE_PRIVATE),
+        ],
+    )
+    .await;
+    let sim_source = env.sim.source_url().expect("source port");
+    let own = env.ns.clone();
+    env.ns = format!("{own},{hostile}");
+    let allowed = format!("--allowed-source-urls={sim_source},{pit}");
+    let op = env.spawn_operator(&[
+        "--concurrency=4",
+        "--atlas-request-timeout=10s",
+        "--atlas-connect-timeout=2s",
+        &allowed,
+    ]);
+    env.ns = own;
+    env.operator = Some(op);
+
+    let names: Vec<String> = (0..10).map(|i| format!("pit-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let org = format!("b{i:07x}0000000000000000");
+        env.add_owned_org(&org);
+        let creds = format!("{name}-atlas");
+        env.put_secret_in(
+            &hostile,
+            &creds,
+            &[
+                ("publicApiKey", &format!("pub{}", &org[..8])),
+                ("privateApiKey", "private-key-of-a-test-org"),
+            ],
+        )
+        .await;
+        let source_org = format!("{i:0>24x}");
+        apply_in(
+            &env,
+            &hostile,
+            &linktoken_yaml(
+                name,
+                &org,
+                &[],
+                &creds,
+                &source_spec(&pit, &source_org, "source-creds", ""),
+            ),
+        )
+        .await;
+    }
+    eventually(
+        WAIT,
+        "the tarpit holding the hostile LinkTokens",
+        || async { (taken.load(std::sync::atomic::Ordering::SeqCst) >= 4).then_some(()) },
+    )
+    .await;
+    // Their author pokes them all the time (each annotation change is a reconcile trigger).
+    let poking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poker = {
+        let api: kube::Api<LinkToken> = kube::Api::namespaced(env.client.clone(), &hostile);
+        let names = names.clone();
+        let poking = poking.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while poking.load(std::sync::atomic::Ordering::SeqCst) {
+                for name in &names {
+                    n += 1;
+                    let patch =
+                        serde_json::json!({"metadata": {"annotations": {"poke": n.to_string()}}});
+                    let _ = api
+                        .patch(
+                            name,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&patch),
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = std::time::Instant::now();
+    env.linktoken("healthy", ORG, &[]).await;
+    env.wait_ready("healthy").await;
+    let took = started.elapsed();
+    poking.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = poker.await;
+    eprintln!("the other namespace's LinkToken turned Ready in {took:?}");
+    assert!(
+        took <= READY_WITHIN,
+        "another namespace's tarpit held the LinkToken back for {took:?}"
+    );
+    // The pokes did not make the operator hammer the tarpit: each LinkToken's source calls
+    // wait for their backoff, not for the next annotation.
+    let calls = taken.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(calls <= 40, "{calls} connections to the tarpit");
+}
+
+/// A source answering 503 to every POST while the LinkToken is annotated every 100 ms: the
+/// source is called as the backoff says, not once per annotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pokes_do_not_bring_a_held_source_retry_forward() {
+    let c = require_cluster!();
+    let env = source_env(c, "src-hold").await;
+    env.fault(FaultSpec {
+        kind: FaultKind::Status,
+        status: Some(503),
+        body: Some(serde_json::json!({"error": 503, "errorCode": "SERVICE_UNAVAILABLE"})),
+        headers: Default::default(),
+        latency_ms: 0,
+        count: None,
+        method: Some("POST".into()),
+        org_id: Some(SOURCE_ORG.into()),
+        target: FaultTarget::Source,
+    });
+    apply_migration(&env).await;
+    env.wait_reason("migration", Reason::SourceUnavailable, WAIT)
+        .await;
+    let before = calls_at(&env, "POST", SOURCE_ORG);
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(8) {
+        n += 1;
+        env.patch_linktoken(
+            "migration",
+            serde_json::json!({"metadata": {"annotations": {"poke": n.to_string()}}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posts = calls_at(&env, "POST", SOURCE_ORG) - before;
+    eprintln!("{n} pokes, {posts} POSTs at the source in 8 s");
+    // The harness's backoff (500 ms doubling to 5 s) allows about 5 in 8 s.
+    assert!(posts <= 8, "{posts} POSTs for {n} pokes");
+    let lt = env.get("migration").await.expect("LinkToken");
+    assert_eq!(condition(&lt, "Ready").1, "SourceUnavailable");
+}
+
+/// A namespace deleted with a linked LinkToken: the namespace controller deletes the source
+/// credentials Secret while the LinkToken waits on its finalizer, so the link cannot be removed
+/// at the source, and the Warning event cannot be created in a terminating namespace. The
+/// operator says so where someone can see it: its log and a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_left_by_a_namespace_deletion_is_logged_and_counted() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let c = require_cluster!();
+    let mut env = source_env(c, "src-ns-gone").await;
+    apply_migration(&env).await;
+    env.wait_reason("migration", Reason::Linked, WAIT).await;
+    // The usual way it happens: the namespace controller deletes the Secrets while no operator
+    // runs (a handover, a restart), and the LinkToken waits on its finalizer.
+    env.operator.as_mut().expect("operator").kill();
+    let nss: kube::Api<Namespace> = kube::Api::all(env.client.clone());
+    nss.delete(&env.ns, &Default::default())
+        .await
+        .expect("delete the namespace");
+    eventually(
+        Duration::from_secs(60),
+        "the source credentials deleted, the LinkToken terminating",
+        || async {
+            let creds = env.secrets().get_opt("source-creds").await.ok()?;
+            let lt = env.get("migration").await?;
+            (creds.is_none() && lt.metadata.deletion_timestamp.is_some()).then_some(())
+        },
+    )
+    .await;
+    env.start_operator(&[]);
+    let metrics = env.operator.as_ref().expect("operator").metrics_url();
+    let skipped = || async {
+        let body = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        body.lines()
+            .find(|l| l.starts_with("linktoken_source_unlinks_skipped_total "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    eventually(Duration::from_secs(90), "the namespace gone", || async {
+        nss.get_opt(&env.ns).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually(WAIT, "the skipped unlink counted", || async {
+        (skipped().await? >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        env.sim.state.source_link(SOURCE_ORG).is_some(),
+        "the link is left at the source, as counted"
+    );
+    let logs = env.operator.as_ref().expect("operator").logs();
+    assert!(
+        logs.lines().any(|l| l.contains("UnlinkSkipped")
+            && l.contains("the link at the source was not removed")
+            && l.contains(SOURCE_ORG)),
+        "a warning line names the LinkToken and the source org"
+    );
+    env.assert_no_secret_leaked(&[SOURCE_PRIVATE, PRIVATE_KEY])
+        .await;
 }

@@ -113,15 +113,29 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
                 released
             }
         }
-        CleanupStep::Release { skipped } => held_elsewhere(Report::released(), &skipped),
+        CleanupStep::Release { skipped } => {
+            let mut report = held_elsewhere(Report::released(), &skipped);
+            match super::link::unlink_before_revoke(lt, ctx).await {
+                Ok(notes) => report.events.extend(notes),
+                Err(blocked) => return finish(lt, ctx, blocked).await,
+            }
+            report
+        }
         CleanupStep::SkipNoCredentials { orgs } => {
             for org in &orgs {
                 ctx.note_left_live(org);
             }
-            Report::released().warning(
+            // The source has credentials of its own: its link is removed (or, when those are
+            // gone too, counted and logged as left) whatever happened to the Atlas ones.
+            let mut report = Report::released().warning(
                 "RevocationSkipped",
                 format!("the credentials Secret is missing or invalid, so the link token in orgId {} could not be revoked in Atlas; revoke it there (DELETE .../liveMigrations/linkTokens) if it still matters", orgs.join(", ")),
-            )
+            );
+            match super::link::unlink_before_revoke(lt, ctx).await {
+                Ok(notes) => report.events.extend(notes),
+                Err(blocked) => return finish(lt, ctx, blocked).await,
+            }
+            report
         }
         CleanupStep::Revoke { revoke, skipped } => {
             let mut report = held_elsewhere(Report::released(), &skipped);

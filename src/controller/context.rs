@@ -16,6 +16,10 @@ use crate::api::{LinkToken, Reason};
 use crate::atlas::{AtlasClient, AtlasError, Credentials, DeleteOutcome};
 use crate::runtime::metrics::Metrics;
 
+/// A reconcile's bound unless the process sets one: three calls at the default request
+/// timeout (a DELETE, a POST and a source call).
+pub const DEFAULT_RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 pub struct Context {
     pub client: Client,
     pub atlas: AtlasClient,
@@ -45,6 +49,8 @@ pub struct Context {
     /// credentials, so the org is back to one live link; any successful DELETE there clears
     /// it. In memory only, like the credentials above: a restart forgets (docs/lifecycle.md).
     left_live: Mutex<BTreeSet<String>>,
+    /// How long one reconcile may run before it is cut off and retried with backoff.
+    pub reconcile_timeout: std::time::Duration,
 }
 
 /// One watched scope: all namespaces, or one of `--watch-namespaces`.
@@ -85,6 +91,39 @@ pub struct Memo {
     pub stalled: Option<StalledMemo>,
     /// The last transient failure (429, 5xx) and when its retry is due.
     pub retry: Option<RetryMemo>,
+    /// The last transient failure at the source and when its retry is due.
+    pub link_hold: Option<LinkHoldMemo>,
+}
+
+/// A transient source failure (5xx, 429, timeout, NOT_SYNCED) with what it happened with: the
+/// source is not called again before `due` while they are unchanged, whatever else triggers a
+/// reconcile (an annotation poked in a loop, a Secret touched). A spec change (a new
+/// generation), a rotation or a new token is new work and goes at once.
+#[derive(Clone, Debug)]
+pub struct LinkHoldMemo {
+    pub reason: Reason,
+    pub generation: Option<i64>,
+    pub rotate: Option<String>,
+    pub token_sha256: String,
+    pub due: Instant,
+}
+
+impl LinkHoldMemo {
+    /// How long the source is still held for an attempt with these inputs at `now`; None:
+    /// not held (due, or the inputs changed).
+    pub fn remaining(
+        &self,
+        generation: Option<i64>,
+        rotate: Option<&str>,
+        token_sha256: &str,
+        now: Instant,
+    ) -> Option<Duration> {
+        let unchanged = self.generation == generation
+            && self.rotate.as_deref() == rotate
+            && self.token_sha256 == token_sha256;
+        let left = self.due.saturating_duration_since(now);
+        (unchanged && !left.is_zero()).then_some(left)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +168,7 @@ impl Context {
             remembered_credentials: Mutex::new(HashMap::new()),
             versions: Versions::default(),
             left_live: Mutex::new(BTreeSet::new()),
+            reconcile_timeout: DEFAULT_RECONCILE_TIMEOUT,
         }
     }
 
@@ -162,6 +202,11 @@ impl Context {
         e.stalled = Some(stalled);
         e.attempts = 0;
         e.retry = None;
+    }
+
+    /// Remembers when the source may be called again after a transient failure.
+    pub fn remember_link_hold(&self, key: &ObjectRef<LinkToken>, hold: LinkHoldMemo) {
+        self.lock().entry(key.clone()).or_default().link_hold = Some(hold);
     }
 
     /// Remembers when a transient failure may be retried.
@@ -284,5 +329,83 @@ impl Context {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
         self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_failure_holds_the_source_until_due_unless_the_inputs_change() {
+        let now = Instant::now();
+        let hold = LinkHoldMemo {
+            reason: Reason::SourceUnavailable,
+            generation: Some(3),
+            rotate: Some("r1".into()),
+            token_sha256: "t1".into(),
+            due: now + Duration::from_secs(10),
+        };
+        let left = |generation, rotate: Option<&str>, sha: &str, at: Instant| {
+            hold.remaining(generation, rotate, sha, at)
+        };
+        // (what, generation, rotate, token, when, held?)
+        let rows = [
+            (
+                "a poke: same inputs, not due",
+                Some(3),
+                Some("r1"),
+                "t1",
+                now,
+                true,
+            ),
+            (
+                "due",
+                Some(3),
+                Some("r1"),
+                "t1",
+                now + Duration::from_secs(10),
+                false,
+            ),
+            (
+                "a spec change is new work",
+                Some(4),
+                Some("r1"),
+                "t1",
+                now,
+                false,
+            ),
+            (
+                "a rotation is new work",
+                Some(3),
+                Some("r2"),
+                "t1",
+                now,
+                false,
+            ),
+            (
+                "a new token is new work",
+                Some(3),
+                Some("r1"),
+                "t2",
+                now,
+                false,
+            ),
+            (
+                "the rotate annotation removed",
+                Some(3),
+                None,
+                "t1",
+                now,
+                false,
+            ),
+        ];
+        for (what, generation, rotate, sha, at, held) in rows {
+            assert_eq!(left(generation, rotate, sha, at).is_some(), held, "{what}");
+        }
+        assert_eq!(
+            left(Some(3), Some("r1"), "t1", now + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
+        );
     }
 }

@@ -19,6 +19,10 @@ pub enum Error {
     /// edit) superseded it, so the source is not called with this attempt's view.
     #[error("the LinkToken changed during this attempt; the source was not called")]
     Superseded,
+    /// The reconcile ran past its bound and was cut off, as a crash there would: every
+    /// window of the issuing and linking sequence is safe to stop at (markers).
+    #[error("the reconcile took longer than {}s and was stopped; it is retried with backoff", .0.as_secs())]
+    TimedOut(Duration),
     #[error("LinkToken has no {0}")]
     MissingMetadata(&'static str),
     #[error("encoding: {0}")]

@@ -39,8 +39,8 @@ use super::report::{self, Report, now_rfc3339};
 use super::secret;
 use super::source_claims;
 use crate::api::{
-    AtlasErrorStatus, CaBundleRef, LINKED, LinkStatus, LinkToken, LinkTokenStatus, Reason,
-    SourceSpec,
+    AtlasErrorStatus, CaBundleRef, LINKED, LinkStatus, LinkToken, LinkTokenStatus,
+    ROTATE_ANNOTATION, Reason, SourceSpec,
 };
 use crate::atlas::{Credentials, LinkTokenValue};
 use crate::source::{SourceError, SyncStatus, Target, Unlinked};
@@ -266,7 +266,10 @@ pub async fn follow(
         base: report,
         status,
     };
-    if let Some(r) = run.held_elsewhere(&step) {
+    if let Some(r) = run
+        .held_elsewhere(&step)
+        .or_else(|| run.held_for_retry(&step))
+    {
         return Ok(r);
     }
     match step {
@@ -355,12 +358,54 @@ impl Run<'_> {
         r.retry = Retry::for_reason(reason);
         r.status = Some((status, message));
         // Only a held link ends the failure streak: until then the retries back off (the
-        // issuing path's report forgets it, as its own work succeeded).
+        // issuing path's report forgets it, as its own work succeeded). A transient failure
+        // holds the source until its retry is due.
         r.memory = match reason {
             Reason::Linked => report::Memory::Forget,
+            Reason::SourceUnavailable | Reason::NotSynced => report::Memory::SourceFailure {
+                generation: self.lt.metadata.generation,
+                rotate: self.lt.annotations().get(ROTATE_ANNOTATION).cloned(),
+                token_sha256: self.current_sha(),
+            },
             _ => report::Memory::Keep,
         };
         r
+    }
+
+    /// The hash of the token this step links (the one issued for the current spec).
+    fn current_sha(&self) -> String {
+        self.status
+            .issued_for
+            .as_ref()
+            .and_then(|i| i.token_sha256.clone())
+            .unwrap_or_default()
+    }
+
+    /// The source was refused for a transient failure whose retry is not due yet and nothing
+    /// changed since: the failure shown stays, nothing is called, look again when it is due.
+    fn held_for_retry(&self, step: &LinkStep) -> Option<Report> {
+        if !matches!(step, LinkStep::Post | LinkStep::Check { .. }) {
+            return None;
+        }
+        let hold = self.ctx.memo(&report::object_ref(self.lt)).link_hold?;
+        let rotate = self.lt.annotations().get(ROTATE_ANNOTATION).cloned();
+        let left = hold.remaining(
+            self.lt.metadata.generation,
+            rotate.as_deref(),
+            &self.current_sha(),
+            std::time::Instant::now(),
+        )?;
+        let shown = self
+            .lt
+            .status
+            .as_ref()
+            .and_then(|s| conditions::ready_of(&s.conditions))
+            .filter(|(r, _)| *r == hold.reason.as_str())
+            .map(|(_, m)| m.to_string())?;
+        let mut r = self.report(hold.reason, shown, self.status.clone());
+        r.memory = report::Memory::Keep;
+        r.retry = Retry::Soon(left);
+        Some(r)
     }
 
     fn failed(&self, mut status: LinkTokenStatus, e: &SourceError, doing: &str) -> Report {
@@ -968,7 +1013,15 @@ pub async fn unlink_before_revoke(
     }
     match unlink(ctx, lt, &recorded).await {
         Unlink::Done(n) => Ok(vec![(EventType::Normal, "Unlinked", n.text)]),
-        Unlink::Skipped(n) => Ok(vec![(EventType::Warning, "UnlinkSkipped", n.text)]),
+        Unlink::Skipped(n) => {
+            // The Warning event cannot be created in a namespace being deleted (the usual
+            // cause: the source credentials Secret went with it), so the log and a counter
+            // say it too.
+            ctx.metrics.source_unlink_skipped();
+            tracing::warn!(linktoken = %report::key_of(lt), source_org = %recorded.org_id,
+                url = %recorded.url, reason = "UnlinkSkipped", "the link at the source was not removed");
+            Ok(vec![(EventType::Warning, "UnlinkSkipped", n.text)])
+        }
         Unlink::Blocked(e) => {
             let mut status = lt.status.clone().unwrap_or_default();
             if let Some(l) = status.link.as_mut() {

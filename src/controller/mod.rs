@@ -28,6 +28,7 @@ pub mod context;
 pub mod decide;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod index;
 pub mod link;
 pub mod observe;
@@ -112,12 +113,10 @@ pub async fn run(
     cfg: RunConfig,
     shutdown: crate::runtime::Shutdown,
 ) {
-    // `--concurrency` bounds the reconciles of the whole process: each scope's controller
-    // has its own limit, so with `--watch-namespaces` they share these permits (otherwise ten
-    // namespaces would run ten times as many at once, each holding an API connection).
-    let permits = Arc::new(tokio::sync::Semaphore::new(usize::from(
-        cfg.concurrency.max(1),
-    )));
+    // `--concurrency` bounds the reconciles of the whole process, shared fairly between
+    // namespaces (see `fair`): the controllers themselves are unbounded, so a reconcile of
+    // every namespace is queued for a permit rather than stuck behind one namespace's.
+    let permits = fair::FairPermits::new(usize::from(cfg.concurrency.max(1)));
     let mut wake_senders = Vec::new();
     let mut wake_receivers = Vec::new();
     for _ in &scopes.0 {
@@ -232,7 +231,7 @@ pub async fn run(
                 refs
             })
             .reconcile_on(wake_rx)
-            .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
+            .with_config(ControllerConfig::default())
             .graceful_shutdown_on(shutdown.wait())
             .run(
                 {
@@ -240,8 +239,8 @@ pub async fn run(
                     move |lt, ctx| {
                         let permits = permits.clone();
                         async move {
-                            // Closed never: the semaphore lives as long as the controllers.
-                            let _permit = permits.acquire_owned().await.ok();
+                            let _permit =
+                                permits.acquire(&lt.namespace().unwrap_or_default()).await;
                             reconcile(lt, ctx).await
                         }
                     }
@@ -337,7 +336,13 @@ async fn reconcile(lt: Arc<LinkToken>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let started = Instant::now();
     let key = report::key_of(&lt);
-    let result = reconcile_inner(&lt, &ctx).await;
+    // Bounded: a host that answers slowly at every step (a tarpit) must not hold a permit for
+    // a chain of request timeouts.
+    let bound = ctx.reconcile_timeout;
+    let result = match tokio::time::timeout(bound, reconcile_inner(&lt, &ctx)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::TimedOut(bound)),
+    };
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_millis() as u64;
     match result {

@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 
 use super::backoff::{self, Retry};
 use super::conditions;
-use super::context::{Context, RetryMemo, StalledMemo};
+use super::context::{Context, LinkHoldMemo, RetryMemo, StalledMemo};
 use super::error::Error;
 use super::secret::FIELD_MANAGER;
 use crate::api::{AtlasErrorStatus, LinkToken, LinkTokenStatus, Reason};
@@ -56,6 +56,13 @@ pub enum Memory {
         generation: Option<i64>,
         credentials_version: Option<String>,
         rotate: Option<String>,
+    },
+    /// A transient failure at the source with the inputs it happened with: the source is not
+    /// called again until its retry is due while they are unchanged (`LinkHoldMemo`).
+    SourceFailure {
+        generation: Option<i64>,
+        rotate: Option<String>,
+        token_sha256: String,
     },
 }
 
@@ -172,6 +179,26 @@ pub async fn commit(
     });
     let after = match report.memory {
         Memory::Keep => ctx.retry_in(&key, retry),
+        Memory::SourceFailure {
+            generation,
+            rotate,
+            token_sha256,
+        } => {
+            let after = ctx.retry_in(&key, retry);
+            if let Some(delay) = after {
+                ctx.remember_link_hold(
+                    &key,
+                    LinkHoldMemo {
+                        reason: report.reason.unwrap_or(Reason::SourceUnavailable),
+                        generation,
+                        rotate,
+                        token_sha256,
+                        due: backoff::due_in(Instant::now(), delay),
+                    },
+                );
+            }
+            after
+        }
         Memory::Forget => {
             ctx.forget(&key);
             ctx.retry_in(&key, retry)

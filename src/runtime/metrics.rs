@@ -225,6 +225,7 @@ struct Inner {
     source_requests: Family<AtlasRequestLabels, Counter>,
     tokens_issued: Counter,
     tokens_revoked: Counter,
+    source_unlinks_skipped: Counter,
     linktokens: Family<ReasonLabels, Gauge>,
     leader: Gauge,
     /// Object key -> its last reported Ready reason, so a reason change or a deletion moves
@@ -309,6 +310,12 @@ impl Metrics {
             "Link tokens revoked (DELETE accepted by Atlas)",
             tokens_revoked.clone(),
         );
+        let source_unlinks_skipped = Counter::default();
+        registry.register(
+            "source_unlinks_skipped",
+            "Links left at a source when their LinkToken went away (UnlinkSkipped: the source credentials were gone, e.g. with the namespace, or refused)",
+            source_unlinks_skipped.clone(),
+        );
         let linktokens = Family::<ReasonLabels, Gauge>::default();
         registry.register(
             "linktokens",
@@ -348,6 +355,7 @@ impl Metrics {
                 source_requests,
                 tokens_issued,
                 tokens_revoked,
+                source_unlinks_skipped,
                 linktokens,
                 leader,
                 tracked: Mutex::new(HashMap::new()),
@@ -408,6 +416,12 @@ impl Metrics {
 
     pub fn token_revoked(&self) {
         self.inner.tokens_revoked.inc();
+    }
+
+    /// A link left at a source on deletion: its Warning event may not be publishable (a
+    /// namespace being deleted takes no new events), so it is counted here too.
+    pub fn source_unlink_skipped(&self) {
+        self.inner.source_unlinks_skipped.inc();
     }
 
     /// Reports the current Ready reason of one LinkToken (`key`, e.g. `namespace/name`);
