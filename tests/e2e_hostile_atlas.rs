@@ -400,6 +400,57 @@ async fn a_rotation_whose_delete_meets_a_foreign_404_does_not_mint_a_second_live
     still_running(env.operator.as_mut().expect("operator"));
 }
 
+/// orgId moves to another org while the old org's DELETE meets a gateway's 404 page: the old
+/// org is retried, never dropped as "refused" with its token live.
+#[tokio::test]
+async fn a_gateway_404_while_revoking_the_previous_org_is_retried() {
+    let c = require_cluster!();
+    let mut env = Env::new(c, "e2e-gw404-prev").await;
+    env.api_key_secret("creds").await;
+    env.start_operator(&[]);
+    env.linktoken("migration", ORG, &[]).await;
+    env.wait_ready("migration").await;
+    let old = env.token_in("migration", "linkToken").await.expect("token");
+
+    env.fault(FaultSpec {
+        kind: FaultKind::Garbage,
+        status: Some(404),
+        body: None,
+        headers: Default::default(),
+        latency_ms: 0,
+        count: Some(2),
+        method: Some("DELETE".into()),
+        org_id: Some(ORG.into()),
+        target: FaultTarget::LinkTokens,
+    });
+    env.patch_linktoken("migration", serde_json::json!({"spec": {"orgId": ORG_B}}))
+        .await;
+    let new = env.wait_new_token("migration", &old, RECOVER).await;
+    assert_eq!(
+        env.sim.state.calls("DELETE", CallKind::LinkTokens, 404),
+        2,
+        "both gateway answers were met"
+    );
+    assert!(
+        !env.sim.state.is_token_live(&old),
+        "the previous org's token was revoked, not skipped"
+    );
+    assert_eq!(
+        env.sim.state.live_links(ORG),
+        0,
+        "nothing left in the old org"
+    );
+    assert!(env.sim.state.is_token_live(&new));
+    let events = env.events("migration").await;
+    assert!(
+        !events
+            .iter()
+            .any(|(reason, _, _)| reason == "RevocationSkipped"),
+        "a gateway's 404 is no refusal: {events:?}"
+    );
+    still_running(env.operator.as_mut().expect("operator"));
+}
+
 const LEASE: &str = "linktoken-e2e-hostile";
 
 async fn lease_holder(env: &Env) -> Option<String> {

@@ -283,6 +283,8 @@ async fn loopback_atlas_and_source_urls_never_go_through_a_proxy() {
     let source_port = env.sim.source_addr.expect("atlas-sim's source port").port();
     let proxy = ConnectProxy::start(ATLAS_HOST).await;
     let proxy_url = format!("http://{}", proxy.addr);
+    // The source by its loopback name: the one the cluster admin allows here.
+    let allowed = format!("--allowed-source-urls=http://localhost:{source_port}");
     env.operator = Some(env.spawn_operator_with_env(
         &env.cluster.kubeconfig,
         // NO_PROXY set and empty: whatever this machine's says, nothing is exempt by name.
@@ -291,7 +293,7 @@ async fn loopback_atlas_and_source_urls_never_go_through_a_proxy() {
             ("ALL_PROXY", &proxy_url),
             ("NO_PROXY", ""),
         ],
-        &[],
+        &[&allowed],
     ));
     let source = format!(
         "  source:\n    url: \"http://localhost:{source_port}\"\n    orgId: \"{DEMO_SOURCE_ORG_ID}\"\n    credentialsSecretRef:\n      name: source-creds\n"

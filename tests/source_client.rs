@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 use linktoken_operator::atlas::{Credentials, LinkTokenValue};
-use linktoken_operator::source::{SourceClient, SourceConfig, SyncStatus, Target, Unlinked};
+use linktoken_operator::source::{
+    AllowedSources, SourceClient, SourceConfig, SyncStatus, Target, Unlinked,
+};
 
 const ORG: &str = "6a1e9b2a3c4d5e6f7a8b9c0d";
 const PUB: &str = "sourcepublic";
@@ -137,11 +139,14 @@ async fn answer(State(server): State<Arc<DigestServer>>, req: Request) -> Respon
     }
 }
 
-fn client() -> SourceClient {
+/// A client whose cluster admin allows both servers.
+fn client(a: &DigestServer, b: &DigestServer) -> SourceClient {
+    let allowed = format!("{},{}", a.url, b.url);
     SourceClient::new(
         SourceConfig {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(5),
+            allowed: AllowedSources::parse(&allowed).expect("loopback URLs"),
             ..SourceConfig::default()
         },
         None,
@@ -157,7 +162,7 @@ async fn a_nonce_one_source_issued_is_never_sent_to_another() {
     tokio::time::timeout(within, async {
         let a = DigestServer::start("a").await;
         let b = DigestServer::start("b").await;
-        let source = client();
+        let source = client(&a, &b);
         let creds = Credentials::api_key(PUB, PRIV);
         let token = LinkTokenValue::new("bGlua3Rva2VuLXNlY3JldC12YWx1ZQ==".to_owned());
 
