@@ -706,7 +706,7 @@ fn keep(o: &Observed) -> Step {
     }
 }
 
-fn same_set(a: &[String], b: &[String]) -> bool {
+pub(crate) fn same_set(a: &[String], b: &[String]) -> bool {
     let mut a: Vec<&String> = a.iter().collect();
     let mut b: Vec<&String> = b.iter().collect();
     a.sort();

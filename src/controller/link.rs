@@ -151,14 +151,17 @@ pub fn after_check(status: Option<SyncStatus>, posted_before_crash: bool) -> Che
 }
 
 /// The Linked condition for a status being written, or None when no source is declared (and
-/// the reason is not about one). A link reason sets it. Any other reason (issuing, an Atlas
-/// failure) keeps it, but never keeps True unless status.link still records the current token
-/// as SYNCED: after a rotation or a revocation the old link is not reported as healthy.
+/// the reason is not about one). `declared`: None without spec.source, else whether the token
+/// status records is the one for the current spec with no issue in flight. A link reason sets
+/// it. Any other reason (issuing, an Atlas failure) keeps it, but never keeps True unless the
+/// token is current and status.link still records it as SYNCED: from the in-flight marker of a
+/// rotation on (its DELETE revokes the linked token), and once the spec asks for another token
+/// (an orgId edit that cannot be acted on yet), the old link is not reported as healthy.
 pub fn linked_condition(
     previous: &[Condition],
     generation: Option<i64>,
     now: &Time,
-    declared: bool,
+    declared: Option<bool>,
     status: &LinkTokenStatus,
     reason: Reason,
     message: &str,
@@ -169,18 +172,17 @@ pub fn linked_condition(
     if reason.is_link() {
         return Some(make(reason == Reason::Linked, reason.as_str(), message));
     }
-    if !declared {
-        return None;
-    }
-    let holds = status.link.as_ref().is_some_and(|l| {
-        l.sync_status.as_deref() == Some(SyncStatus::Synced.as_str())
-            && l.token_sha256.is_some()
-            && l.token_sha256
-                == status
-                    .issued_for
-                    .as_ref()
-                    .and_then(|i| i.token_sha256.clone())
-    });
+    let token_current = declared?;
+    let holds = token_current
+        && status.link.as_ref().is_some_and(|l| {
+            l.sync_status.as_deref() == Some(SyncStatus::Synced.as_str())
+                && l.token_sha256.is_some()
+                && l.token_sha256
+                    == status
+                        .issued_for
+                        .as_ref()
+                        .and_then(|i| i.token_sha256.clone())
+        });
     let before = previous.iter().find(|c| c.type_ == LINKED);
     Some(match before {
         Some(c) if c.status == "True" && holds => make(true, &c.reason, &c.message),
@@ -1304,7 +1306,7 @@ mod tests {
     fn the_linked_condition_is_never_kept_true_for_an_old_token() {
         let now = t("2026-11-30T09:00:00Z");
         let st = status(Some("t1"), "SYNCED", "t1");
-        let linked = linked_condition(&[], Some(1), &now, true, &st, Reason::Linked, "ok")
+        let linked = linked_condition(&[], Some(1), &now, Some(true), &st, Reason::Linked, "ok")
             .expect("declared");
         assert_eq!(
             (linked.status.as_str(), linked.reason.as_str()),
@@ -1317,7 +1319,7 @@ mod tests {
             &prev,
             Some(1),
             &now,
-            true,
+            Some(true),
             &st,
             Reason::AtlasUnavailable,
             "x",
@@ -1328,12 +1330,37 @@ mod tests {
 
         // A rotation issued a new token: the old link is not reported as healthy.
         let rotated = status(Some("t1"), "SYNCED", "t2");
-        let c =
-            linked_condition(&prev, Some(2), &now, true, &rotated, Reason::Issuing, "x").unwrap();
+        let c = linked_condition(
+            &prev,
+            Some(2),
+            &now,
+            Some(true),
+            &rotated,
+            Reason::Issuing,
+            "x",
+        )
+        .unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Linking"));
 
+        // A rotation's marker is written (its DELETE revokes the linked token next), or the
+        // spec asks for another token that cannot be issued yet (an orgId edit while the
+        // credentials are missing): the old link is not reported as healthy.
+        for reason in [Reason::Issuing, Reason::CredentialsNotFound] {
+            let c = linked_condition(&prev, Some(2), &now, Some(false), &st, reason, "x").unwrap();
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Linking"));
+        }
+
         // Failures at the source set it.
-        let c = linked_condition(&prev, Some(2), &now, true, &st, Reason::NotSynced, "m").unwrap();
+        let c = linked_condition(
+            &prev,
+            Some(2),
+            &now,
+            Some(true),
+            &st,
+            Reason::NotSynced,
+            "m",
+        )
+        .unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", "NotSynced")
@@ -1345,7 +1372,7 @@ mod tests {
                 &[],
                 Some(1),
                 &now,
-                false,
+                None,
                 &LinkTokenStatus::default(),
                 Reason::TokenIssued,
                 ""

@@ -283,7 +283,11 @@ pub fn with_outcome(
     )
     .is_some();
     status.conditions = conditions::compute(&previous, generation, reason, message, &now, in_grace);
-    let declared = lt.spec.source.is_some();
+    let declared = lt
+        .spec
+        .source
+        .is_some()
+        .then(|| token_is_current(lt, &status));
     if let Some(linked) = super::link::linked_condition(
         &previous, generation, &now, declared, &status, reason, message,
     ) {
@@ -291,6 +295,19 @@ pub fn with_outcome(
     }
     status.observed_generation = generation;
     status
+}
+
+/// Whether `status` records a token issued for `lt`'s current spec (org, access list, rotate
+/// value) with no issue in flight: the only token a Linked=True may be kept for. The marker of
+/// a rotation is written before its DELETE revokes the linked token.
+fn token_is_current(lt: &LinkToken, status: &LinkTokenStatus) -> bool {
+    let rotate = lt.annotations().get(crate::api::ROTATE_ANNOTATION);
+    status.in_flight.is_none()
+        && status.issued_for.as_ref().is_some_and(|i| {
+            i.org_id == lt.spec.org_id
+                && super::decide::same_set(&i.access_list_ips, &lt.spec.access_list_ips)
+                && i.rotate.as_ref() == rotate
+        })
 }
 
 /// Writes `status` with server-side apply carrying `metadata.resourceVersion`: the API server
