@@ -170,6 +170,8 @@ async fn run(flags: Flags) -> Result<(), String> {
     if let Some(g) = gate {
         ctx.source = ctx.source.clone().with_gate(g);
     }
+    // Another process's in-flight marker: its requests may still land until they time out.
+    ctx.takeover_wait = controller::takeover::wait_for(flags.atlas_request_timeout);
     let ctx = Arc::new(ctx);
 
     // The controller's own stop token: triggered by shutdown and by leadership loss.

@@ -45,6 +45,10 @@ pub struct Context {
     /// credentials, so the org is back to one live link; any successful DELETE there clears
     /// it. In memory only, like the credentials above: a restart forgets (docs/lifecycle.md).
     left_live: Mutex<BTreeSet<String>>,
+    /// In-flight markers this process wrote or first saw, and when (see `takeover`).
+    pub markers: super::takeover::Markers,
+    /// How long another process's in-flight marker is left alone (`takeover::wait_for`).
+    pub takeover_wait: Duration,
 }
 
 /// One watched scope: all namespaces, or one of `--watch-namespaces`.
@@ -129,6 +133,8 @@ impl Context {
             remembered_credentials: Mutex::new(HashMap::new()),
             versions: Versions::default(),
             left_live: Mutex::new(BTreeSet::new()),
+            markers: Default::default(),
+            takeover_wait: super::takeover::wait_for(Duration::from_secs(30)),
         }
     }
 
@@ -237,6 +243,7 @@ impl Context {
         self.forget(key);
         self.forget_credentials(key);
         self.versions.forget(key);
+        self.markers.forget(key);
         self.metrics.track(
             &format!(
                 "{}/{}",
@@ -259,6 +266,7 @@ impl Context {
         self.lock().retain(|k, _| present.contains(k));
         self.creds_lock().retain(|k, _| present.contains(k));
         self.versions.retain(|k| present.contains(k));
+        self.markers.retain(|k| present.contains(k));
         let keys: std::collections::HashSet<String> = present
             .iter()
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))

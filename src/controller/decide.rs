@@ -140,6 +140,9 @@ pub struct Observed {
     /// Where the token lives: its Secret (the default), or only at the source
     /// (`spec.source.storeToken: false`; see docs/source-link.md).
     pub token_store: TokenStore,
+    /// `in_flight` was written by another process, whose requests may still land this much
+    /// longer (`takeover::remaining`): no Atlas call for this LinkToken until then.
+    pub takeover_wait: Option<std::time::Duration>,
 }
 
 /// Where the current token is kept.
@@ -242,6 +245,9 @@ pub enum Step {
         reason: Reason,
         after: std::time::Duration,
     },
+    /// Another process's in-flight marker is too recent to act on: its DELETE or POST may still
+    /// land. No Atlas call; report Issuing and look again `remaining` from now.
+    AwaitTakeover { remaining: std::time::Duration },
     /// The token is current; (re)write the Secret from `source` when its name, key or metadata
     /// differ from the desired ones, delete the previous Secret after a rename, and report
     /// Ready.
@@ -263,6 +269,21 @@ pub enum SecretSource {
 
 /// The decision.
 pub fn decide(o: &Observed) -> Step {
+    let step = decide_step(o);
+    // Whatever would call Atlas waits while another process's requests may still land.
+    match (&step, o.takeover_wait) {
+        (Step::Issue { .. }, Some(remaining)) => Step::AwaitTakeover { remaining },
+        (Step::Abandon { revoke_orgs, .. }, Some(remaining)) if !revoke_orgs.is_empty() => {
+            Step::AwaitTakeover { remaining }
+        }
+        (Step::RevokePrevious { revoke, .. }, Some(remaining)) if !revoke.is_empty() => {
+            Step::AwaitTakeover { remaining }
+        }
+        _ => step,
+    }
+}
+
+fn decide_step(o: &Observed) -> Step {
     if let Some(wait) = check_credentials(o) {
         return wait;
     }
