@@ -641,6 +641,10 @@ pub struct CleanupObserved {
     /// The token Secret holds the token of the in-flight attempt (its attempt-id annotation
     /// matches the marker): that token is somebody's to use, not an orphan.
     pub in_flight_recorded: bool,
+    /// As [`Observed::takeover_wait`]: the marker is another process's, whose requests may
+    /// still land this much longer (a late POST after our DELETE would leave a live link
+    /// nobody holds).
+    pub takeover_wait: Option<std::time::Duration>,
 }
 
 /// The finalizer's next step.
@@ -667,10 +671,28 @@ pub enum CleanupStep {
         revoke: Vec<String>,
         skipped: Vec<String>,
     },
+    /// A DELETE is due but another process's requests may still land: the finalizer stays,
+    /// look again `remaining` from now.
+    AwaitTakeover { remaining: std::time::Duration },
 }
 
 /// The deletion contract (docs/lifecycle.md, "Deletion"), one rule per row of its table.
 pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
+    let step = decide_cleanup_step(o);
+    match (&step, o.takeover_wait) {
+        (CleanupStep::Revoke { .. }, Some(remaining))
+        | (
+            CleanupStep::Retain {
+                revoke_orphan: Some(_),
+                ..
+            },
+            Some(remaining),
+        ) => CleanupStep::AwaitTakeover { remaining },
+        _ => step,
+    }
+}
+
+fn decide_cleanup_step(o: &CleanupObserved) -> CleanupStep {
     let orgs = orgs_that_may_hold_a_token(o.issued_org.as_deref(), o.in_flight_org.as_deref());
     if o.retain {
         let revoke_orphan = o

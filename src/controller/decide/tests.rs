@@ -632,6 +632,7 @@ fn the_deletion_table() {
         held_by_others: vec![],
         credentials: CredentialsState::Valid,
         in_flight_recorded: false,
+        takeover_wait: None,
     };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
@@ -1212,4 +1213,77 @@ fn another_process_s_marker_holds_every_atlas_call_until_its_requests_timed_out(
         assert_eq!(blank(decide(&observed)), without, "{what}: waited out");
         assert_eq!(blank(decide(&waiting(observed))), with, "{what}: waiting");
     }
+}
+
+#[test]
+fn deleting_over_another_process_s_marker_waits_before_any_delete() {
+    let left = std::time::Duration::from_secs(5);
+    let base = CleanupObserved {
+        retain: false,
+        issued_org: Some(ORG.into()),
+        in_flight_org: Some(ORG.into()),
+        held_by_others: vec![],
+        credentials: CredentialsState::Valid,
+        in_flight_recorded: false,
+        takeover_wait: Some(left),
+    };
+    let hold = CleanupStep::AwaitTakeover { remaining: left };
+    // (what, observed, step while waiting)
+    let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
+        ("Delete: no DELETE yet", base.clone(), hold.clone()),
+        (
+            "Retain with an orphan to revoke: no DELETE yet",
+            CleanupObserved {
+                retain: true,
+                ..base.clone()
+            },
+            hold.clone(),
+        ),
+        (
+            "Retain, the attempt's token is in the Secret: let go, no Atlas call",
+            CleanupObserved {
+                retain: true,
+                in_flight_recorded: true,
+                ..base.clone()
+            },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: None,
+            },
+        ),
+        (
+            "another LinkToken holds the live link: let go, no Atlas call",
+            CleanupObserved {
+                held_by_others: vec![ORG.into()],
+                ..base.clone()
+            },
+            CleanupStep::Release {
+                skipped: vec![ORG.into()],
+            },
+        ),
+        (
+            "no credentials: skipped as ever, never blocked",
+            CleanupObserved {
+                credentials: CredentialsState::Missing,
+                ..base.clone()
+            },
+            CleanupStep::SkipNoCredentials {
+                orgs: vec![ORG.into()],
+            },
+        ),
+    ];
+    for (what, observed, want) in cases {
+        assert_eq!(decide_cleanup(&observed), want, "{what}");
+    }
+    let waited_out = CleanupObserved {
+        takeover_wait: None,
+        ..base
+    };
+    assert_eq!(
+        decide_cleanup(&waited_out),
+        CleanupStep::Revoke {
+            revoke: vec![ORG.into()],
+            skipped: vec![],
+        }
+    );
 }
