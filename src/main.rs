@@ -3,16 +3,20 @@
 //! Order of start-up: flags -> logging -> Kubernetes client -> probe/metrics servers (live at
 //! once, ready after the caches sync) -> leader election (a standby waits here and reconciles
 //! nothing) -> controllers. On SIGTERM: stop taking work, let in-flight reconciles finish
-//! within --shutdown-timeout, release the Lease, exit 0. On leadership loss: abort in-flight
-//! reconciles at once and exit non-zero. If the controller task ends by itself (a panic
-//! included): fail /healthz, release the Lease, exit non-zero (see `runtime::supervise`).
+//! within --shutdown-timeout, release the Lease, exit 0. On leadership loss (also during that
+//! drain): abort in-flight reconciles at once and exit non-zero; no Atlas or source request
+//! leaves once the Lease is no longer certainly held (the clients' gate). If the controller
+//! task ends by itself (a panic included): fail /healthz, release the Lease, exit non-zero
+//! (see `runtime::supervise`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use kube::runtime::events::Reporter;
-use linktoken_operator::atlas::{AtlasClient, AtlasConfig, RequestObserver, RequestRecord};
+use linktoken_operator::atlas::{
+    AtlasClient, AtlasConfig, RequestGate, RequestObserver, RequestRecord,
+};
 use linktoken_operator::controller::events::Recorder;
 use linktoken_operator::controller::{self, Context, RunConfig, Scopes, backoff::BackoffConfig};
 use linktoken_operator::runtime::{
@@ -124,6 +128,15 @@ async fn run(flags: Flags) -> Result<(), String> {
         None
     };
 
+    // Past the Lease, no Atlas or source request leaves the process (docs/operations.md).
+    let gate = elector
+        .as_ref()
+        .map(|e| Arc::new(e.leadership()) as Arc<dyn RequestGate>);
+    let atlas = match gate.clone() {
+        Some(g) => atlas.with_gate(g),
+        None => atlas,
+    };
+
     let namespaces = flags.watch_namespaces.names().to_vec();
     let scopes = Scopes::new(&namespaces);
     let reporter = Reporter {
@@ -157,6 +170,11 @@ async fn run(flags: Flags) -> Result<(), String> {
     // Three calls at the request timeout (a DELETE, a POST, a source call) plus their
     // connections: a reconcile that takes longer waits on a host that does not answer.
     ctx.reconcile_timeout = (flags.atlas_request_timeout + flags.atlas_connect_timeout) * 3;
+    if let Some(g) = gate {
+        ctx.source = ctx.source.clone().with_gate(g);
+    }
+    // Another process's in-flight marker: its requests may still land until they time out.
+    ctx.takeover_wait = controller::takeover::wait_for(flags.atlas_request_timeout);
     let ctx = Arc::new(ctx);
 
     // The controller's own stop token: triggered by shutdown and by leadership loss.

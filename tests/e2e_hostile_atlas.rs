@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use atlas_sim::{CallKind, FaultKind, FaultSpec, FaultTarget};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use linktoken_operator::api::Reason;
 use testkit::e2e::{CLIENT_ID, CLIENT_SECRET, Env, ORG, Operator, linktoken_yaml};
 
@@ -464,17 +464,6 @@ async fn lease_holder(env: &Env) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-fn wait_exit(op: &mut Operator, within: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if let Ok(Some(s)) = op.child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 #[tokio::test]
 async fn a_dead_controller_releases_the_lease_and_exits_non_zero() {
     let c = require_cluster!();
@@ -494,7 +483,8 @@ async fn a_dead_controller_releases_the_lease_and_exits_non_zero() {
     .await;
     env.linktoken("migration", ORG, &[]).await;
 
-    let status = wait_exit(&mut op, Duration::from_secs(30))
+    let status = op
+        .wait_exit(Duration::from_secs(30))
         .expect("a process whose controller died must exit, not linger");
     assert!(!status.success(), "exit status {status:?}");
     let logs = op.logs();
@@ -550,23 +540,13 @@ async fn a_replica_that_loses_the_lease_aborts_in_flight_work_and_exits_non_zero
     .await;
 
     // Another replica takes the Lease (as after a network partition of this one).
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
-    let mut lease = leases.get(LEASE).await.expect("Lease");
-    let spec = lease.spec.as_mut().expect("spec");
-    spec.holder_identity = Some("another-replica".into());
-    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-        k8s_openapi::jiff::Timestamp::now(),
-    ));
-    spec.lease_duration_seconds = Some(3600);
-    leases
-        .replace(LEASE, &PostParams::default(), &lease)
-        .await
-        .expect("take the Lease");
+    env.take_lease(LEASE, "another-replica").await;
     let taken = Instant::now();
 
     // It notices at its next renewal (every 5 s) and stops at once: well before the paused
     // reconcile would POST, and far sooner than a drain.
-    let status = wait_exit(&mut op, Duration::from_secs(12))
+    let status = op
+        .wait_exit(Duration::from_secs(12))
         .expect("the old leader exits right after noticing, without draining");
     eprintln!("exited {:?} after the Lease was taken", taken.elapsed());
     assert!(!status.success(), "exit status {status:?}");

@@ -112,7 +112,9 @@ pub fn classify(err: &AtlasError, op: Operation) -> Classification {
         AtlasError::Transport { .. }
         | AtlasError::BodyTooLarge { .. }
         | AtlasError::InvalidResponse { .. }
-        | AtlasError::Config(_) => unavailable(None),
+        | AtlasError::Config(_)
+        // Never sent; the process is stopping (it lost the Lease), a new leader takes over.
+        | AtlasError::NotLeader => unavailable(None),
         AtlasError::InvalidOrgId => c(Reason::AtlasRejected, RetryHint::WaitForChange),
     }
 }

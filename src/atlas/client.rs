@@ -19,6 +19,7 @@ use super::config::AtlasConfig;
 use super::credentials::{AuthParts, Credentials, Fingerprint};
 use super::digest;
 use super::error::AtlasError;
+use super::gate::{Gate, RequestGate};
 use super::nonces::NonceCache;
 use super::oauth::{self, BearerAuth, TokenCache};
 use super::observer::{Endpoint, RequestObserver};
@@ -53,6 +54,7 @@ struct Inner {
 pub struct AtlasClient {
     inner: Arc<Inner>,
     observer: Option<Arc<dyn RequestObserver>>,
+    gate: Gate,
 }
 
 impl fmt::Debug for AtlasClient {
@@ -109,12 +111,20 @@ impl AtlasClient {
                 ),
             }),
             observer: None,
+            gate: Gate::default(),
         })
     }
 
     /// Reports every HTTP round trip (for metrics).
     pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Asked right before every request (the OAuth token request included): a closed gate
+    /// refuses it with [`AtlasError::NotLeader`], unsent.
+    pub fn with_gate(mut self, gate: Arc<dyn RequestGate>) -> Self {
+        self.gate = Gate::new(gate);
         self
     }
 
@@ -200,6 +210,7 @@ impl AtlasClient {
         url: &Url,
         body: Option<&[u8]>,
     ) -> Result<Incoming, AtlasError> {
+        self.gate.check()?;
         let fp = creds.fingerprint();
         match creds.auth_parts() {
             AuthParts::Digest { username, password } => {
@@ -271,6 +282,8 @@ impl AtlasClient {
         body: Option<&[u8]>,
         auth: Option<HeaderValue>,
     ) -> Result<Incoming, AtlasError> {
+        // Again per round trip: a Digest or bearer exchange may wait between them.
+        self.gate.check()?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MEDIA_TYPE));
         if body.is_some() {

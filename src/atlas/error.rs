@@ -329,6 +329,9 @@ pub enum AtlasError {
     /// The client could not be built (operator configuration).
     #[error("Atlas client configuration: {0}")]
     Config(String),
+    /// Not sent: this replica does not certainly hold the leader Lease any more.
+    #[error("request not sent: this replica no longer holds the leader Lease")]
+    NotLeader,
 }
 
 impl AtlasError {

@@ -6,6 +6,7 @@
 //! - `digest` / `nonces`: Digest challenge parsing, response hashing, nonce reuse.
 //! - `oauth`: bearer-token minting and the single-flight token cache.
 //! - `transport`: one HTTP round trip with a capped body, observed.
+//! - [`gate`]: the leadership check before every Atlas and source request.
 //! - [`tls`]: the roots the client trusts (the platform's, plus `--atlas-ca-file`).
 //! - [`error`]: [`AtlasError`] and ApiError parsing; [`classify`](mod@classify): errors -> Ready
 //!   reasons.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod credentials;
 mod digest;
 pub mod error;
+pub mod gate;
 pub(crate) mod nonces;
 pub(crate) mod oauth;
 pub mod observer;
@@ -32,6 +34,7 @@ pub use client::{AtlasClient, DeleteOutcome, MEDIA_TYPE};
 pub use config::{AtlasConfig, DEFAULT_BASE_URL, default_user_agent};
 pub use credentials::{Credentials, CredentialsError, CredentialsKind, Fingerprint};
 pub use error::{ApiFailure, AtlasError, BodyKind, FieldViolation, TransportKind};
+pub use gate::RequestGate;
 pub use observer::{Endpoint, RequestObserver, RequestRecord};
 pub use redact::{LinkTokenValue, redact_url_userinfo};
 pub use tls::{TrustError, TrustRoots};

@@ -63,6 +63,7 @@ pub async fn apply(lt: &LinkToken, ctx: &Context, obs: Observation) -> Result<Ou
         // Status already reports this failure; only the retry time is kept.
         decide::Step::Hold { reason, after } => Report::new(lt, reason, Retry::Soon(after)).into(),
         decide::Step::Adopt { token_key } => adopt(lt, &obs, &token_key).into(),
+        decide::Step::AwaitTakeover { remaining } => await_takeover(lt, remaining).into(),
         decide::Step::Abandon {
             revoke_orgs,
             reason,
@@ -116,6 +117,16 @@ fn wait(lt: &LinkToken, ctx: &Context, reason: Reason, message: String) -> Repor
         return report;
     }
     report.status(lt.status.clone().unwrap_or_default(), message)
+}
+
+/// Another process's issue was in flight: its requests may still reach Atlas, so nothing is
+/// sent for this LinkToken until they have timed out (`takeover`). The message stays the same
+/// through the wait, so status is written once.
+fn await_takeover(lt: &LinkToken, remaining: Duration) -> Report {
+    let message = "an issue started by another operator process was interrupted; waiting for its requests to time out before revoking and reissuing";
+    tracing::info!(linktoken = %key_of(lt), remaining_ms = remaining.as_millis() as u64, "{message}");
+    Report::new(lt, Reason::Issuing, Retry::Soon(remaining))
+        .status(lt.status.clone().unwrap_or_default(), message)
 }
 
 /// An interrupted issue that cannot complete: revoke where its token may be live, then drop
@@ -210,6 +221,8 @@ async fn issue(
     // working from an older read (a leader that lost its Lease) fails here, before any Atlas
     // call. The one status write outside `report::commit`: it must land before the POST.
     let attempt_id = new_attempt_id();
+    // Ours: a later reconcile of this process goes on from it without the takeover wait.
+    ctx.markers.own(&report::object_ref(lt), &attempt_id);
     status.in_flight = Some(InFlight {
         org_id: org.clone(),
         started_at: now_rfc3339(),
@@ -920,6 +933,7 @@ mod tests {
                 last_stalled: None,
                 retry_hold: None,
                 token_store: decide::TokenStore::Secret,
+                takeover_wait: None,
             },
             credentials: None,
             target: None,

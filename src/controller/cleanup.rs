@@ -89,6 +89,13 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
         held_by_others,
         credentials,
         in_flight_recorded,
+        takeover_wait: super::takeover::remaining(
+            status
+                .in_flight
+                .as_ref()
+                .map(|f| ctx.markers.origin(&object_ref(lt), f.attempt_id.as_deref())),
+            ctx.takeover_wait,
+        ),
     });
 
     let report = match step {
@@ -112,6 +119,12 @@ pub async fn cleanup(lt: &LinkToken, ctx: &Context) -> Result<Action, Error> {
             } else {
                 released
             }
+        }
+        CleanupStep::AwaitTakeover { remaining } => {
+            let message = "an issue started by another operator process was interrupted; waiting for its requests to time out before revoking";
+            tracing::info!(linktoken = %report::key_of(lt), remaining_ms = remaining.as_millis() as u64, "{message}");
+            Report::new(lt, Reason::RevocationBlocked, Retry::Soon(remaining))
+                .status(status.clone(), message)
         }
         CleanupStep::Release { skipped } => {
             let mut report = held_elsewhere(Report::released(), &skipped);

@@ -51,6 +51,10 @@ pub struct Context {
     left_live: Mutex<BTreeSet<String>>,
     /// How long one reconcile may run before it is cut off and retried with backoff.
     pub reconcile_timeout: std::time::Duration,
+    /// In-flight markers this process wrote or first saw, and when (see `takeover`).
+    pub markers: super::takeover::Markers,
+    /// How long another process's in-flight marker is left alone (`takeover::wait_for`).
+    pub takeover_wait: Duration,
 }
 
 /// One watched scope: all namespaces, or one of `--watch-namespaces`.
@@ -169,6 +173,8 @@ impl Context {
             versions: Versions::default(),
             left_live: Mutex::new(BTreeSet::new()),
             reconcile_timeout: DEFAULT_RECONCILE_TIMEOUT,
+            markers: Default::default(),
+            takeover_wait: super::takeover::wait_for(Duration::from_secs(30)),
         }
     }
 
@@ -282,6 +288,7 @@ impl Context {
         self.forget(key);
         self.forget_credentials(key);
         self.versions.forget(key);
+        self.markers.forget(key);
         self.metrics.track(
             &format!(
                 "{}/{}",
@@ -304,6 +311,7 @@ impl Context {
         self.lock().retain(|k, _| present.contains(k));
         self.creds_lock().retain(|k, _| present.contains(k));
         self.versions.retain(|k| present.contains(k));
+        self.markers.retain(|k| present.contains(k));
         let keys: std::collections::HashSet<String> = present
             .iter()
             .map(|k| format!("{}/{}", k.namespace.as_deref().unwrap_or_default(), k.name))

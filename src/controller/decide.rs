@@ -140,6 +140,9 @@ pub struct Observed {
     /// Where the token lives: its Secret (the default), or only at the source
     /// (`spec.source.storeToken: false`; see docs/source-link.md).
     pub token_store: TokenStore,
+    /// `in_flight` was written by another process, whose requests may still land this much
+    /// longer (`takeover::remaining`): no Atlas call for this LinkToken until then.
+    pub takeover_wait: Option<std::time::Duration>,
 }
 
 /// Where the current token is kept.
@@ -242,6 +245,9 @@ pub enum Step {
         reason: Reason,
         after: std::time::Duration,
     },
+    /// Another process's in-flight marker is too recent to act on: its DELETE or POST may still
+    /// land. No Atlas call; report Issuing and look again `remaining` from now.
+    AwaitTakeover { remaining: std::time::Duration },
     /// The token is current; (re)write the Secret from `source` when its name, key or metadata
     /// differ from the desired ones, delete the previous Secret after a rename, and report
     /// Ready.
@@ -263,6 +269,21 @@ pub enum SecretSource {
 
 /// The decision.
 pub fn decide(o: &Observed) -> Step {
+    let step = decide_step(o);
+    // Whatever would call Atlas waits while another process's requests may still land.
+    match (&step, o.takeover_wait) {
+        (Step::Issue { .. }, Some(remaining)) => Step::AwaitTakeover { remaining },
+        (Step::Abandon { revoke_orgs, .. }, Some(remaining)) if !revoke_orgs.is_empty() => {
+            Step::AwaitTakeover { remaining }
+        }
+        (Step::RevokePrevious { revoke, .. }, Some(remaining)) if !revoke.is_empty() => {
+            Step::AwaitTakeover { remaining }
+        }
+        _ => step,
+    }
+}
+
+fn decide_step(o: &Observed) -> Step {
     if let Some(wait) = check_credentials(o) {
         return wait;
     }
@@ -620,6 +641,10 @@ pub struct CleanupObserved {
     /// The token Secret holds the token of the in-flight attempt (its attempt-id annotation
     /// matches the marker): that token is somebody's to use, not an orphan.
     pub in_flight_recorded: bool,
+    /// As [`Observed::takeover_wait`]: the marker is another process's, whose requests may
+    /// still land this much longer (a late POST after our DELETE would leave a live link
+    /// nobody holds).
+    pub takeover_wait: Option<std::time::Duration>,
 }
 
 /// The finalizer's next step.
@@ -646,10 +671,28 @@ pub enum CleanupStep {
         revoke: Vec<String>,
         skipped: Vec<String>,
     },
+    /// A DELETE is due but another process's requests may still land: the finalizer stays,
+    /// look again `remaining` from now.
+    AwaitTakeover { remaining: std::time::Duration },
 }
 
 /// The deletion contract (docs/lifecycle.md, "Deletion"), one rule per row of its table.
 pub fn decide_cleanup(o: &CleanupObserved) -> CleanupStep {
+    let step = decide_cleanup_step(o);
+    match (&step, o.takeover_wait) {
+        (CleanupStep::Revoke { .. }, Some(remaining))
+        | (
+            CleanupStep::Retain {
+                revoke_orphan: Some(_),
+                ..
+            },
+            Some(remaining),
+        ) => CleanupStep::AwaitTakeover { remaining },
+        _ => step,
+    }
+}
+
+fn decide_cleanup_step(o: &CleanupObserved) -> CleanupStep {
     let orgs = orgs_that_may_hold_a_token(o.issued_org.as_deref(), o.in_flight_org.as_deref());
     if o.retain {
         let revoke_orphan = o

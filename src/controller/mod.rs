@@ -36,6 +36,7 @@ pub mod pause;
 pub mod report;
 pub mod secret;
 pub mod source_claims;
+pub mod takeover;
 pub mod versions;
 
 use std::collections::HashMap;

@@ -138,6 +138,13 @@ pub async fn observe(lt: &LinkToken, ctx: &Context) -> Result<Observation, Error
             rotate: i.rotate,
             token_sha256: i.token_sha256,
         }),
+        takeover_wait: super::takeover::remaining(
+            status
+                .in_flight
+                .as_ref()
+                .map(|f| ctx.markers.origin(&key, f.attempt_id.as_deref())),
+            ctx.takeover_wait,
+        ),
         in_flight: status.in_flight.map(|f| decide::InFlight {
             org_id: f.org_id,
             attempt_id: f.attempt_id,

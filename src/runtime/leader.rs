@@ -11,6 +11,7 @@
 //! - `release` clears the holder, so a standby takes over within one `retry_period`.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::metrics::Metrics;
+use crate::atlas::RequestGate;
 
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
@@ -156,12 +158,45 @@ pub fn default_identity() -> String {
     format!("{base}_{:08x}", rand::rng().random::<u32>())
 }
 
+/// This replica's hold on the Lease, as the gate of every Atlas and source request: open from
+/// a successful renewal until the renew deadline counted from when that renewal was sent, shut
+/// at once when leadership is lost or the election stops. It closes by itself at the deadline,
+/// even before the campaign publishes the loss, so no request leaves after the point where
+/// this replica steps down (which is before any standby may take over).
+#[derive(Clone, Debug, Default)]
+pub struct Leadership {
+    held_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// True while this replica certainly holds the Lease.
+    pub fn holds(&self) -> bool {
+        self.lock().is_some_and(|until| Instant::now() < until)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        *self.lock() = until;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // A single value, replaced whole: a poisoned lock is still consistent.
+        self.held_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RequestGate for Leadership {
+    fn may_send(&self) -> bool {
+        self.holds()
+    }
+}
+
 /// A running election. Leadership is published on a watch channel (`true` = this replica leads).
 #[derive(Debug)]
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaderConfig,
     leading: watch::Receiver<bool>,
+    hold: Leadership,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -174,11 +209,19 @@ impl LeaderElector {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let (leading_tx, leading) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
-        let task = handle.spawn(campaign(api.clone(), config.clone(), leading_tx, stop_rx));
+        let hold = Leadership::default();
+        let task = handle.spawn(campaign(
+            api.clone(),
+            config.clone(),
+            leading_tx,
+            hold.clone(),
+            stop_rx,
+        ));
         Ok(LeaderElector {
             api,
             config,
             leading,
+            hold,
             stop,
             task,
         })
@@ -203,6 +246,12 @@ impl LeaderElector {
 
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
+    }
+
+    /// The gate for Atlas and source requests: open only while this replica certainly holds
+    /// the Lease.
+    pub fn leadership(&self) -> Leadership {
+        self.hold.clone()
     }
 
     /// A receiver of leadership changes, for `select!` loops.
@@ -308,6 +357,7 @@ async fn campaign(
     api: Api<Lease>,
     config: LeaderConfig,
     leading: watch::Sender<bool>,
+    hold: Leadership,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut observed: Option<Observed> = None;
@@ -340,6 +390,7 @@ async fn campaign(
         match outcome {
             Ok(Attempt::Leading) => {
                 last_renewal = attempt_sent;
+                hold.set(attempt_sent.checked_add(config.renew_deadline));
                 if !was_leading {
                     tracing::info!(identity = %config.identity, lease = %config.lease_name, "became the leader");
                     leading.send_replace(true);
@@ -348,6 +399,7 @@ async fn campaign(
             Ok(Attempt::Following { holder }) => {
                 if was_leading {
                     tracing::warn!(identity = %config.identity, holder = ?holder, "lost the leader Lease to another replica");
+                    hold.set(None);
                     leading.send_replace(false);
                 } else {
                     tracing::debug!(holder = ?holder, "standing by: the Lease is held");
@@ -357,6 +409,7 @@ async fn campaign(
                 if was_leading && last_renewal.elapsed() >= config.renew_deadline {
                     tracing::error!(%error, identity = %config.identity, deadline = ?config.renew_deadline,
                         "could not renew the leader Lease in time: stepping down");
+                    hold.set(None);
                     leading.send_replace(false);
                 } else if was_leading {
                     tracing::warn!(%error, "renewing the leader Lease failed; retrying");
@@ -384,6 +437,7 @@ async fn campaign(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
+    hold.set(None);
     leading.send_replace(false);
 }
 
@@ -539,6 +593,23 @@ mod tests {
         );
         let c = LeaderConfig::new("ns", "lease", " ");
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_gate_is_open_only_until_the_deadline_of_the_last_renewal() {
+        let hold = Leadership::default();
+        assert!(!hold.may_send(), "closed before the first renewal");
+        hold.set(Instant::now().checked_add(Duration::from_secs(60)));
+        assert!(hold.may_send());
+        let clone = hold.clone();
+        hold.set(Some(Instant::now()));
+        assert!(
+            !clone.may_send(),
+            "closed at the deadline, without a published loss"
+        );
+        hold.set(Instant::now().checked_add(Duration::from_secs(60)));
+        hold.set(None);
+        assert!(!clone.may_send(), "closed on loss");
     }
 
     #[test]

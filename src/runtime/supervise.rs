@@ -5,7 +5,7 @@
 //! green, so no standby takes over and nothing restarts it. So whatever ends first decides how
 //! the process stops:
 //! - shutdown (SIGTERM): stop taking work and let in-flight reconciles finish within the drain
-//!   timeout;
+//!   timeout, unless leadership is lost meanwhile (then as below);
 //! - leadership lost: abort in-flight reconciles at once (a standby may already act; finishing
 //!   them would race it) and exit non-zero;
 //! - the controller task ended by itself: exit non-zero (the caller fails `/healthz` and
@@ -49,23 +49,29 @@ where
     T: Send + 'static,
     L: Future<Output = ()>,
 {
+    let mut lost = std::pin::pin!(lost);
     tokio::select! {
         // When several are ready at once, a requested stop explains the others.
         biased;
-        _ = lost => {
+        _ = &mut lost => {
             stop.trigger();
-            // Dropping the reconcile futures cancels their requests where they are.
-            task.abort();
-            let _ = task.await;
-            Ended::LeadershipLost
+            abort(task).await
         }
         _ = shutdown.wait() => {
             stop.trigger();
-            let drained = drain(drain_timeout, &mut task).await.is_ok();
-            if !drained {
-                task.abort();
+            // The drain is no licence to outlive the Lease: a reconcile that finishes after a
+            // standby took over would race it, so a loss during the drain aborts at once.
+            tokio::select! {
+                biased;
+                _ = &mut lost => abort(task).await,
+                drained = drain(drain_timeout, &mut task) => {
+                    let drained = drained.is_ok();
+                    if !drained {
+                        task.abort();
+                    }
+                    Ended::Shutdown { drained }
+                }
             }
-            Ended::Shutdown { drained }
         }
         res = &mut task => Ended::ControllerDied(match res {
             Ok(_) => "the controller task returned".to_string(),
@@ -81,6 +87,14 @@ where
             Err(_) => "the controller task was cancelled".to_string(),
         }),
     }
+}
+
+/// Leadership lost: the reconcile futures are dropped, which cancels their requests where they
+/// are.
+async fn abort<T>(task: JoinHandle<T>) -> Ended {
+    task.abort();
+    let _ = task.await;
+    Ended::LeadershipLost
 }
 
 #[cfg(test)]
@@ -173,6 +187,39 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst), "in-flight work was aborted");
         assert!(stop.is_triggered());
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn leadership_lost_during_the_drain_aborts_at_once() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = DropFlag(dropped.clone());
+        // A reconcile the drain would wait for (its POST still to come).
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let shutdown = Shutdown::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let lost = async move {
+            let _ = rx.await;
+        };
+        let sup = tokio::spawn(supervise(
+            task,
+            shutdown.clone(),
+            Shutdown::new(),
+            lost,
+            Duration::from_secs(25),
+        ));
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::SeqCst), "draining");
+        tx.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(2), sup)
+            .await
+            .expect("the loss ends the drain")
+            .unwrap();
+        assert_eq!(ended, Ended::LeadershipLost);
+        assert!(dropped.load(Ordering::SeqCst), "in-flight work was aborted");
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use super::allow::AllowedSources;
 use super::error::SourceError;
 use crate::atlas::client::{DigestAuth, digest_exchange, http_client, join, parse_base_url};
 use crate::atlas::credentials::AuthParts;
+use crate::atlas::gate::{Gate, RequestGate};
 use crate::atlas::nonces::NonceCache;
 use crate::atlas::oauth::{BearerAuth, TokenCache, bearer_exchange};
 use crate::atlas::transport::{HttpClient, Incoming, Limits, Outgoing, is_loopback, round_trip};
@@ -109,6 +110,7 @@ struct Http {
 #[derive(Clone)]
 pub struct SourceClient {
     inner: Arc<Inner>,
+    gate: Gate,
 }
 
 impl Default for SourceClient {
@@ -154,7 +156,15 @@ impl SourceClient {
                 platform: OnceLock::new(),
                 observer,
             }),
+            gate: Gate::default(),
         }
+    }
+
+    /// Asked right before every request, as the Atlas client's: a closed gate refuses it with
+    /// [`SourceError::NotLeader`], unsent.
+    pub fn with_gate(mut self, gate: Arc<dyn RequestGate>) -> Self {
+        self.gate = Gate::new(gate);
+        self
     }
 
     /// `POST …/migrationLink` with `{"linkToken": …}`: the source org is linked with the token.
@@ -230,6 +240,9 @@ impl SourceClient {
             max_retry_after: self.inner.config.max_retry_after,
         };
         let observer = self.inner.observer.as_deref();
+        self.gate.check()?;
+        let gate = &self.gate;
+        let client = &http.client;
         let request = |header: Option<HeaderValue>| {
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
@@ -240,18 +253,24 @@ impl SourceClient {
                 h.set_sensitive(true);
                 headers.insert(AUTHORIZATION, h);
             }
-            round_trip(
-                &http.client,
-                limits,
-                observer,
-                Outgoing {
-                    method: method.clone(),
-                    url,
-                    headers,
-                    body,
-                    endpoint: Endpoint::SourceLink,
-                },
-            )
+            let method = method.clone();
+            async move {
+                // Again per round trip: a Digest or bearer exchange may wait between them.
+                gate.check()?;
+                round_trip(
+                    client,
+                    limits,
+                    observer,
+                    Outgoing {
+                        method,
+                        url,
+                        headers,
+                        body,
+                        endpoint: Endpoint::SourceLink,
+                    },
+                )
+                .await
+            }
         };
         let resp = match creds.auth_parts() {
             AuthParts::Digest { username, password } => {

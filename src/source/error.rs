@@ -55,6 +55,9 @@ pub enum SourceError {
         "{url} is not on the operator's --allowed-source-urls ({allowed}); a cluster admin must add it (chart value allowedSourceUrls) before the operator calls it"
     )]
     NotAllowed { url: String, allowed: String },
+    /// Not sent: this replica does not certainly hold the leader Lease any more.
+    #[error("request not sent: this replica no longer holds the leader Lease")]
+    NotLeader,
 }
 
 impl From<AtlasError> for SourceError {
@@ -69,6 +72,7 @@ impl From<AtlasError> for SourceError {
             }
             AtlasError::InvalidOrgId => SourceError::InvalidOrgId,
             AtlasError::Config(c) => SourceError::Config(c),
+            AtlasError::NotLeader => SourceError::NotLeader,
         }
     }
 }
@@ -133,7 +137,8 @@ impl SourceError {
             },
             SourceError::Transport { .. }
             | SourceError::BodyTooLarge { .. }
-            | SourceError::InvalidResponse { .. } => Reason::SourceUnavailable,
+            | SourceError::InvalidResponse { .. }
+            | SourceError::NotLeader => Reason::SourceUnavailable,
             SourceError::InvalidOrgId | SourceError::CaBundle(_) | SourceError::Config(_) => {
                 Reason::SourceConfigInvalid
             }

@@ -15,6 +15,9 @@ pub enum FaultKind {
     Status,
     /// Only wait `latencyMs`, then handle the call normally.
     Latency,
+    /// Like `Latency`, but the call is handled to the end even when the caller hangs up
+    /// meanwhile, as a server that received a request acts on it: a late-acting request.
+    Detached,
     /// Close the connection without any response.
     Drop,
     /// Answer `status` (default 502) with an HTML body, as a proxy or gateway would.

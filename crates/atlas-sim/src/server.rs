@@ -387,11 +387,22 @@ async fn per_call(
 const GARBAGE_BODY: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n";
 
 async fn apply_fault(fault: FaultSpec, req: Request, next: Next) -> Response {
+    if fault.kind == FaultKind::Detached {
+        // Its own task: the connection closing drops this future, not the call's handling.
+        let latency = Duration::from_millis(fault.latency_ms);
+        let call = tokio::spawn(async move {
+            tokio::time::sleep(latency).await;
+            next.run(req).await
+        });
+        return call
+            .await
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     if fault.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(fault.latency_ms)).await;
     }
     let mut response = match fault.kind {
-        FaultKind::Latency => return next.run(req).await,
+        FaultKind::Latency | FaultKind::Detached => return next.run(req).await,
         FaultKind::Drop => {
             if let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<ConnMeta>>() {
                 conn.kill();

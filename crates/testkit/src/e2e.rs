@@ -141,6 +141,9 @@ impl Env {
                 "--retry-base-delay=500ms",
                 "--retry-max-delay=5s",
                 "--shutdown-timeout=5s",
+                // A process that finds another's in-flight marker waits this (plus a margin)
+                // before it revokes and reissues: kept short so crash tests converge quickly.
+                "--atlas-request-timeout=8s",
             ]);
         // atlas-sim's source side is the one source the cluster admin allows here (a test
         // that needs another passes its own --allowed-source-urls, which overrides this).
@@ -420,6 +423,23 @@ impl Env {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .expect("patch LinkToken");
+    }
+
+    /// Makes `holder` the holder of Lease `name` in this namespace for an hour, as another
+    /// replica would after a network partition of the leader.
+    pub async fn take_lease(&self, name: &str, holder: &str) {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut lease = leases.get(name).await.expect("Lease");
+        let spec = lease.spec.as_mut().expect("spec");
+        spec.holder_identity = Some(holder.into());
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        spec.lease_duration_seconds = Some(3600);
+        leases
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .expect("take the Lease");
     }
 
     /// Sets the `atlasmigration.io/rotate` annotation.

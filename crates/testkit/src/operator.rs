@@ -176,10 +176,20 @@ impl Operator {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.sigterm();
+        self.wait_exit(within)
+    }
+
+    /// SIGTERM without waiting (the process drains meanwhile).
+    pub fn sigterm(&self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
+    }
+
+    /// The exit status, once the process exited within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < within {
             if let Ok(Some(s)) = self.child.try_wait() {

@@ -55,6 +55,7 @@ fn ready() -> Observed {
         last_stalled: None,
         retry_hold: None,
         token_store: TokenStore::Secret,
+        takeover_wait: None,
     }
 }
 
@@ -631,6 +632,7 @@ fn the_deletion_table() {
         held_by_others: vec![],
         credentials: CredentialsState::Valid,
         in_flight_recorded: false,
+        takeover_wait: None,
     };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
@@ -1101,4 +1103,187 @@ fn without_a_token_secret_the_source_holds_the_token() {
         ..linked
     };
     assert_eq!(decide(&rotated), issue(IssueWhy::RotateRequested, &[ORG]));
+}
+
+#[test]
+fn another_process_s_marker_holds_every_atlas_call_until_its_requests_timed_out() {
+    let left = std::time::Duration::from_secs(12);
+    let waiting = |o: Observed| Observed {
+        takeover_wait: Some(left),
+        ..o
+    };
+    let hold = Step::AwaitTakeover { remaining: left };
+    // The DELETE of a rotation was in flight when its leader stopped: a late one could
+    // revoke the token the next issue POSTs.
+    let rotation_interrupted = Observed {
+        in_flight: Some(InFlight {
+            attempt_id: Some("attempt-2".into()),
+            ..marker(ORG)
+        }),
+        ..ready()
+    };
+    // (what, observed, step without the wait, step while waiting)
+    let cases: Vec<(&str, Observed, Step, Step)> = vec![
+        (
+            "a rotation's DELETE in flight: no DELETE, no POST yet",
+            rotation_interrupted.clone(),
+            issue(IssueWhy::Interrupted, &[ORG]),
+            hold.clone(),
+        ),
+        (
+            "a first issue interrupted: no DELETE, no POST yet",
+            Observed {
+                in_flight: Some(marker(ORG)),
+                ..fresh()
+            },
+            issue(IssueWhy::Interrupted, &[ORG]),
+            hold.clone(),
+        ),
+        (
+            "an org move with a marker in the old org: no DELETE there yet",
+            Observed {
+                org_id: ORG2.into(),
+                in_flight: Some(marker(ORG2)),
+                target_secret: SecretState::Absent,
+                ..ready()
+            },
+            revoke_previous(&[ORG], &[]),
+            hold.clone(),
+        ),
+        (
+            "the Secret is not ours: no DELETE before giving up yet",
+            Observed {
+                issued_for: None,
+                in_flight: Some(marker(ORG)),
+                target_secret: SecretState::Foreign,
+                ..ready()
+            },
+            Step::Abandon {
+                revoke_orgs: vec![ORG.into()],
+                reason: Reason::SecretConflict,
+                message: String::new(),
+            },
+            hold.clone(),
+        ),
+        (
+            "the attempt stored its token after its POST: adopted, no Atlas call to wait for",
+            Observed {
+                issued_for: None,
+                in_flight: Some(marker(ORG)),
+                target_secret: owned("linkToken", "3333"),
+                ..ready()
+            },
+            Step::Adopt {
+                token_key: "linkToken".into(),
+            },
+            Step::Adopt {
+                token_key: "linkToken".into(),
+            },
+        ),
+        (
+            "no usable credentials: the same wait as without the marker",
+            Observed {
+                credentials: CredentialsState::Missing,
+                ..rotation_interrupted.clone()
+            },
+            Step::Wait {
+                reason: Reason::CredentialsNotFound,
+                message: "the credentials Secret does not exist; waiting for it".into(),
+            },
+            Step::Wait {
+                reason: Reason::CredentialsNotFound,
+                message: "the credentials Secret does not exist; waiting for it".into(),
+            },
+        ),
+    ];
+    let blank = |s: Step| match s {
+        // The Abandon message is prose; the table compares the decision.
+        Step::Abandon {
+            revoke_orgs,
+            reason,
+            ..
+        } => Step::Abandon {
+            revoke_orgs,
+            reason,
+            message: String::new(),
+        },
+        s => s,
+    };
+    for (what, observed, without, with) in cases {
+        assert_eq!(blank(decide(&observed)), without, "{what}: waited out");
+        assert_eq!(blank(decide(&waiting(observed))), with, "{what}: waiting");
+    }
+}
+
+#[test]
+fn deleting_over_another_process_s_marker_waits_before_any_delete() {
+    let left = std::time::Duration::from_secs(5);
+    let base = CleanupObserved {
+        retain: false,
+        issued_org: Some(ORG.into()),
+        in_flight_org: Some(ORG.into()),
+        held_by_others: vec![],
+        credentials: CredentialsState::Valid,
+        in_flight_recorded: false,
+        takeover_wait: Some(left),
+    };
+    let hold = CleanupStep::AwaitTakeover { remaining: left };
+    // (what, observed, step while waiting)
+    let cases: Vec<(&str, CleanupObserved, CleanupStep)> = vec![
+        ("Delete: no DELETE yet", base.clone(), hold.clone()),
+        (
+            "Retain with an orphan to revoke: no DELETE yet",
+            CleanupObserved {
+                retain: true,
+                ..base.clone()
+            },
+            hold.clone(),
+        ),
+        (
+            "Retain, the attempt's token is in the Secret: let go, no Atlas call",
+            CleanupObserved {
+                retain: true,
+                in_flight_recorded: true,
+                ..base.clone()
+            },
+            CleanupStep::Retain {
+                had_token: true,
+                revoke_orphan: None,
+            },
+        ),
+        (
+            "another LinkToken holds the live link: let go, no Atlas call",
+            CleanupObserved {
+                held_by_others: vec![ORG.into()],
+                ..base.clone()
+            },
+            CleanupStep::Release {
+                skipped: vec![ORG.into()],
+            },
+        ),
+        (
+            "no credentials: skipped as ever, never blocked",
+            CleanupObserved {
+                credentials: CredentialsState::Missing,
+                ..base.clone()
+            },
+            CleanupStep::SkipNoCredentials {
+                orgs: vec![ORG.into()],
+            },
+        ),
+    ];
+    for (what, observed, want) in cases {
+        assert_eq!(decide_cleanup(&observed), want, "{what}");
+    }
+    let waited_out = CleanupObserved {
+        takeover_wait: None,
+        ..base
+    };
+    assert_eq!(
+        decide_cleanup(&waited_out),
+        CleanupStep::Revoke {
+            revoke: vec![ORG.into()],
+            skipped: vec![],
+        }
+    );
 }
