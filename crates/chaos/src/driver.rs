@@ -1335,6 +1335,20 @@ impl Driver {
                 lts.len(),
                 lts.iter().filter(|l| check::link_claim(l).is_some()).count()
             ));
+            let sourced: Vec<String> = lts
+                .iter()
+                .filter(|l| l.spec.source.is_some())
+                .map(|l| {
+                    format!(
+                        "{}/{} {}",
+                        l.namespace().unwrap_or_default(),
+                        l.name_any(),
+                        linktoken_operator::controller::index::reported_reason(l)
+                            .map_or("-", |r| r.as_str())
+                    )
+                })
+                .collect();
+            self.note(format!("with a source: {}", sourced.join(", ")));
         }
         v
     }
