@@ -351,6 +351,9 @@ pub struct LinkClaim {
     pub uid: String,
     pub resource_version: String,
     pub atlas_org: String,
+    /// status.issuedFor.orgId: where the current token was minted (differs from `atlas_org`
+    /// while an org edit is under way).
+    pub issued_org: Option<String>,
     pub source_url: String,
     pub source_org: String,
     /// status.issuedFor.tokenSha256: the current token.
@@ -377,6 +380,7 @@ pub fn link_claim(lt: &LinkToken) -> Option<LinkClaim> {
         uid: lt.metadata.uid.clone().unwrap_or_default(),
         resource_version: lt.metadata.resource_version.clone().unwrap_or_default(),
         atlas_org: lt.spec.org_id.clone(),
+        issued_org: st.issued_for.as_ref().map(|i| i.org_id.clone()),
         source_url: source.url.trim_end_matches('/').to_string(),
         source_org: source.org_id.clone(),
         token_sha256: st.issued_for.as_ref().and_then(|i| i.token_sha256.clone()),
@@ -442,7 +446,11 @@ pub fn link_problems(
                     "linked-holds-current-token",
                     format!("LinkToken {} reports Linked=True {why}", c.key),
                 )
-                .orgs([c.atlas_org.clone()])
+                .orgs(
+                    [c.atlas_org.clone()]
+                        .into_iter()
+                        .chain(c.issued_org.clone()),
+                )
                 .source_orgs([c.source_org.clone()]),
             });
         }
@@ -873,6 +881,7 @@ mod tests {
             uid: format!("uid-{name}"),
             resource_version: rv.into(),
             atlas_org: "a".into(),
+            issued_org: Some("a".into()),
             source_url: "http://127.0.0.1:9".into(),
             source_org: org.into(),
             token_sha256: Some(hash.into()),
