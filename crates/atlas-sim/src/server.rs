@@ -316,6 +316,14 @@ async fn per_call(
         Port::Atlas => CallKind::classify(&path),
         Port::Source => CallKind::classify_source(&path),
     };
+    let user = match port {
+        Port::Source => req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(source::presented_user),
+        Port::Atlas => None,
+    };
     let fault = if req.headers().contains_key(AUTHORIZATION) {
         state.lock().faults.take(&CallInfo {
             port,
@@ -345,6 +353,7 @@ async fn per_call(
             method: method.clone(),
             path: path.clone(),
             status,
+            user,
         }),
         // The call history (GET /calls) is the Atlas port's: link tokens per Atlas org.
         Port::Atlas => state.record_history(CallRecord {

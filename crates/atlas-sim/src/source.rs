@@ -80,6 +80,35 @@ pub struct SourceCall {
     pub path: String,
     /// HTTP status; 0 when the connection was dropped by a fault.
     pub status: u16,
+    /// The user name the call presented (a Digest `username`, a Basic user), never a secret:
+    /// a test can prove no Atlas key id was ever sent here. None without one (a Bearer token,
+    /// no Authorization header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The user name an Authorization header presents (Digest `username`, Basic user part).
+pub fn presented_user(authorization: &str) -> Option<String> {
+    let (scheme, rest) = authorization.trim().split_once(char::is_whitespace)?;
+    if scheme.eq_ignore_ascii_case("digest") {
+        // Not `parse_authorization`: a header missing other parameters still names its user.
+        let at = rest.find("username=")? + "username=".len();
+        let value = rest[at..].trim_start();
+        let name = match value.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next()?,
+            None => value.split([',', ' ']).next()?,
+        };
+        return Some(name.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        return Some(text.split(':').next()?.to_owned());
+    }
+    None
 }
 
 /// A source org in `GET /state`.
@@ -661,6 +690,26 @@ mod tests {
     }
 
     #[test]
+    fn the_presented_user_is_read_from_digest_and_basic_never_bearer() {
+        assert_eq!(
+            presented_user(r#"Digest username="k1", realm="r", nonce="n""#).as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            presented_user("Digest realm=\"r\", username=k2, nonce=\"n\"").as_deref(),
+            Some("k2")
+        );
+        // "client:secret": only the client id is kept.
+        assert_eq!(
+            presented_user("Basic Y2xpZW50OnNlY3JldA==").as_deref(),
+            Some("client")
+        );
+        assert_eq!(presented_user("Bearer abc"), None);
+        assert_eq!(presented_user("Digest nonce=\"n\""), None);
+        assert_eq!(presented_user("junk"), None);
+    }
+
+    #[test]
     fn history_is_bounded() {
         let mut s = SourceState::new(&SimConfig::demo());
         for i in 0..(HISTORY_LIMIT + 5) {
@@ -668,6 +717,7 @@ mod tests {
                 method: "GET".into(),
                 path: format!("/{i}"),
                 status: 200,
+                user: None,
             });
         }
         assert_eq!(s.history.len(), HISTORY_LIMIT);

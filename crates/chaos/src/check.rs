@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use linktoken_operator::api::{DeletionPolicy, LinkToken, RESERVED_PREFIX, Reason};
+use linktoken_operator::api::{DeletionPolicy, LINKED, LinkToken, RESERVED_PREFIX, Reason};
 use linktoken_operator::controller::decide::OrgOwnership;
-use linktoken_operator::controller::index;
+use linktoken_operator::controller::{index, source_claims};
 
 /// Prefix of every link token atlas-sim mints: finding it anywhere outside a token Secret is a
 /// leak, whichever token it is.
@@ -23,6 +23,8 @@ pub struct Violation {
     pub detail: String,
     /// Orgs whose atlas-sim call history explains it.
     pub orgs: Vec<String>,
+    /// Source orgs whose source-port calls and link explain it.
+    pub source_orgs: Vec<String>,
 }
 
 impl Violation {
@@ -31,11 +33,17 @@ impl Violation {
             invariant,
             detail: detail.into(),
             orgs: Vec::new(),
+            source_orgs: Vec::new(),
         }
     }
 
     pub fn orgs(mut self, orgs: impl IntoIterator<Item = String>) -> Violation {
         self.orgs.extend(orgs);
+        self
+    }
+
+    pub fn source_orgs(mut self, orgs: impl IntoIterator<Item = String>) -> Violation {
+        self.source_orgs.extend(orgs);
         self
     }
 }
@@ -249,10 +257,15 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
             ready.observed_generation
         ));
     }
+    // SourceOrgConflict and SourceNotAllowed call nothing until something changes (a source
+    // org that frees up is caught by `source_waiters_with_a_free_org`).
     let settled = [
         Reason::TokenIssued,
+        Reason::Linked,
         Reason::OrgConflict,
         Reason::SecretConflict,
+        Reason::SourceOrgConflict,
+        Reason::SourceNotAllowed,
     ];
     if !settled.iter().any(|r| r.as_str() == ready.reason) {
         return Some(format!("Ready reason {}", ready.reason));
@@ -262,7 +275,7 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
     if st.in_flight.is_some() && ready.reason != Reason::OrgConflict.as_str() {
         return Some("an issue is in flight".into());
     }
-    if ready.reason == Reason::TokenIssued.as_str() {
+    if ready.reason == Reason::TokenIssued.as_str() || ready.reason == Reason::Linked.as_str() {
         let wanted = lt
             .metadata
             .annotations
@@ -282,23 +295,244 @@ pub fn unsettled(lt: &LinkToken) -> Option<String> {
 /// waiter is not settled yet (found by chaos seed 9: the holder's move freed the org just as
 /// everything else looked settled, and the takeover's POST fell into the quiet check).
 pub fn waiters_with_a_free_org(all: &[LinkToken]) -> Vec<String> {
+    free_waiters(all, Reason::OrgConflict, index::ownership, |lt| {
+        format!("org {}", lt.spec.org_id)
+    })
+}
+
+/// The same for `SourceOrgConflict` and the operator's source-org rule
+/// (`source_claims::ownership`): a waiter whose source org nobody else claims takes it over
+/// next.
+pub fn source_waiters_with_a_free_org(all: &[LinkToken]) -> Vec<String> {
+    free_waiters(
+        all,
+        Reason::SourceOrgConflict,
+        source_claims::ownership,
+        |lt| {
+            format!(
+                "source org {}",
+                lt.spec.source.as_ref().map_or("?", |s| s.org_id.as_str())
+            )
+        },
+    )
+}
+
+fn free_waiters(
+    all: &[LinkToken],
+    reason: Reason,
+    ownership: fn(&[std::sync::Arc<LinkToken>], &LinkToken) -> OrgOwnership,
+    what: impl Fn(&LinkToken) -> String,
+) -> Vec<String> {
     let all: Vec<std::sync::Arc<LinkToken>> =
         all.iter().cloned().map(std::sync::Arc::new).collect();
     all.iter()
         .filter(|lt| {
             lt.metadata.deletion_timestamp.is_none()
-                && index::reported_reason(lt) == Some(Reason::OrgConflict)
-                && index::ownership(&all, lt) == OrgOwnership::Owner
+                && index::reported_reason(lt) == Some(reason)
+                && ownership(&all, lt) == OrgOwnership::Owner
         })
         .map(|lt| {
             format!(
-                "{}/{}: OrgConflict, but nobody else claims org {} (it takes over next)",
+                "{}/{}: {}, but nobody else claims {} (it takes over next)",
                 lt.metadata.namespace.as_deref().unwrap_or_default(),
                 lt.metadata.name.as_deref().unwrap_or_default(),
-                lt.spec.org_id
+                reason.as_str(),
+                what(lt)
             )
         })
         .collect()
+}
+
+/// A LinkToken's promise that its source org holds its current token: `Linked=True` for its
+/// current generation, not terminating (a deletion unlinks first and reports it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkClaim {
+    pub key: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub atlas_org: String,
+    /// status.issuedFor.orgId: where the current token was minted (differs from `atlas_org`
+    /// while an org edit is under way).
+    pub issued_org: Option<String>,
+    pub source_url: String,
+    pub source_org: String,
+    /// status.issuedFor.tokenSha256: the current token.
+    pub token_sha256: Option<String>,
+}
+
+/// The claim `lt` makes now, if any.
+pub fn link_claim(lt: &LinkToken) -> Option<LinkClaim> {
+    if lt.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let source = lt.spec.source.as_ref()?;
+    let st = lt.status.as_ref()?;
+    let linked = st.conditions.iter().find(|c| c.type_ == LINKED)?;
+    if linked.status != "True" || linked.observed_generation != lt.metadata.generation {
+        return None;
+    }
+    Some(LinkClaim {
+        key: format!(
+            "{}/{}",
+            lt.metadata.namespace.as_deref().unwrap_or_default(),
+            lt.metadata.name.as_deref().unwrap_or_default()
+        ),
+        uid: lt.metadata.uid.clone().unwrap_or_default(),
+        resource_version: lt.metadata.resource_version.clone().unwrap_or_default(),
+        atlas_org: lt.spec.org_id.clone(),
+        issued_org: st.issued_for.as_ref().map(|i| i.org_id.clone()),
+        source_url: source.url.trim_end_matches('/').to_string(),
+        source_org: source.org_id.clone(),
+        token_sha256: st.issued_for.as_ref().and_then(|i| i.token_sha256.clone()),
+    })
+}
+
+/// A broken promise found by sampling, with the object versions it rests on: it counts only if
+/// it still stands [`CONFIRM_AFTER`] later on the same versions (the watch that shows a
+/// LinkToken's status lags the simulator's state, so a status already superseded when atlas-sim
+/// changed may still be the latest the checker saw).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What it is about (one problem per key at a time).
+    pub key: String,
+    /// (uid, resourceVersion) of every LinkToken status it rests on.
+    pub versions: Vec<(String, String)>,
+    pub violation: Violation,
+}
+
+/// The broken link promises in `claims`, given what the sim shows: `source_url` is the only
+/// source the operator may call, `held(org)` the token sha256 that source org is linked with,
+/// `live(sha)` whether that token is live in Atlas.
+pub fn link_problems(
+    claims: &[LinkClaim],
+    source_url: &str,
+    held: &dyn Fn(&str) -> Option<String>,
+    live: &dyn Fn(&str) -> bool,
+) -> Vec<Problem> {
+    let source_url = source_url.trim_end_matches('/');
+    let prefix = |h: &str| h.get(..12).unwrap_or(h).to_string();
+    let mut out = Vec::new();
+    let mut by_org: BTreeMap<(String, String), Vec<&LinkClaim>> = BTreeMap::new();
+    for c in claims {
+        by_org
+            .entry((c.source_url.clone(), c.source_org.clone()))
+            .or_default()
+            .push(c);
+        let wrong = if c.source_url != source_url {
+            Some(format!("for {}, a source it may not call", c.source_url))
+        } else {
+            match &c.token_sha256 {
+                None => Some("with no token recorded".to_string()),
+                Some(h) => match held(&c.source_org) {
+                    Some(x) if x == *h && live(h) => None,
+                    Some(x) if x == *h => {
+                        Some(format!("but its token {}… is not live in Atlas", prefix(h)))
+                    }
+                    Some(x) => Some(format!(
+                        "but source org {} holds token {}…, not its current {}…",
+                        c.source_org,
+                        prefix(&x),
+                        prefix(h)
+                    )),
+                    None => Some(format!("but source org {} holds no link", c.source_org)),
+                },
+            }
+        };
+        if let Some(why) = wrong {
+            out.push(Problem {
+                key: format!("linked:{}", c.uid),
+                versions: vec![(c.uid.clone(), c.resource_version.clone())],
+                violation: Violation::new(
+                    "linked-holds-current-token",
+                    format!("LinkToken {} reports Linked=True {why}", c.key),
+                )
+                .orgs(
+                    [c.atlas_org.clone()]
+                        .into_iter()
+                        .chain(c.issued_org.clone()),
+                )
+                .source_orgs([c.source_org.clone()]),
+            });
+        }
+    }
+    for ((url, org), cs) in by_org.into_iter().filter(|(_, cs)| cs.len() > 1) {
+        let keys: Vec<&str> = cs.iter().map(|c| c.key.as_str()).collect();
+        out.push(Problem {
+            key: format!("one-linker:{url}#{org}"),
+            versions: cs
+                .iter()
+                .map(|c| (c.uid.clone(), c.resource_version.clone()))
+                .collect(),
+            violation: Violation::new(
+                "source-org-one-linker",
+                format!(
+                    "{} LinkTokens report Linked=True for source org {org} at {url}: {keys:?}",
+                    cs.len()
+                ),
+            )
+            .orgs(cs.iter().map(|c| c.atlas_org.clone()))
+            .source_orgs([org.clone()]),
+        });
+    }
+    out
+}
+
+/// Problems seen now (`current`) against the ones pending since an earlier sample: a problem
+/// seen again on the same versions [`CONFIRM_AFTER`] after it was first seen is a violation;
+/// one not seen again, or seen on newer versions, starts over. Returns (pending, violations).
+pub fn standing(
+    pending: Vec<(Problem, std::time::Instant)>,
+    current: Vec<Problem>,
+    now: std::time::Instant,
+) -> (Vec<(Problem, std::time::Instant)>, Vec<Violation>) {
+    let mut kept = Vec::new();
+    let mut violations = Vec::new();
+    for c in current {
+        let since = pending
+            .iter()
+            .find(|(p, _)| p.key == c.key && p.versions == c.versions)
+            .map_or(now, |(_, t)| *t);
+        if now.saturating_duration_since(since) >= CONFIRM_AFTER {
+            violations.push(c.violation.clone());
+        }
+        kept.push((c, since));
+    }
+    (kept, violations)
+}
+
+/// No Atlas credential goes anywhere but Atlas: the listener at the disallowed source URL was
+/// never connected to, and no Atlas key id (`atlas_ids`) was presented to the source.
+pub fn atlas_credentials_stay_home(
+    trap_connections: u64,
+    trap_url: &str,
+    source_users: &[String],
+    atlas_ids: &[String],
+) -> Option<Violation> {
+    if trap_connections > 0 {
+        return Some(Violation::new(
+            "no-atlas-credential-off-atlas",
+            format!(
+                "{trap_connections} connection(s) to {trap_url}, a source URL the operator is not allowed to call"
+            ),
+        ));
+    }
+    let shown: BTreeSet<&String> = source_users
+        .iter()
+        .filter(|u| atlas_ids.contains(u))
+        .collect();
+    (!shown.is_empty()).then(|| {
+        Violation::new(
+            "no-atlas-credential-off-atlas",
+            format!("the source was presented the Atlas credential id(s) {shown:?}"),
+        )
+    })
+}
+
+/// The most source-port calls `link_tokens` LinkTokens with a `spec.source` may cause in
+/// `secs` seconds: an attempt there is a POST, a DELETE and a POST after a 409, and a status
+/// GET, each with its Digest challenge, so twice an Atlas attempt's calls.
+pub fn source_call_budget(link_tokens: u64, actions: u64, secs: u64) -> u64 {
+    2 * call_budget(link_tokens, actions, secs)
 }
 
 /// What the checker remembers of one LinkToken (by uid) across its life.
@@ -479,17 +713,22 @@ mod tests {
         assert!(unsettled(&lt).is_some());
     }
 
-    #[test]
-    fn a_waiter_is_unsettled_once_nobody_else_claims_its_org() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let lt = |name: &str, second: i64, spec_org: &str, issued: Option<&str>, reason: Reason| {
-            let mut lt = LinkToken::new(name, spec(spec_org));
-            lt.metadata.namespace = Some("ns".into());
-            lt.metadata.uid = Some(format!("uid-{name}"));
-            lt.metadata.generation = Some(1);
-            lt.metadata.creation_timestamp = Some(Time(
+    /// `lt` in namespace "ns", generation 1, created `second` s after a fixed instant.
+    fn aged(mut lt: LinkToken, name: &str, second: i64) -> LinkToken {
+        lt.metadata.namespace = Some("ns".into());
+        lt.metadata.uid = Some(format!("uid-{name}"));
+        lt.metadata.generation = Some(1);
+        lt.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 jiff::Timestamp::from_second(1_700_000_000 + second).expect("time"),
             ));
+        lt
+    }
+
+    #[test]
+    fn a_waiter_is_unsettled_once_nobody_else_claims_its_org() {
+        let lt = |name: &str, second: i64, spec_org: &str, issued: Option<&str>, reason: Reason| {
+            let mut lt = aged(LinkToken::new(name, spec(spec_org)), name, second);
             lt.status = Some(linktoken_operator::api::LinkTokenStatus {
                 issued_for: issued.map(|o| linktoken_operator::api::IssuedFor {
                     org_id: o.into(),
@@ -634,5 +873,221 @@ mod tests {
             ..h
         };
         assert!(deleted_left_no_link(&alive, &live, false).is_none());
+    }
+
+    fn claim(name: &str, rv: &str, org: &str, hash: &str) -> LinkClaim {
+        LinkClaim {
+            key: format!("ns/{name}"),
+            uid: format!("uid-{name}"),
+            resource_version: rv.into(),
+            atlas_org: "a".into(),
+            issued_org: Some("a".into()),
+            source_url: "http://127.0.0.1:9".into(),
+            source_org: org.into(),
+            token_sha256: Some(hash.into()),
+        }
+    }
+
+    #[test]
+    fn linked_means_the_source_org_holds_the_live_current_token() {
+        let url = "http://127.0.0.1:9/";
+        let held = |org: &str| (org == "s1").then(|| "h1".to_string());
+        let live = |h: &str| h == "h1";
+        let ok = claim("a", "1", "s1", "h1");
+        assert!(link_problems(std::slice::from_ref(&ok), url, &held, &live).is_empty());
+        // The source holds another token (the one before a rotation, a lagging SYNCED).
+        let stale = claim("a", "2", "s1", "h2");
+        let p = link_problems(&[stale], url, &held, &live);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].violation.invariant, "linked-holds-current-token");
+        assert!(p[0].violation.detail.contains("holds token h1"), "{p:?}");
+        assert_eq!(p[0].violation.source_orgs, ["s1"]);
+        // Nothing linked there.
+        let p = link_problems(&[claim("a", "1", "s2", "h1")], url, &held, &live);
+        assert!(p[0].violation.detail.contains("holds no link"), "{p:?}");
+        // Held, but revoked in Atlas.
+        let dead = |_: &str| false;
+        let p = link_problems(std::slice::from_ref(&ok), url, &held, &dead);
+        assert!(p[0].violation.detail.contains("not live in Atlas"), "{p:?}");
+        // Linked at a URL the operator may not call.
+        let mut other = ok.clone();
+        other.source_url = "http://127.0.0.1:1".into();
+        let p = link_problems(&[other], url, &held, &live);
+        assert!(p[0].violation.detail.contains("may not call"), "{p:?}");
+    }
+
+    #[test]
+    fn two_linked_claims_on_one_source_org_are_a_violation() {
+        let url = "http://127.0.0.1:9";
+        let held = |_: &str| Some("h1".to_string());
+        let live = |_: &str| true;
+        let a = claim("a", "1", "s1", "h1");
+        let b = claim("b", "7", "s1", "h1");
+        let c = claim("c", "3", "s2", "h1");
+        let p = link_problems(&[a, b, c], url, &held, &live);
+        let one: Vec<&Problem> = p
+            .iter()
+            .filter(|p| p.violation.invariant == "source-org-one-linker")
+            .collect();
+        assert_eq!(one.len(), 1, "{p:?}");
+        assert_eq!(
+            one[0].versions,
+            [
+                ("uid-a".to_string(), "1".to_string()),
+                ("uid-b".to_string(), "7".to_string())
+            ]
+        );
+        assert!(
+            one[0].violation.detail.contains("ns/a") && one[0].violation.detail.contains("ns/b")
+        );
+    }
+
+    #[test]
+    fn a_sampled_problem_counts_only_if_it_stands_on_the_same_versions() {
+        let t0 = std::time::Instant::now();
+        let url = "u";
+        let held = |_: &str| None;
+        let live = |_: &str| true;
+        let seen = |rv: &str| link_problems(&[claim("a", rv, "s", "h")], url, &held, &live);
+        let (pending, v) = standing(Vec::new(), seen("1"), t0);
+        assert!(v.is_empty());
+        assert_eq!(pending.len(), 1);
+        // Still the same status a moment later: not yet.
+        let (pending, v) = standing(pending, seen("1"), t0 + CONFIRM_AFTER / 2);
+        assert!(v.is_empty());
+        // A newer status (the operator moved on; the watch had lagged): starts over.
+        let (moved, v) = standing(pending.clone(), seen("2"), t0 + CONFIRM_AFTER);
+        assert!(v.is_empty());
+        assert_eq!(moved[0].1, t0 + CONFIRM_AFTER);
+        // Gone: forgotten.
+        let (gone, v) = standing(pending.clone(), Vec::new(), t0 + CONFIRM_AFTER);
+        assert!(v.is_empty() && gone.is_empty());
+        // The same status, the same problem, CONFIRM_AFTER later: the violation.
+        let (_, v) = standing(pending, seen("1"), t0 + CONFIRM_AFTER);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].invariant, "linked-holds-current-token");
+    }
+
+    #[test]
+    fn atlas_credentials_reach_neither_a_disallowed_url_nor_the_source() {
+        let atlas = ["chaoskey0".to_string(), "chaoskey1".to_string()];
+        let users = ["chaossrc0".to_string()];
+        assert_eq!(atlas_credentials_stay_home(0, "t", &users, &atlas), None);
+        let v = atlas_credentials_stay_home(2, "http://127.0.0.1:5", &users, &atlas)
+            .expect("the trap was called");
+        assert!(v.detail.contains("2 connection(s)"), "{}", v.detail);
+        let shown = ["chaossrc0".to_string(), "chaoskey1".to_string()];
+        let v = atlas_credentials_stay_home(0, "t", &shown, &atlas).expect("an Atlas key id");
+        assert!(v.detail.contains("chaoskey1"), "{}", v.detail);
+        assert!(source_call_budget(2, 0, 10) > call_budget(2, 0, 10));
+    }
+
+    fn with_source(mut lt: LinkToken, org: &str) -> LinkToken {
+        lt.spec.source = Some(linktoken_operator::api::SourceSpec {
+            url: "http://127.0.0.1:9".into(),
+            org_id: org.into(),
+            credentials_secret_ref: linktoken_operator::api::CredentialsSecretRef {
+                name: "sc".into(),
+            },
+            ca_bundle: None,
+            store_token: true,
+        });
+        lt
+    }
+
+    fn condition(
+        type_: &str,
+        status: &str,
+        reason: Reason,
+        generation: i64,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            ..ready(reason, generation)
+        }
+    }
+
+    #[test]
+    fn a_claim_is_linked_true_for_the_current_generation_and_not_terminating() {
+        let mut lt = with_source(LinkToken::new("lt", spec("o")), "s1");
+        lt.metadata.namespace = Some("ns".into());
+        lt.metadata.generation = Some(3);
+        lt.metadata.resource_version = Some("9".into());
+        lt.status = Some(linktoken_operator::api::LinkTokenStatus {
+            issued_for: Some(linktoken_operator::api::IssuedFor {
+                org_id: "o".into(),
+                token_sha256: Some("h".into()),
+                ..Default::default()
+            }),
+            conditions: vec![condition(LINKED, "True", Reason::Linked, 3)],
+            ..Default::default()
+        });
+        let c = link_claim(&lt).expect("a claim");
+        assert_eq!(
+            (
+                c.key.as_str(),
+                c.source_org.as_str(),
+                c.token_sha256.as_deref()
+            ),
+            ("ns/lt", "s1", Some("h"))
+        );
+        let mut older = lt.clone();
+        older.metadata.generation = Some(4);
+        assert_eq!(link_claim(&older), None, "Linked for a spec since changed");
+        let mut going = lt.clone();
+        going.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(link_claim(&going), None);
+        let mut linking = lt.clone();
+        if let Some(st) = linking.status.as_mut() {
+            st.conditions = vec![condition(LINKED, "False", Reason::Linking, 3)];
+        }
+        assert_eq!(link_claim(&linking), None);
+        let mut unsourced = lt;
+        unsourced.spec.source = None;
+        assert_eq!(link_claim(&unsourced), None);
+    }
+
+    #[test]
+    fn linked_and_source_refusals_that_call_nothing_are_settled() {
+        for (reason, settled) in [
+            (Reason::Linked, true),
+            (Reason::SourceNotAllowed, true),
+            (Reason::SourceOrgConflict, true),
+            (Reason::Linking, false),
+            (Reason::SourceUnavailable, false),
+        ] {
+            let mut lt = LinkToken::new("lt", spec("o"));
+            lt.metadata.generation = Some(1);
+            lt.status = Some(linktoken_operator::api::LinkTokenStatus {
+                conditions: vec![ready(reason, 1)],
+                ..Default::default()
+            });
+            assert_eq!(unsettled(&lt).is_none(), settled, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_waiter_is_unsettled_once_nobody_else_claims_its_source_org() {
+        let lt = |name: &str, second: i64, source: Option<&str>, reason: Reason| {
+            let mut lt = aged(LinkToken::new(name, spec(name)), name, second);
+            if let Some(org) = source {
+                lt = with_source(lt, org);
+            }
+            lt.status = Some(linktoken_operator::api::LinkTokenStatus {
+                conditions: vec![ready(reason, 1)],
+                ..Default::default()
+            });
+            lt
+        };
+        let waiter = lt("waiter", 10, Some("s"), Reason::SourceOrgConflict);
+        let holder = lt("holder", 0, Some("s"), Reason::Linking);
+        assert!(source_waiters_with_a_free_org(&[holder, waiter.clone()]).is_empty());
+        let unsourced = lt("holder", 0, None, Reason::TokenIssued);
+        let free = source_waiters_with_a_free_org(&[unsourced, waiter]);
+        assert_eq!(free.len(), 1, "{free:?}");
+        assert!(free[0].starts_with("ns/waiter:"), "{free:?}");
     }
 }

@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use atlas_sim::{
-    ApiKeyConfig, FaultKind, FaultSpec, FaultTarget, OrgConfig, SimConfig, SimHandle, SimServer,
+    ApiKeyConfig, FaultKind, FaultSpec, FaultTarget, OrgConfig, Port, SimConfig, SimHandle,
+    SimServer, SourceOrgConfig,
 };
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -26,7 +28,10 @@ use testkit::controlplane::{Component, ControlPlane};
 use testkit::operator::{Operator, OperatorCommand, is_ready};
 
 use crate::check::{self, History, Violation};
-use crate::schedule::{self, Action, Fault, KEYS, LEASE_MS, NAMESPACES, ORGS, REPLICAS, Shape};
+use crate::schedule::{
+    self, Action, Fault, KEYS, LEASE_MS, NAMESPACES, ORGS, REPLICAS, SOURCE_ORGS, Shape,
+    SourceFault,
+};
 
 /// Who may restart the control plane's components.
 #[derive(Clone)]
@@ -101,6 +106,8 @@ pub enum DriverError {
 
 const LT_API_VERSION: &str = "atlasmigration.io/v1alpha1";
 const CREDS: &str = "creds";
+/// The source credentials Secret of every LinkToken namespace (never the Atlas one: CEL).
+const SOURCE_CREDS: &str = "source-creds";
 const PROBE: &str = "probe";
 /// Namespace generations per slot: the operators watch exactly the run's namespaces (runs may
 /// share a control plane), so the names are fixed up front and deletions stop at this cap.
@@ -110,6 +117,10 @@ const RUN_LABEL: &str = "chaos.linktoken/run";
 
 fn org_id(i: usize) -> String {
     format!("{:024x}", 0xc4a0_5000_0000_0000_0000_0000_u128 + i as u128)
+}
+
+fn source_org_id(i: usize) -> String {
+    format!("{:024x}", 0x5ac0_5000_0000_0000_0000_0000_u128 + i as u128)
 }
 
 fn probe_org() -> String {
@@ -137,10 +148,13 @@ fn secret_name(lt: usize, variant: usize) -> String {
     }
 }
 
-/// One API key per `KEYS` slot, each Organization Owner of every org.
+/// One API key per `KEYS` slot, each Organization Owner of every org; and the source's key,
+/// Organization Owner of every source org.
 struct Keys {
     public: Vec<String>,
     private: Vec<String>,
+    source_public: String,
+    source_private: String,
 }
 
 impl Keys {
@@ -151,7 +165,30 @@ impl Keys {
             private: (0..KEYS)
                 .map(|k| format!("chaos-private-{k}-{salt}"))
                 .collect(),
+            source_public: "chaossource".into(),
+            source_private: format!("chaos-source-private-{salt}"),
         }
+    }
+
+    /// Every private key: none may show in a log, an event or a status.
+    fn secrets(&self) -> Vec<String> {
+        let mut all = self.private.clone();
+        all.push(self.source_private.clone());
+        all
+    }
+
+    fn source_data(&self) -> BTreeMap<String, ByteString> {
+        [
+            (
+                "publicApiKey".to_string(),
+                ByteString(self.source_public.clone().into_bytes()),
+            ),
+            (
+                "privateApiKey".to_string(),
+                ByteString(self.source_private.clone().into_bytes()),
+            ),
+        ]
+        .into()
     }
 
     fn data(&self, k: usize) -> BTreeMap<String, ByteString> {
@@ -189,6 +226,16 @@ fn sim_config(keys: &Keys) -> SimConfig {
                 )
             })
             .collect(),
+        source_orgs: (0..SOURCE_ORGS)
+            .map(|i| SourceOrgConfig::new(&source_org_id(i), &format!("chaos-source-org-{i}")))
+            .collect(),
+        source_api_keys: vec![ApiKeyConfig::new(
+            &keys.source_public,
+            &keys.source_private,
+            (0..SOURCE_ORGS)
+                .map(|i| (source_org_id(i), vec![atlas_sim::ORG_OWNER.to_string()]))
+                .collect(),
+        )],
         ..SimConfig::default()
     }
 }
@@ -216,6 +263,12 @@ struct Shared {
     /// `ns/name` of LinkTokens the operator logged a RevocationSkipped for.
     skipped: BTreeSet<String>,
     actions: u64,
+    /// By uid: the Linked=True promises the watch shows now.
+    claims: HashMap<String, check::LinkClaim>,
+    /// Uids of LinkTokens with a spec.source (for the source call budget).
+    with_source: BTreeSet<String>,
+    /// Broken link promises seen, not judged yet (see [`check::standing`]).
+    link_pending: Vec<(check::Problem, Instant)>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -251,6 +304,49 @@ struct Driver {
     round: u32,
     /// Quiescences so far: each rotates the probe to a new value.
     quiescences: u32,
+    /// atlas-sim's source port: the one source the operators are allowed to call.
+    source_url: String,
+    trap: Trap,
+}
+
+/// A listener at a source URL the operators are not allowed to call: it only counts the
+/// connections it gets (there must be none).
+#[derive(Clone)]
+struct Trap {
+    url: String,
+    hits: Arc<AtomicU64>,
+}
+
+impl Trap {
+    async fn start() -> Result<(Trap, tokio::task::JoinHandle<()>), DriverError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| DriverError::Sim(format!("recording listener: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| DriverError::Sim(format!("recording listener: {e}")))?
+            .port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            // Accepted and dropped at once: nothing is read, nothing answered.
+            while let Ok((conn, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        Ok((
+            Trap {
+                url: format!("http://127.0.0.1:{port}"),
+                hits,
+            },
+            task,
+        ))
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
 }
 
 /// Runs the schedule of `cfg.seed` for `cfg.duration` (the last round is finished) and checks.
@@ -271,6 +367,10 @@ pub async fn run(cfg: Config) -> Result<Outcome, DriverError> {
     let sim = SimServer::start(sim_config(&keys), any, any)
         .await
         .map_err(|e| DriverError::Sim(e.to_string()))?;
+    let source_url = sim
+        .source_url()
+        .ok_or_else(|| DriverError::Sim("no source port".into()))?;
+    let (trap, trap_task) = Trap::start().await?;
     let tag = format!("chaos-{:05x}", rand::random::<u32>() & 0xfffff);
     let mut d = Driver {
         cfg,
@@ -296,9 +396,12 @@ pub async fn run(cfg: Config) -> Result<Outcome, DriverError> {
         log: Vec::new(),
         round: 0,
         quiescences: 0,
+        source_url,
+        trap,
     };
     let result = d.run_rounds().await;
     d.teardown().await;
+    trap_task.abort();
     result
 }
 
@@ -343,6 +446,7 @@ impl Driver {
             let ns = self.ns(slot);
             self.create_namespace(&ns).await?;
             self.put_credentials(&ns, 0).await;
+            self.put_source_credentials(&ns).await;
         }
         self.apply_probe().await?;
         for r in 0..REPLICAS {
@@ -352,7 +456,12 @@ impl Driver {
             self.client.clone(),
             self.sim.state.clone(),
             self.shared.clone(),
-            self.tag.clone(),
+            Watched {
+                tag: self.tag.clone(),
+                source_url: self.source_url.clone(),
+                trap: self.trap.clone(),
+                atlas_ids: self.keys.public.clone(),
+            },
         ));
         let mut steps = 0;
         let mut violation = None;
@@ -391,11 +500,12 @@ impl Driver {
             }
             if violation.is_none() {
                 eprintln!(
-                    "chaos: round {} ok ({} steps, {:.0}s elapsed, {} Atlas calls)",
+                    "chaos: round {} ok ({} steps, {:.0}s elapsed, {} Atlas calls, {} source calls)",
                     self.round,
                     round.steps.len(),
                     self.started.elapsed().as_secs_f64(),
-                    self.sim.state.calls_total()
+                    self.sim.state.calls_on(Port::Atlas),
+                    self.sim.state.calls_on(Port::Source)
                 );
                 self.round += 1;
             }
@@ -522,6 +632,7 @@ impl Driver {
             "--atlas-request-timeout=4s".into(),
             "--atlas-connect-timeout=2s".into(),
             "--shutdown-timeout=3s".into(),
+            format!("--allowed-source-urls={}", self.source_url),
         ])
         .spawn()
         .map_err(|e| DriverError::Operator(e.to_string()))?;
@@ -567,7 +678,7 @@ impl Driver {
             return;
         };
         let complete: String = rep.partial.drain(..=end).collect();
-        let creds = self.keys.private.clone();
+        let creds = self.keys.secrets();
         let mut shared = lock(&self.shared);
         for line in complete.lines() {
             if check::leaks(line, &creds) {
@@ -619,6 +730,21 @@ impl Driver {
     async fn put_credentials(&self, ns: &str, k: usize) -> String {
         self.create_user_secret(ns, CREDS, self.keys.data(k), None)
             .await
+    }
+
+    /// The source credentials Secret of `ns`, also one the operator must leave alone.
+    async fn put_source_credentials(&self, ns: &str) -> String {
+        self.create_user_secret(ns, SOURCE_CREDS, self.keys.source_data(), None)
+            .await
+    }
+
+    /// A spec.source for the merge patch of a source step.
+    fn source_patch(&self, url: &str, org: usize) -> serde_json::Value {
+        serde_json::json!({"spec": {"source": {
+            "url": url,
+            "orgId": source_org_id(org),
+            "credentialsSecretRef": {"name": SOURCE_CREDS},
+        }}})
     }
 
     async fn create_user_secret(
@@ -748,8 +874,9 @@ impl Driver {
         Some(l.spec.token_secret_name(&lt_name(lt)))
     }
 
-    fn fault_spec(fault: Fault, count: u64, org: Option<usize>) -> FaultSpec {
-        let mut f = FaultSpec {
+    /// A Status fault for `count` calls (what it answers is filled in by the caller).
+    fn counted_fault(count: u64, org_id: Option<String>, target: FaultTarget) -> FaultSpec {
+        FaultSpec {
             kind: FaultKind::Status,
             status: None,
             body: None,
@@ -757,9 +884,36 @@ impl Driver {
             latency_ms: 0,
             count: Some(count),
             method: None,
-            org_id: org.map(org_id),
-            target: FaultTarget::LinkTokens,
-        };
+            org_id,
+            target,
+        }
+    }
+
+    fn source_fault_spec(fault: SourceFault, count: u64, org: Option<usize>) -> FaultSpec {
+        let mut f = Self::counted_fault(count, org.map(source_org_id), FaultTarget::Source);
+        match fault {
+            SourceFault::ServerError { status, method } => {
+                f.status = Some(status);
+                f.method = method.map(str::to_owned);
+            }
+            SourceFault::Drop => f.kind = FaultKind::Drop,
+            SourceFault::Latency { latency_ms } => {
+                f.kind = FaultKind::Latency;
+                f.latency_ms = latency_ms;
+            }
+            SourceFault::LaggingSynced => {
+                f.status = Some(200);
+                f.method = Some("GET".into());
+                f.body = Some(serde_json::json!({"status": "SYNCED"}));
+                // "For a while": more status checks than the other faults' calls.
+                f.count = Some(count * 3);
+            }
+        }
+        f
+    }
+
+    fn fault_spec(fault: Fault, count: u64, org: Option<usize>) -> FaultSpec {
+        let mut f = Self::counted_fault(count, org.map(org_id), FaultTarget::LinkTokens);
         match fault {
             Fault::ServerError { status } => f.status = Some(status),
             Fault::RateLimited { retry_after } => {
@@ -929,7 +1083,11 @@ impl Driver {
                 self.gens[slot] += 1;
                 let new = self.ns(slot);
                 let c = match self.create_namespace(&new).await {
-                    Ok(()) => self.put_credentials(&new, 0).await,
+                    Ok(()) => {
+                        let c = self.put_credentials(&new, 0).await;
+                        let sc = self.put_source_credentials(&new).await;
+                        format!("{c}, source credentials {sc}")
+                    }
                     Err(e) => format!("namespace not created: {e}"),
                 };
                 format!("{old} {d}; {new} with credentials {c}")
@@ -983,6 +1141,73 @@ impl Driver {
                     Err(e) => format!("fault refused: {e}"),
                 }
             }
+            Action::SetSource { ns, lt, org } => {
+                let patch = self.source_patch(&self.source_url, org);
+                let slot = ns;
+                let ns = self.ns(slot);
+                let api: Api<LinkToken> = Api::namespaced(self.client.clone(), &ns);
+                if matches!(api.get_opt(&lt_name(lt)).await, Ok(None)) {
+                    // Absent: created with a source (by a field manager of its own, so a later
+                    // re-apply of the rest of the spec keeps the source).
+                    let mut body = self.lt_body(lt, &org_id((slot + lt) % ORGS), 0, 0, false);
+                    body["spec"]["source"] = patch["spec"]["source"].clone();
+                    return match api
+                        .patch(&lt_name(lt), &PatchParams::apply("chaos-source").force(), &Patch::Apply(&body))
+                        .await
+                    {
+                        Ok(_) => "created with a source".into(),
+                        Err(e) => format!("apply failed: {}", short(&e)),
+                    };
+                }
+                self.merge_lt(&ns, lt, patch).await
+            }
+            Action::DisallowedSource { ns, lt } => {
+                let patch = self.source_patch(&self.trap.url, 0);
+                self.merge_lt(&self.ns(ns), lt, patch).await
+            }
+            Action::RemoveSource { ns, lt } => {
+                self.merge_lt(&self.ns(ns), lt, serde_json::json!({"spec": {"source": null}}))
+                    .await
+            }
+            Action::RotateLinked { pick, value } => self.rotate_linked(pick, value).await,
+            Action::SourceFault { fault, count, org } => {
+                match self.sim.state.add_fault(Self::source_fault_spec(fault, count, org)) {
+                    Ok(id) => format!("source fault {id} added"),
+                    Err(e) => format!("source fault refused: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Rotates one of the run's LinkTokens that reports Linked=True now.
+    async fn rotate_linked(&self, pick: usize, value: u32) -> String {
+        let api: Api<LinkToken> = Api::all(self.client.clone());
+        let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.tag));
+        let linked: Vec<LinkToken> = match api.list(&lp).await {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter(|l| l.namespace().is_some_and(|n| self.ours(&n)))
+                .filter(|l| check::link_claim(l).is_some())
+                .collect(),
+            Err(e) => return format!("list failed: {}", short(&e)),
+        };
+        let Some(l) = linked.get(pick % linked.len().max(1)) else {
+            return "none Linked".into();
+        };
+        let ns = l.namespace().unwrap_or_default();
+        let api: Api<LinkToken> = Api::namespaced(self.client.clone(), &ns);
+        let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: format!("linked-{value}")}}});
+        match api
+            .patch(
+                &l.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => format!("{ns}/{} rotated", l.name_any()),
+            Err(e) => format!("patch failed: {}", short(&e)),
         }
     }
 
@@ -1025,6 +1250,10 @@ impl Driver {
             if matches!(api.get_opt(CREDS).await, Ok(None)) {
                 let c = self.put_credentials(&ns, 0).await;
                 self.note(format!("heal: credentials of {ns} {c}"));
+            }
+            if matches!(api.get_opt(SOURCE_CREDS).await, Ok(None)) {
+                let c = self.put_source_credentials(&ns).await;
+                self.note(format!("heal: source credentials of {ns} {c}"));
             }
         }
         // Liveness: the probe LinkToken takes a rotation.
@@ -1101,10 +1330,25 @@ impl Driver {
         let v = self.check_quiescent(&lts).await;
         if v.is_none() {
             self.note(format!(
-                "quiescent: probe {probe_s:.1}s, settled {settle_s:.1}s, checked {:.1}s, {} LinkTokens",
+                "quiescent: probe {probe_s:.1}s, settled {settle_s:.1}s, checked {:.1}s, {} LinkTokens, {} Linked",
                 t.elapsed().as_secs_f64(),
-                lts.len()
+                lts.len(),
+                lts.iter().filter(|l| check::link_claim(l).is_some()).count()
             ));
+            let sourced: Vec<String> = lts
+                .iter()
+                .filter(|l| l.spec.source.is_some())
+                .map(|l| {
+                    format!(
+                        "{}/{} {}",
+                        l.namespace().unwrap_or_default(),
+                        l.name_any(),
+                        linktoken_operator::controller::index::reported_reason(l)
+                            .map_or("-", |r| r.as_str())
+                    )
+                })
+                .collect();
+            self.note(format!("with a source: {}", sourced.join(", ")));
         }
         v
     }
@@ -1130,6 +1374,7 @@ impl Driver {
             }
         }
         pending.extend(check::waiters_with_a_free_org(&mine));
+        pending.extend(check::source_waiters_with_a_free_org(&mine));
         let ns_api: Api<Namespace> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", self.tag));
         match ns_api.list(&lp).await {
@@ -1187,6 +1432,18 @@ impl Driver {
                     .orgs([l.spec.org_id.clone()]),
                 );
             }
+        }
+        // Linked means the source org holds the live current token, one linker per source org:
+        // everything has settled, so no lag is tolerated.
+        let claims: Vec<check::LinkClaim> = lts.iter().filter_map(check::link_claim).collect();
+        if let Some(p) = link_problems(&self.sim.state, &claims, &self.source_url)
+            .into_iter()
+            .next()
+        {
+            return Some(p.violation);
+        }
+        if let Some(v) = credentials_check(&self.sim.state, &self.trap, &self.keys.public) {
+            return Some(v);
         }
         // Foreign Secrets: a full list, in case the watch missed an event.
         let api: Api<Secret> = Api::all(self.client.clone());
@@ -1261,7 +1518,7 @@ impl Driver {
                 .retain(|_, h| !h.deleted || check::excused(h, &skipped));
         }
         // No token or credential in any event or status.
-        let creds = self.keys.private.clone();
+        let creds = self.keys.secrets();
         let ev: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
         if let Ok(list) = ev.list(&ListParams::default()).await {
             for e in list
@@ -1315,11 +1572,12 @@ impl Driver {
                 Violation::new(
                     "atlas-quiet-when-settled",
                     format!(
-                        "{} Atlas call(s) in 5 s with everything settled and no fault",
+                        "{} Atlas or source call(s) in 5 s with everything settled and no fault",
                         after - before
                     ),
                 )
-                .orgs(orgs),
+                .orgs(orgs)
+                .source_orgs((0..SOURCE_ORGS).map(source_org_id)),
             );
         }
         None
@@ -1344,22 +1602,23 @@ impl Driver {
         let orgs: BTreeSet<&String> = v.orgs.iter().collect();
         for org in orgs {
             let calls = self.sim.state.call_history(Some(org));
-            out.push_str(&format!(
-                "---- atlas-sim calls for org {org} (last {} of {}) ----\n",
-                calls.len().min(120),
-                calls.len()
-            ));
-            for c in calls.iter().skip(calls.len().saturating_sub(120)) {
-                out.push_str(&format!(
-                    "  #{} {} {} {} {}ms{}\n",
+            let lines = calls.iter().map(|c| {
+                format!(
+                    "#{} {} {} {} {}ms{}",
                     c.seq,
                     c.at,
                     c.method,
                     c.status,
                     c.duration_ms,
                     if c.fault { " (fault)" } else { "" }
-                ));
-            }
+                )
+            });
+            section(
+                &mut out,
+                &format!("atlas-sim calls for org {org}"),
+                lines,
+                120,
+            );
             out.push_str(&format!(
                 "  live links now: {}\n",
                 self.sim.state.live_links(org)
@@ -1382,6 +1641,40 @@ impl Driver {
             }
         }
         drop(sh);
+        let source_orgs: BTreeSet<&String> = v.source_orgs.iter().collect();
+        let calls = self.sim.state.source_calls();
+        for org in source_orgs {
+            let lines = calls
+                .iter()
+                .filter(|c| c.path.contains(org.as_str()))
+                .map(|c| {
+                    let who = c.user.as_deref().map(|u| format!(" as {u}"));
+                    format!(
+                        "{} {} {}{}",
+                        c.method,
+                        c.path,
+                        c.status,
+                        who.unwrap_or_default()
+                    )
+                });
+            section(
+                &mut out,
+                &format!("source calls for source org {org}"),
+                lines,
+                60,
+            );
+            out.push_str(&format!(
+                "  link now: {}\n",
+                self.sim
+                    .state
+                    .source_link(org)
+                    .map_or("none".to_string(), |l| format!(
+                        "token sha256 {}… of Atlas org {}",
+                        l.token_sha256.get(..12).unwrap_or(&l.token_sha256),
+                        l.atlas_org_id
+                    ))
+            ));
+        }
         for r in &self.replicas {
             out.push_str(&format!(
                 "---- replica {} log (last {} lines) ----\n",
@@ -1439,6 +1732,21 @@ impl Driver {
     }
 }
 
+/// A report section: a title with how many of its lines are shown, then the last `limit`.
+fn section(out: &mut String, title: &str, lines: impl Iterator<Item = String>, limit: usize) {
+    let lines: Vec<String> = lines.collect();
+    out.push_str(&format!(
+        "---- {title} (last {} of {}) ----\n",
+        lines.len().min(limit),
+        lines.len()
+    ));
+    for l in lines.iter().skip(lines.len().saturating_sub(limit)) {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
+    }
+}
+
 fn short(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
@@ -1446,9 +1754,50 @@ fn short(e: &kube::Error) -> String {
     }
 }
 
+/// The broken link promises of `claims` against what the sim's source and Atlas hold now.
+fn link_problems(
+    sim: &atlas_sim::SimState,
+    claims: &[check::LinkClaim],
+    source_url: &str,
+) -> Vec<check::Problem> {
+    let held = |org: &str| sim.source_link(org).map(|l| l.token_sha256);
+    let live = |h: &str| {
+        matches!(
+            sim.token_status_by_hash(h),
+            atlas_sim::TokenStatus::Live { .. }
+        )
+    };
+    check::link_problems(claims, source_url, &held, &live)
+}
+
+/// Whether an Atlas credential went anywhere but Atlas (the recording listener, the source).
+fn credentials_check(
+    sim: &atlas_sim::SimState,
+    trap: &Trap,
+    atlas_ids: &[String],
+) -> Option<Violation> {
+    let users: Vec<String> = sim
+        .source_calls()
+        .into_iter()
+        .filter_map(|c| c.user)
+        .collect();
+    check::atlas_credentials_stay_home(trap.hits(), &trap.url, &users, atlas_ids)
+}
+
+/// What the sampler needs to know of the run besides the clients.
+struct Watched {
+    tag: String,
+    source_url: String,
+    trap: Trap,
+    /// Atlas API key public ids: none may be presented to the source.
+    atlas_ids: Vec<String>,
+}
+
 /// The continuous half of the checker: watches LinkTokens and Secrets (their histories, the
-/// foreign Secrets, statuses), and every half second atlas-sim's live links and call rate.
-async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag: String) {
+/// foreign Secrets, statuses, Linked promises), and every half second atlas-sim's live links,
+/// source links and call rates, and the recording listener.
+async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, w: Watched) {
+    let tag = w.tag.clone();
     let ours = move |ns: &str| ns.starts_with(&format!("{tag}-"));
     let ours2 = ours.clone();
     let lts = watcher::watcher(
@@ -1474,7 +1823,12 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
         ticks,
     ));
     let orgs: Vec<String> = (0..=ORGS).map(org_id).collect();
-    let mut window = (Instant::now(), sim.calls_total(), 0u64);
+    let mut window = (
+        Instant::now(),
+        sim.calls_on(Port::Atlas),
+        0u64,
+        sim.calls_on(Port::Source),
+    );
     while let Some(item) = all.next().await {
         let mut sh = lock(&shared);
         match item {
@@ -1487,9 +1841,18 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                     let key = format!("{ns}/{}", l.name_any());
                     if let Some(uid) = l.uid() {
                         sh.histories
-                            .entry(uid)
+                            .entry(uid.clone())
                             .or_default()
                             .observe(&l, key.clone());
+                        match check::link_claim(&l) {
+                            Some(c) => sh.claims.insert(uid.clone(), c),
+                            None => sh.claims.remove(&uid),
+                        };
+                        if l.spec.source.is_some() {
+                            sh.with_source.insert(uid);
+                        } else {
+                            sh.with_source.remove(&uid);
+                        }
                     }
                     if check::leaks(&serde_json::to_string(&l.status).unwrap_or_default(), &[]) {
                         sh.violations.push(Violation::new(
@@ -1499,6 +1862,10 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                     }
                 }
                 Event::Delete(l) => {
+                    if let Some(uid) = l.uid() {
+                        sh.claims.remove(&uid);
+                        sh.with_source.remove(&uid);
+                    }
                     if let Some(h) = l.uid().and_then(|u| sh.histories.get_mut(&u)) {
                         h.deleted = true;
                     }
@@ -1541,9 +1908,21 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                         sh.suspects.push(s);
                     }
                 }
+                // Linked promises against the source's links, judged on standing.
+                let claims: Vec<check::LinkClaim> = sh.claims.values().cloned().collect();
+                let current = link_problems(&sim, &claims, &w.source_url);
+                let pending = std::mem::take(&mut sh.link_pending);
+                let (pending, found) = check::standing(pending, current, Instant::now());
+                sh.link_pending = pending;
+                sh.violations.extend(found);
+                if let Some(v) = credentials_check(&sim, &w.trap, &w.atlas_ids) {
+                    sh.violations.push(v);
+                }
                 if window.0.elapsed() >= Duration::from_secs(10) {
-                    let calls = sim.calls_total();
+                    let calls = sim.calls_on(Port::Atlas);
+                    let source_calls = sim.calls_on(Port::Source);
                     let n_lts = sh.histories.values().filter(|h| !h.deleted).count() as u64;
+                    let n_sourced = sh.with_source.len() as u64;
                     let actions = sh.actions - window.2;
                     let secs = window.0.elapsed().as_secs();
                     let budget = check::call_budget(n_lts, actions, secs);
@@ -1553,7 +1932,17 @@ async fn sample(client: Client, sim: atlas_sim::SimState, shared: SharedRef, tag
                             format!("{} Atlas calls in {secs} s for {n_lts} LinkTokens and {actions} actions (budget {budget})", calls - window.1),
                         ).orgs(orgs.clone()));
                     }
-                    window = (Instant::now(), calls, sh.actions);
+                    let budget = check::source_call_budget(n_sourced, actions, secs);
+                    if source_calls - window.3 > budget {
+                        sh.violations.push(
+                            Violation::new(
+                                "source-call-budget",
+                                format!("{} source calls in {secs} s for {n_sourced} LinkTokens with a source and {actions} actions (budget {budget})", source_calls - window.3),
+                            )
+                            .source_orgs((0..SOURCE_ORGS).map(source_org_id)),
+                        );
+                    }
+                    window = (Instant::now(), calls, sh.actions, source_calls);
                 }
             }
             _ => {}

@@ -20,6 +20,8 @@ pub const SECRET_VARIANTS: usize = 2;
 pub const ACCESS_LISTS: usize = 3;
 /// Valid API keys the credentials Secrets rotate between.
 pub const KEYS: usize = 2;
+/// Source (Cloud Manager / Ops Manager) orgs the LinkTokens with a `spec.source` compete for.
+pub const SOURCE_ORGS: usize = 2;
 /// The Lease duration the driver gives the operators; a freeze "past the lease" outlasts it.
 pub const LEASE_MS: u64 = 6_000;
 
@@ -49,6 +51,23 @@ pub enum Fault {
     SlowPost { latency_ms: u64 },
     /// DELETE answered 409 (a live migration uses the link).
     DeleteConflict,
+}
+
+/// A fault at the source (atlas-sim's source port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFault {
+    /// 500/502/503 on one method (POST, GET or DELETE), or on every call with None.
+    ServerError {
+        status: u16,
+        method: Option<&'static str>,
+    },
+    /// The connection is closed without an answer.
+    Drop,
+    /// Every call waits, then is handled; past the request timeout when long.
+    Latency { latency_ms: u64 },
+    /// Status GETs answered `200 {"status":"SYNCED"}` whatever the org holds: a source whose
+    /// view lags a revocation.
+    LaggingSynced,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +168,34 @@ pub enum Action {
         count: u64,
         org: Option<usize>,
     },
+    /// `spec.source` on the sim's source port, source org `org` (on a LinkToken linked
+    /// elsewhere: a move).
+    SetSource {
+        ns: usize,
+        lt: usize,
+        org: usize,
+    },
+    /// `spec.source.url` set to a URL the operator is not allowed to call (the driver's
+    /// recording listener).
+    DisallowedSource {
+        ns: usize,
+        lt: usize,
+    },
+    RemoveSource {
+        ns: usize,
+        lt: usize,
+    },
+    /// Rotate the `pick`-th (modulo) LinkToken that reports Linked=True, if any.
+    RotateLinked {
+        pick: usize,
+        value: u32,
+    },
+    SourceFault {
+        fault: SourceFault,
+        count: u64,
+        /// A source org, or every call at the source.
+        org: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +221,9 @@ pub struct Shape {
     pub max_pause_ms: u64,
     /// Control-plane restarts are slow (seconds each); off for the quickest schedules.
     pub control_plane_restarts: bool,
+    /// Source steps per round (drawn apart from the others, see [`round`]).
+    pub min_source_steps: u32,
+    pub max_source_steps: u32,
 }
 
 impl Shape {
@@ -199,6 +249,8 @@ impl Shape {
             max_steps: 24,
             max_pause_ms: 2_500,
             control_plane_restarts: true,
+            min_source_steps: 2,
+            max_source_steps: 6,
         }
     }
 
@@ -211,6 +263,8 @@ impl Shape {
             max_steps: 12,
             max_pause_ms: 1_500,
             control_plane_restarts: false,
+            min_source_steps: 2,
+            max_source_steps: 4,
         }
     }
 }
@@ -251,18 +305,76 @@ impl Rng {
 }
 
 /// Round `index` of the schedule of `seed`.
+///
+/// The source steps come from a generator of their own and are inserted among the others, so
+/// the other steps of a seed recorded before source steps existed are drawn unchanged (in
+/// the same order, with other steps between them).
 pub fn round(seed: u64, index: u32, shape: &Shape) -> Round {
     let mut rng = Rng::new(seed ^ u64::from(index).wrapping_mul(0xD6E8_FEB8_6659_FD93));
     // Burn one so that seed 0 / round 0 does not start from a zero state.
     rng.next_u64();
     let n = rng.range(u64::from(shape.min_steps), u64::from(shape.max_steps));
-    let steps = (0..n)
+    let mut steps: Vec<Step> = (0..n)
         .map(|_| Step {
             action: action(&mut rng, shape),
             pause_ms: rng.range(100, shape.max_pause_ms),
         })
         .collect();
+    let mut src = Rng::new(
+        seed ^ u64::from(index).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xE703_7ED1_A0B4_28DB,
+    );
+    src.next_u64();
+    let m = src.range(
+        u64::from(shape.min_source_steps),
+        u64::from(shape.max_source_steps.max(shape.min_source_steps)),
+    );
+    for _ in 0..m {
+        let step = Step {
+            action: source_action(&mut src, shape),
+            pause_ms: src.range(100, shape.max_pause_ms),
+        };
+        let at = src.index(steps.len() + 1);
+        steps.insert(at, step);
+    }
     Round { index, steps }
+}
+
+/// One source step: mostly giving LinkTokens a source (so two share a source org often) and
+/// faults at the source.
+fn source_action(rng: &mut Rng, shape: &Shape) -> Action {
+    let ns = rng.index(NAMESPACES);
+    let lt = rng.index(shape.workers);
+    let org = rng.index(SOURCE_ORGS);
+    let value = u32::try_from(rng.below(1_000_000)).unwrap_or(0);
+    let count = rng.range(1, 6);
+    let which = rng.chance(60).then(|| rng.index(SOURCE_ORGS));
+    match rng.below(100) {
+        0..=37 => Action::SetSource { ns, lt, org },
+        38..=44 => Action::DisallowedSource { ns, lt },
+        45..=52 => Action::RemoveSource { ns, lt },
+        53..=62 => Action::RotateLinked {
+            pick: rng.index(NAMESPACES * shape.workers),
+            value,
+        },
+        _ => {
+            let fault = match rng.below(5) {
+                0 | 1 => SourceFault::ServerError {
+                    status: [500, 502, 503][rng.index(3)],
+                    method: [None, Some("POST"), Some("GET"), Some("DELETE")][rng.index(4)],
+                },
+                2 => SourceFault::Drop,
+                3 => SourceFault::Latency {
+                    latency_ms: rng.range(300, 5_000),
+                },
+                _ => SourceFault::LaggingSynced,
+            };
+            Action::SourceFault {
+                fault,
+                count,
+                org: which,
+            }
+        }
+    }
 }
 
 /// Weighted choice of one action: resource churn most often, process and control-plane
@@ -409,6 +521,11 @@ mod tests {
             Action::RestartApiServer { .. } => 17,
             Action::RestartEtcd { .. } => 18,
             Action::AtlasFault { .. } => 19,
+            Action::SetSource { .. } => 20,
+            Action::DisallowedSource { .. } => 21,
+            Action::RemoveSource { .. } => 22,
+            Action::RotateLinked { .. } => 23,
+            Action::SourceFault { .. } => 24,
         }
     }
 
@@ -468,6 +585,19 @@ mod tests {
                     Action::CreateLinkToken { ns, lt, org, .. } => {
                         assert!(ns < NAMESPACES && lt < shape.workers && org < ORGS);
                     }
+                    Action::SetSource { ns, lt, org } => {
+                        assert!(ns < NAMESPACES && lt < shape.workers && org < SOURCE_ORGS);
+                    }
+                    Action::SourceFault { fault, count, org } => {
+                        assert!((1..=6).contains(&count));
+                        assert!(org.is_none_or(|o| o < SOURCE_ORGS));
+                        faults.insert(
+                            format!("source {fault:?}")
+                                .split([' ', '{'])
+                                .nth(1)
+                                .map(|k| format!("source {k}")),
+                        );
+                    }
                     Action::AtlasFault { fault, count, org } => {
                         assert!((1..=6).contains(&count));
                         assert!(org.is_none_or(|o| o < ORGS));
@@ -482,8 +612,56 @@ mod tests {
                 }
             }
         }
-        assert_eq!(kinds.len(), 20, "kinds seen: {kinds:?}");
-        assert_eq!(faults.len(), 6, "faults seen: {faults:?}");
+        assert_eq!(kinds.len(), 25, "kinds seen: {kinds:?}");
+        assert_eq!(faults.len(), 10, "faults seen: {faults:?}");
+    }
+
+    #[test]
+    fn source_steps_leave_the_other_steps_of_a_seed_as_they_were() {
+        let with = Shape::short(3);
+        let without = Shape {
+            min_source_steps: 0,
+            max_source_steps: 0,
+            ..with
+        };
+        for i in 0..50 {
+            let all = round(11, i, &with).steps;
+            let others: Vec<Step> = all
+                .iter()
+                .filter(|s| !is_source(&s.action))
+                .copied()
+                .collect();
+            assert_eq!(others, round(11, i, &without).steps);
+            let n = all.len() - others.len();
+            assert!((2..=4).contains(&n), "{n} source steps in a short round");
+        }
+    }
+
+    #[test]
+    fn the_short_shape_exercises_every_source_step() {
+        let shape = Shape::short(3);
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut lagging = false;
+        for i in 0..40 {
+            for s in round(20261130, i, &shape).steps {
+                if is_source(&s.action) {
+                    kinds.insert(kind(&s.action));
+                }
+                lagging |= matches!(
+                    s.action,
+                    Action::SourceFault {
+                        fault: SourceFault::LaggingSynced,
+                        ..
+                    }
+                );
+            }
+        }
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        assert!(lagging);
+    }
+
+    fn is_source(a: &Action) -> bool {
+        (20..=24).contains(&kind(a))
     }
 
     #[test]
