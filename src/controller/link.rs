@@ -60,6 +60,10 @@ pub enum LinkStep {
     /// A link is recorded where the spec no longer points (spec.source removed or moved):
     /// DELETE it there (with the credentials recorded), drop status.link, then look again.
     UnlinkRecorded,
+    /// A record where the spec no longer points, of no link: neither a token linked there nor
+    /// a POST in flight (the last one was refused). Drop it without calling the source: a
+    /// DELETE there would remove whatever link the org holds, another LinkToken's.
+    ForgetRecorded,
     /// POST the current token (never linked with it, or a drifted link).
     Post,
     /// Ask the source's status: the org was linked with the current token, or a POST with it
@@ -73,10 +77,14 @@ pub fn decide_link(
     recorded: Option<&LinkStatus>,
     token_sha256: &str,
 ) -> LinkStep {
+    let left = |r: &LinkStatus| match r.token_sha256.is_some() || r.posting_sha256.is_some() {
+        true => LinkStep::UnlinkRecorded,
+        false => LinkStep::ForgetRecorded,
+    };
     match (declared, recorded) {
         (None, None) => LinkStep::Nothing,
-        (None, Some(_)) => LinkStep::UnlinkRecorded,
-        (Some(d), Some(r)) if r.url != d.url || r.org_id != d.org_id => LinkStep::UnlinkRecorded,
+        (None, Some(r)) => left(r),
+        (Some(d), Some(r)) if r.url != d.url || r.org_id != d.org_id => left(r),
         (Some(_), Some(r)) if r.token_sha256.as_deref() == Some(token_sha256) => LinkStep::Check {
             posted_before_crash: false,
         },
@@ -277,6 +285,7 @@ pub async fn follow(
     match step {
         LinkStep::Nothing => Ok(run.base),
         LinkStep::UnlinkRecorded => run.unlink_recorded().await,
+        LinkStep::ForgetRecorded => Ok(run.forget_recorded()),
         LinkStep::Post => run.post(obs, &sha).await,
         LinkStep::Check {
             posted_before_crash,
@@ -756,6 +765,20 @@ impl Run<'_> {
         }
     }
 
+    /// spec.source was removed or moved from where no link of this LinkToken exists: forget
+    /// the record, then look again.
+    fn forget_recorded(self) -> Report {
+        let mut status = self.status.clone();
+        status.link = None;
+        let mut r = self.report(
+            Reason::Linking,
+            "the previous source held no link of this LinkToken; looking again".into(),
+            status,
+        );
+        r.retry = Retry::Soon(Duration::from_millis(200));
+        r
+    }
+
     /// spec.source was removed or moved: delete the recorded link, then forget it.
     async fn unlink_recorded(self) -> Result<Report, Error> {
         let Some(recorded) = self.status.link.clone() else {
@@ -1179,6 +1202,17 @@ mod tests {
                 "{declared:?} {recorded:?}"
             );
         }
+        // A record of no link (the last POST was refused) is forgotten, never DELETEd: the
+        // org may hold another LinkToken's link.
+        assert_eq!(
+            decide_link(None, Some(&rec(None, None)), "t1"),
+            LinkStep::ForgetRecorded
+        );
+        assert_eq!(
+            decide_link(None, Some(&rec(None, Some("t0"))), "t1"),
+            LinkStep::UnlinkRecorded,
+            "a POST in flight may have linked"
+        );
         // The spec moved to another org or URL: the old link goes first.
         let moved = Declared {
             org_id: "0000000000000000000000aa".into(),
