@@ -298,11 +298,17 @@ pub fn with_outcome(
 }
 
 /// Whether `status` records a token issued for `lt`'s current spec (org, access list, rotate
-/// value) with no issue in flight: the only token a Linked=True may be kept for. The marker of
-/// a rotation is written before its DELETE revokes the linked token.
+/// value) with no issue in flight, and its link where spec.source points: the only link a
+/// Linked=True may be kept for. The marker of a rotation is written before its DELETE revokes
+/// the linked token; a spec.source moved elsewhere is not linked until linked there.
 fn token_is_current(lt: &LinkToken, status: &LinkTokenStatus) -> bool {
     let rotate = lt.annotations().get(crate::api::ROTATE_ANNOTATION);
-    status.in_flight.is_none()
+    let linked_where_declared = match (lt.spec.source.as_ref(), status.link.as_ref()) {
+        (Some(s), Some(l)) => l.url == s.url.trim_end_matches('/') && l.org_id == s.org_id,
+        _ => false,
+    };
+    linked_where_declared
+        && status.in_flight.is_none()
         && status.issued_for.as_ref().is_some_and(|i| {
             i.org_id == lt.spec.org_id
                 && super::decide::same_set(&i.access_list_ips, &lt.spec.access_list_ips)
@@ -424,4 +430,82 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{InFlight, IssuedFor, LinkStatus, LinkTokenSpec, SourceSpec};
+
+    const URL: &str = "https://om.example:8443";
+    const ORG: &str = "5f1e9b2a3c4d5e6f7a8b9c0d";
+    const SRC: &str = "6a1e9b2a3c4d5e6f7a8b9c0d";
+
+    fn lt(source_org: &str) -> LinkToken {
+        LinkToken::new(
+            "lt",
+            LinkTokenSpec {
+                org_id: ORG.into(),
+                source: Some(SourceSpec {
+                    url: format!("{URL}/"),
+                    org_id: source_org.into(),
+                    credentials_secret_ref: Default::default(),
+                    ca_bundle: None,
+                    store_token: true,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn status(issued_org: &str, linked_org: &str, in_flight: bool) -> LinkTokenStatus {
+        LinkTokenStatus {
+            issued_for: Some(IssuedFor {
+                org_id: issued_org.into(),
+                token_sha256: Some("t".into()),
+                ..Default::default()
+            }),
+            in_flight: in_flight.then(|| InFlight {
+                org_id: ORG.into(),
+                ..Default::default()
+            }),
+            link: Some(LinkStatus {
+                url: URL.into(),
+                org_id: linked_org.into(),
+                token_sha256: Some("t".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn linked_is_kept_only_for_the_token_and_the_source_the_spec_asks_for() {
+        let other = "0000000000000000000000aa";
+        // (what, LinkToken, status, kept)
+        let rows = [
+            (
+                "the current token, linked where declared",
+                lt(SRC),
+                status(ORG, SRC, false),
+                true,
+            ),
+            (
+                "a rotation's marker is written",
+                lt(SRC),
+                status(ORG, SRC, true),
+                false,
+            ),
+            ("the orgId moved", lt(SRC), status(other, SRC, false), false),
+            (
+                "spec.source moved to another org",
+                lt(other),
+                status(ORG, SRC, false),
+                false,
+            ),
+        ];
+        for (what, l, st, kept) in rows {
+            assert_eq!(token_is_current(&l, &st), kept, "{what}");
+        }
+    }
 }
