@@ -111,7 +111,10 @@ async fn link_status_follows_the_atlas_token() {
     let calls = state.json()["sourceCalls"].clone();
     assert!(
         calls.as_array().is_some_and(
-            |c| c.contains(&json!({"method": "POST", "path": link(SRC_ORG), "status": 409}))
+            // The user the call presented is recorded too (never a secret).
+            |c| c.contains(
+                &json!({"method": "POST", "path": link(SRC_ORG), "status": 409, "user": SRC_USER})
+            )
         ),
         "{calls}"
     );
