@@ -287,7 +287,7 @@ pub fn with_outcome(
         .spec
         .source
         .is_some()
-        .then(|| token_is_current(lt, &status));
+        .then(|| token_is_current(lt, &status) && !claim_lapses(reason));
     if let Some(linked) = super::link::linked_condition(
         &previous, generation, &now, declared, &status, reason, message,
     ) {
@@ -295,6 +295,13 @@ pub fn with_outcome(
     }
     status.observed_generation = generation;
     status
+}
+
+/// Whether the LinkToken's claim on its org lapses with this outcome (it waits for another
+/// owner, or its credentials cannot act): another LinkToken may issue in the org at any moment,
+/// revoking this one's token without writing this status, so Linked is not kept True.
+fn claim_lapses(reason: Reason) -> bool {
+    reason == Reason::OrgConflict || super::index::UNUSABLE.contains(&reason)
 }
 
 /// Whether `status` records a token issued for `lt`'s current spec (org, access list, rotate
@@ -506,6 +513,22 @@ mod tests {
         ];
         for (what, l, st, kept) in rows {
             assert_eq!(token_is_current(&l, &st), kept, "{what}");
+        }
+        // Waiting for another owner, or credentials that cannot act: another LinkToken may
+        // take the org (and revoke this token) without writing this status.
+        for lapses in [
+            Reason::OrgConflict,
+            Reason::CredentialsNotFound,
+            Reason::AtlasForbidden,
+        ] {
+            assert!(claim_lapses(lapses), "{lapses}");
+        }
+        for holds in [
+            Reason::TokenIssued,
+            Reason::AtlasUnavailable,
+            Reason::Issuing,
+        ] {
+            assert!(!claim_lapses(holds), "{holds}");
         }
     }
 }
